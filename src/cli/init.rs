@@ -1,0 +1,93 @@
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{Ctx, exit, print_json};
+use crate::escape;
+use crate::ops::init::{Change, InitOptions, InitReport, init};
+use crate::trust::TrustOrigin;
+
+/// Set up tpa in this repository: a signing key, your entry in .tpa/allowed_signers, a starter
+/// .tpa/policy.toml, and fetching of others' records. Safe to run again.
+#[derive(Args)]
+pub struct InitArgs {
+    /// Sign with this unencrypted OpenSSH private key file (CI). Without it: TPA_SIGNING_KEY, else
+    /// git's SSH signing key (gpg.format=ssh + user.signingkey), else a new key in the OS keyring.
+    #[arg(long, value_name = "PATH")]
+    signing_key: Option<PathBuf>,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<u8> {
+    let repo = ctx.repo()?;
+    let options = InitOptions {
+        signing_key: args.signing_key,
+        env_signing_key: std::env::var_os("TPA_SIGNING_KEY").filter(|p| !p.is_empty()).map(PathBuf::from),
+    };
+    let report = init(&repo, &options)?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print_human(&report)?;
+    }
+    Ok(exit::OK)
+}
+
+fn print_human(r: &InitReport) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let signer = match r.signer {
+        "file" => "key file",
+        "env" => "key file from TPA_SIGNING_KEY",
+        "ssh-keygen" => "your git SSH signing key, through ssh-keygen",
+        _ => "ed25519 key in the OS keyring",
+    };
+    let fresh = if r.signer_change == Change::Created { "set up" } else { "already set up" };
+    writeln!(out, "signer:          {signer} ({}), {fresh}", r.signer_fingerprint)?;
+    let who = escape::text(&r.principal);
+    match r.allowed_signers {
+        Change::Created => {
+            writeln!(out, "allowed signers: added {who} to {}", r.allowed_signers_path.display())?
+        }
+        Change::Unchanged => {
+            writeln!(out, "allowed signers: key already in {}", r.allowed_signers_path.display())?
+        }
+    }
+    if let Some(other) = &r.key_listed_for {
+        eprintln!(
+            "warning: that key is listed for {}, not for {who}: records you sign will not verify",
+            escape::text(other)
+        );
+    }
+    match r.policy {
+        Change::Created => {
+            writeln!(out, "policy:          wrote {} (a commented starting point)", r.policy_path.display())?
+        }
+        Change::Unchanged => {
+            writeln!(out, "policy:          {} exists, left as is", r.policy_path.display())?
+        }
+    }
+    for spec in &r.refspecs_added {
+        writeln!(out, "remote fetch:    {}", escape::text(spec))?;
+    }
+    match (&r.trust_ref, r.trust_origin) {
+        (Some(refname), Some(TrustOrigin::LocalNoRemote)) => writeln!(
+            out,
+            "trust ref:       {} (no remote: nobody reviews what lands there)",
+            escape::text(refname)
+        )?,
+        (Some(refname), _) => writeln!(out, "trust ref:       {}", escape::text(refname))?,
+        (None, _) => writeln!(out, "trust ref:       none yet (no main or master branch)")?,
+    }
+    if !r.key_trusted {
+        let branch = r.trust_ref.as_deref().map(super::render::branch).unwrap_or_else(|| "main".into());
+        writeln!(
+            out,
+            "next:            commit .tpa/ and get it merged into {branch} through review; until your key is \
+             in .tpa/allowed_signers there, `tpa verify` reports your records as unknown_signer"
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The command line: one file per command that parses, calls an op and renders. The only code
+//! that prints, and the one place that decides how errors look and which exit code they get.
+
+#[cfg(feature = "testing")]
+mod debug;
+mod init;
+mod log;
+mod render;
+mod show;
+mod verify;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::ledger::signing::{self, Signer, SignerSource, SigningError};
+
+/// Exit codes, stable for scripts and hooks (docs/exit-codes in README.md).
+pub mod exit {
+    /// Success, nothing found.
+    pub const OK: u8 = 0;
+    /// The command ran and found problems (`tpa verify` findings).
+    pub const FINDINGS: u8 = 1;
+    /// The command could not do its job: bad usage, configuration, git or keyring errors.
+    pub const ERROR: u8 = 2;
+}
+
+/// Temporary production access, recorded as signed git notes and revoked by git events.
+#[derive(Parser)]
+#[command(name = "tpa", version, about, max_term_width = 100)]
+struct Cli {
+    /// Run as if tpa was started in PATH (like `git -C`).
+    #[arg(short = 'C', global = true, value_name = "PATH")]
+    directory: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Init(init::InitArgs),
+    Log(log::LogArgs),
+    Show(show::ShowArgs),
+    Verify(verify::VerifyArgs),
+    #[cfg(feature = "testing")]
+    #[command(hide = true)]
+    Debug(debug::DebugArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::ERROR } else { exit::OK });
+        }
+    };
+    let result = run(cli);
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::OK),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "tpa: error: {}", render::error_chain(&e));
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let dir = cli.directory.unwrap_or_else(|| PathBuf::from("."));
+    let ctx = Ctx { dir };
+    match cli.command {
+        Command::Init(args) => init::run(&ctx, args),
+        Command::Log(args) => log::run(&ctx, args),
+        Command::Show(args) => show::run(&ctx, args),
+        Command::Verify(args) => verify::run(&ctx, args),
+        #[cfg(feature = "testing")]
+        Command::Debug(args) => debug::run(&ctx, args),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+    })
+}
+
+/// What every command gets: where to run.
+pub(crate) struct Ctx {
+    dir: PathBuf,
+}
+
+impl Ctx {
+    fn repo(&self) -> anyhow::Result<git2::Repository> {
+        git2::Repository::discover(&self.dir).with_context(|| {
+            format!("{} is not inside a git repository: run tpa in your project's clone", self.dir.display())
+        })
+    }
+
+    /// The signer for this repository: TPA_SIGNING_KEY, else what `tpa init` recorded.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    fn signer(&self, repo: &git2::Repository) -> Result<Signer, SigningError> {
+        if let Some(path) = std::env::var_os("TPA_SIGNING_KEY").filter(|p| !p.is_empty()) {
+            return Signer::open(SignerSource::KeyFile(PathBuf::from(path)));
+        }
+        let config = repo.config().map_err(|_| SigningError::NotConfigured)?;
+        let value = config.get_string(signing::CONFIG_KEY).map_err(|_| SigningError::NotConfigured)?;
+        let source = SignerSource::from_config(&value, config.get_string("user.signingkey").ok())?;
+        Signer::open(source)
+    }
+}
+
+/// Writes JSON to stdout, pretty, with a trailing newline.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}

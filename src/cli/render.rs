@@ -1,0 +1,59 @@
+//! Shared rendering: escaping hostile text, short ids, record rows.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::json;
+
+use crate::escape;
+use crate::ledger::verify::CheckedRecord;
+
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        // thiserror messages often embed their source; do not say it twice.
+        if parts.last().is_some_and(|prev| prev.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    escape::text(&parts.join(": "))
+}
+
+pub fn short(oid: &str) -> &str {
+    &oid[..oid.len().min(10)]
+}
+
+pub fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// `refs/heads/hotfix/x` -> `hotfix/x`, escaped.
+pub fn branch(refname: &str) -> String {
+    escape::text(refname.strip_prefix("refs/heads/").unwrap_or(refname))
+}
+
+pub fn status(checked: &CheckedRecord) -> String {
+    if checked.is_verified() {
+        return "verified".to_owned();
+    }
+    let kinds: Vec<String> = checked
+        .findings
+        .iter()
+        .map(|f| {
+            serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+        })
+        .collect();
+    format!("FAILED: {}", kinds.join(", "))
+}
+
+/// One record as `tpa log --json` and `tpa show --json` print it.
+pub fn record_json(checked: &CheckedRecord) -> serde_json::Value {
+    json!({
+        "commit": checked.annotated.to_string(),
+        "line": checked.line_no,
+        "verified": checked.is_verified(),
+        "findings": checked.findings,
+        "payload_sha256": checked.payload_sha256,
+        "record": checked.record,
+    })
+}

@@ -1,0 +1,74 @@
+use std::io::Write;
+
+use clap::Args;
+use serde_json::json;
+
+use super::{Ctx, exit, print_json, render};
+use crate::escape;
+use crate::ops::ledger;
+use crate::trust::TrustOrigin;
+
+/// Check the whole ledger: signatures, signers (as of the trust ref), where each record is stored,
+/// and the notes ref's history. Exits 1 when there is any finding.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Print the findings as JSON.
+    #[arg(long)]
+    json: bool,
+    /// After you have examined a reported rewrite of refs/notes/tpa, accept its current tip as the
+    /// new reference point.
+    #[arg(long)]
+    accept_rewrite: bool,
+}
+
+pub fn run(ctx: &Ctx, args: VerifyArgs) -> anyhow::Result<u8> {
+    let repo = ctx.repo()?;
+    let mut out = std::io::stdout().lock();
+    let view = ledger::verify(&repo, args.accept_rewrite)?;
+    let report = &view.report;
+    let findings: Vec<_> = report.all_findings().collect();
+    if args.json {
+        print_json(&json!({
+            "ok": findings.is_empty(),
+            "tip": report.tip.map(|t| t.to_string()),
+            "trust_ref": view.trust.as_ref().map(|t| &t.refname),
+            "trust_commit": view.trust.as_ref().map(|t| t.commit.to_string()),
+            "records": report.records.len(),
+            "findings": findings,
+        }))?;
+    } else {
+        if let Some(trust) = &view.trust {
+            if trust.origin == TrustOrigin::LocalNoRemote {
+                eprintln!(
+                    "note: no remote: trusting the local branch {}, which nobody reviewed",
+                    render::branch(&trust.refname)
+                );
+            }
+            writeln!(
+                out,
+                "checked {} records against .tpa/allowed_signers at {} ({})",
+                report.records.len(),
+                escape::text(&trust.refname),
+                render::short(&trust.commit.to_string())
+            )?;
+        } else {
+            writeln!(out, "the ledger is empty")?;
+        }
+        for f in &findings {
+            let place = match (&f.commit, f.line) {
+                (Some(c), Some(l)) => format!(" {}:{l}", render::short(c)),
+                (Some(c), None) => format!(" {}", render::short(c)),
+                _ => String::new(),
+            };
+            let grant = f.grant_id.as_ref().map(|g| format!(" grant {g}")).unwrap_or_default();
+            let kind = serde_json::to_value(f.kind)?.as_str().unwrap_or_default().to_owned();
+            writeln!(out, "{kind}{place}{grant}: {}", escape::text(&f.message))?;
+        }
+        match findings.len() {
+            0 => writeln!(out, "ok: no findings")?,
+            1 => writeln!(out, "1 finding")?,
+            n => writeln!(out, "{n} findings")?,
+        }
+    }
+    Ok(if findings.is_empty() { exit::OK } else { exit::FINDINGS })
+}

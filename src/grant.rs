@@ -1,0 +1,460 @@
+//! Grants and the records that make up their history: pure data, no I/O.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The payload schema version this tpa writes.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Crockford's base32 alphabet, as ULIDs use it.
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// A grant's id: a ULID (48-bit millisecond time, 80 random bits, 26 Crockford base32 characters).
+/// `tpa-<id>` is the STS session name, so it must stay within STS's character set: it does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct GrantId(String);
+
+impl GrantId {
+    pub fn generate(now: DateTime<Utc>) -> Self {
+        let mut random = [0u8; 10];
+        OsRng.fill_bytes(&mut random);
+        Self::from_parts(now.timestamp_millis().max(0) as u64, random)
+    }
+
+    fn from_parts(millis: u64, random: [u8; 10]) -> Self {
+        let mut value: u128 = u128::from(millis & ((1 << 48) - 1)) << 80;
+        for (i, byte) in random.iter().enumerate() {
+            value |= u128::from(*byte) << (72 - 8 * i);
+        }
+        let text = (0..26).map(|i| CROCKFORD[((value >> (125 - 5 * i)) & 0x1f) as usize] as char).collect();
+        GrantId(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The STS RoleSessionName and SourceIdentity of this grant.
+    pub fn session_name(&self) -> String {
+        format!("tpa-{}", self.0)
+    }
+}
+
+impl fmt::Display for GrantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("`{0}` is not a grant id (26 characters of Crockford base32, like 01JD3M5Q8Z6N2X4V7B9C1R0T5K)")]
+pub struct BadGrantId(pub String);
+
+impl FromStr for GrantId {
+    type Err = BadGrantId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let upper = s.to_ascii_uppercase();
+        let valid = upper.len() == 26
+            && upper.bytes().all(|b| CROCKFORD.contains(&b))
+            // 26 * 5 = 130 bits: the first character carries only 3 of them.
+            && upper.as_bytes()[0] <= b'7';
+        if valid { Ok(GrantId(upper)) } else { Err(BadGrantId(s.to_owned())) }
+    }
+}
+
+impl TryFrom<String> for GrantId {
+    type Error = BadGrantId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<GrantId> for String {
+    fn from(id: GrantId) -> String {
+        id.0
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    Intent,
+    Grant,
+    Failed,
+    Revoke,
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecordKind::Intent => "intent",
+            RecordKind::Grant => "grant",
+            RecordKind::Failed => "failed",
+            RecordKind::Revoke => "revoke",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevokeTrigger {
+    Manual,
+    Merged,
+    Abandoned,
+    Expired,
+    Audit,
+    NotifyFailed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevokeResult {
+    Done,
+    Pending,
+    Irrevocable,
+}
+
+/// Who wrote a record: the signer's principal is `email`, as in `.tpa/allowed_signers`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub email: String,
+    pub user: String,
+    pub host: String,
+}
+
+/// The session policy a grant was scoped by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    pub name: String,
+    pub sha256: String,
+}
+
+/// One signed event in a grant's life. Every record carries the grant's context (repo, branch,
+/// commit, target...) so that it can be read on its own; `principal` is always the record's author,
+/// which for a revoke may be a CI runner rather than the engineer who asked for the grant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub version: u32,
+    pub kind: RecordKind,
+    pub grant_id: GrantId,
+    pub issued_at: DateTime<Utc>,
+    pub principal: Principal,
+    pub reason: String,
+    pub repo: String,
+    /// Full refname, e.g. `refs/heads/hotfix/INC-4211`.
+    pub branch: String,
+    pub commit: String,
+    pub base: Option<String>,
+    pub policy_commit: Option<String>,
+    pub provider: String,
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    pub scope: Option<Scope>,
+    /// For an intent, the expiry asked for; for a grant, the provider's own expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub credential_fingerprint: Option<String>,
+    /// sha256 (hex) of the payload bytes of this grant's intent record; absent on the intent itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<RevokeTrigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RevokeResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("unsupported record version {0} (this tpa reads version {RECORD_VERSION}): upgrade tpa")]
+    Version(u32),
+    #[error("{kind} record must have `{field}`")]
+    Missing { kind: RecordKind, field: &'static str },
+    #[error("{kind} record must not have `{field}`")]
+    Unexpected { kind: RecordKind, field: &'static str },
+    #[error("`{field}` is not a full hex object id: {value:?}")]
+    BadObjectId { field: &'static str, value: String },
+    #[error("branch {0:?} is not a full refname (refs/heads/...)")]
+    BadBranch(String),
+}
+
+impl Record {
+    /// The payload bytes that get signed: compact JSON in field order.
+    pub fn to_payload(&self) -> String {
+        serde_json::to_string(self).expect("a record always serializes")
+    }
+
+    /// Checks what serde cannot: fields each kind requires or forbids, and id formats.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        use RecordKind::*;
+        if self.version != RECORD_VERSION {
+            return Err(RecordError::Version(self.version));
+        }
+        if !is_object_id(&self.commit) {
+            return Err(RecordError::BadObjectId { field: "commit", value: self.commit.clone() });
+        }
+        for (field, value) in [("base", &self.base), ("policy_commit", &self.policy_commit)] {
+            if let Some(value) = value.as_ref().filter(|v| !is_object_id(v)) {
+                return Err(RecordError::BadObjectId { field, value: value.clone() });
+            }
+        }
+        if !self.branch.starts_with("refs/") {
+            return Err(RecordError::BadBranch(self.branch.clone()));
+        }
+        let kind = self.kind;
+        let require = |present: bool, field| {
+            if present { Ok(()) } else { Err(RecordError::Missing { kind, field }) }
+        };
+        let forbid = |present: bool, field| {
+            if present { Err(RecordError::Unexpected { kind, field }) } else { Ok(()) }
+        };
+        match kind {
+            Intent => forbid(self.intent_sha256.is_some(), "intent_sha256")?,
+            _ => require(self.intent_sha256.is_some(), "intent_sha256")?,
+        }
+        if let Some(digest) = &self.intent_sha256
+            && !(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(RecordError::BadObjectId { field: "intent_sha256", value: digest.clone() });
+        }
+        match kind {
+            Grant => {
+                require(self.expires_at.is_some(), "expires_at")?;
+                require(self.credential_fingerprint.is_some(), "credential_fingerprint")?;
+            }
+            Failed => require(self.error.is_some(), "error")?,
+            Revoke => {
+                require(self.trigger.is_some(), "trigger")?;
+                require(self.result.is_some(), "result")?;
+            }
+            Intent => {}
+        }
+        if kind != Revoke {
+            forbid(self.trigger.is_some(), "trigger")?;
+            forbid(self.result.is_some(), "result")?;
+        }
+        Ok(())
+    }
+}
+
+pub fn is_object_id(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A credential's fingerprint for the ledger: enough to match it against CloudTrail's
+/// `accessKeyId` by hashing, never the key id itself.
+pub fn credential_fingerprint(access_key_id: &str) -> String {
+    format!("sha256:{}", &sha256_hex(access_key_id.as_bytes())[..16])
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("`{0}` is not a duration: write a number with a unit, like 900s, 30m, 1h or 1h30m")]
+pub struct BadDuration(pub String);
+
+/// Parses `90s`, `30m`, `1h`, `1h30m`, `2d` into seconds. A bare number is refused: "30" is
+/// ambiguous between seconds and minutes, and ambiguity in a TTL is how access outlives intent.
+pub fn parse_duration(text: &str) -> Result<u64, BadDuration> {
+    let bad = || BadDuration(text.to_owned());
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in trimmed.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n.checked_mul(unit).and_then(|s| total.checked_add(s)).ok_or_else(bad)?;
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// Where a grant stands, from its records alone (what the ledger says, not what AWS says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantState {
+    /// An intent with no grant or failed record after it: tpa stopped mid-request.
+    Incomplete,
+    Failed,
+    Active,
+    Expired,
+    Revoked,
+    /// A revocation was attempted and is queued for retry.
+    Pending,
+    Irrevocable,
+}
+
+impl GrantState {
+    /// Derives the state from one grant's records, in any order.
+    pub fn of<'a>(records: impl IntoIterator<Item = &'a Record>, now: DateTime<Utc>) -> GrantState {
+        let mut records: Vec<&Record> = records.into_iter().collect();
+        records.sort_by_key(|r| r.issued_at);
+        let latest_revoke = records.iter().rev().find(|r| r.kind == RecordKind::Revoke);
+        let granted = records.iter().rev().find(|r| r.kind == RecordKind::Grant);
+        let expired = granted.and_then(|g| g.expires_at).is_some_and(|at| at <= now);
+        if records.iter().any(|r| r.kind == RecordKind::Revoke && r.result == Some(RevokeResult::Done)) {
+            return GrantState::Revoked;
+        }
+        match latest_revoke.and_then(|r| r.result) {
+            Some(RevokeResult::Irrevocable) if !expired => return GrantState::Irrevocable,
+            Some(RevokeResult::Pending) if !expired => return GrantState::Pending,
+            _ => {}
+        }
+        if granted.is_some() {
+            return if expired { GrantState::Expired } else { GrantState::Active };
+        }
+        if records.iter().any(|r| r.kind == RecordKind::Failed) {
+            return GrantState::Failed;
+        }
+        GrantState::Incomplete
+    }
+}
+
+impl fmt::Display for GrantState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text =
+            serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        f.write_str(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_ids_are_ulids_that_sort_by_time() {
+        let a = GrantId::from_parts(1_700_000_000_000, [0; 10]);
+        let b = GrantId::from_parts(1_700_000_000_001, [0xff; 10]);
+        assert_eq!(a.as_str().len(), 26);
+        assert!(a < b);
+        assert_eq!(a.as_str().parse::<GrantId>().unwrap(), a);
+        assert_eq!(GrantId::from_parts(0, [0; 10]).as_str(), "00000000000000000000000000");
+        assert_eq!(GrantId::from_parts((1 << 48) - 1, [0xff; 10]).as_str(), "7ZZZZZZZZZZZZZZZZZZZZZZZZZ");
+    }
+
+    #[test]
+    fn grant_id_parsing_refuses_what_sts_or_ulid_would_not_take() {
+        for bad in ["", "tpa-01", "8ZZZZZZZZZZZZZZZZZZZZZZZZZ", "0000000000000000000000000U", "$(id)"] {
+            assert!(bad.parse::<GrantId>().is_err(), "{bad}");
+        }
+        assert!("01jd3m5q8z6n2x4v7b9c1r0t5k".parse::<GrantId>().is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("900s"), Ok(900));
+        assert_eq!(parse_duration("30m"), Ok(1800));
+        assert_eq!(parse_duration("1h30m"), Ok(5400));
+        assert_eq!(parse_duration("2d"), Ok(172_800));
+        for bad in ["", "30", "m", "1x", "-5m", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn intent() -> Record {
+        Record {
+            version: RECORD_VERSION,
+            kind: RecordKind::Intent,
+            grant_id: GrantId::from_parts(1, [1; 10]),
+            issued_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            principal: Principal { email: "a@example.com".into(), user: "a".into(), host: "h".into() },
+            reason: "INC-1: test".into(),
+            repo: "origin".into(),
+            branch: "refs/heads/hotfix/x".into(),
+            commit: "a".repeat(40),
+            base: None,
+            policy_commit: None,
+            provider: "aws-sts".into(),
+            target: "arn:aws:iam::123456789012:role/r".into(),
+            role: Some("r".into()),
+            scope: None,
+            expires_at: None,
+            credential_fingerprint: None,
+            intent_sha256: None,
+            trigger: None,
+            result: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn validation_follows_the_kind() {
+        let intent = intent();
+        assert_eq!(intent.validate(), Ok(()));
+        let mut revoke = intent.clone();
+        revoke.kind = RecordKind::Revoke;
+        assert!(matches!(revoke.validate(), Err(RecordError::Missing { field: "intent_sha256", .. })));
+        revoke.intent_sha256 = Some(sha256_hex(intent.to_payload().as_bytes()));
+        revoke.trigger = Some(RevokeTrigger::Merged);
+        assert!(matches!(revoke.validate(), Err(RecordError::Missing { field: "result", .. })));
+        revoke.result = Some(RevokeResult::Done);
+        assert_eq!(revoke.validate(), Ok(()));
+        let mut bad = intent.clone();
+        bad.commit = "HEAD".into();
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn payload_round_trips_and_rejects_unknown_fields() {
+        let record = intent();
+        let payload = record.to_payload();
+        assert_eq!(serde_json::from_str::<Record>(&payload).unwrap(), record);
+        let extra = payload.replacen('{', "{\"admin\":true,", 1);
+        assert!(serde_json::from_str::<Record>(&extra).is_err());
+    }
+
+    #[test]
+    fn state_follows_the_records() {
+        let now = DateTime::from_timestamp(1_800_000_100, 0).unwrap();
+        let intent = intent();
+        assert_eq!(GrantState::of([&intent], now), GrantState::Incomplete);
+        let mut grant = intent.clone();
+        grant.kind = RecordKind::Grant;
+        grant.issued_at = intent.issued_at + chrono::Duration::seconds(1);
+        grant.expires_at = Some(now + chrono::Duration::seconds(60));
+        assert_eq!(GrantState::of([&intent, &grant], now), GrantState::Active);
+        assert_eq!(
+            GrantState::of([&grant, &intent], now + chrono::Duration::seconds(61)),
+            GrantState::Expired
+        );
+        let mut revoke = grant.clone();
+        revoke.kind = RecordKind::Revoke;
+        revoke.result = Some(RevokeResult::Pending);
+        assert_eq!(GrantState::of([&intent, &grant, &revoke], now), GrantState::Pending);
+        revoke.result = Some(RevokeResult::Done);
+        assert_eq!(GrantState::of([&intent, &grant, &revoke], now), GrantState::Revoked);
+    }
+
+    #[test]
+    fn fingerprint_never_contains_the_key_id() {
+        let fp = credential_fingerprint("ASIAEXAMPLE123");
+        assert!(fp.starts_with("sha256:") && !fp.contains("ASIA"));
+    }
+}

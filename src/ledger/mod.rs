@@ -1,0 +1,100 @@
+//! The ledger: signed records as lines of git notes under `refs/notes/tpa`.
+//!
+//! A note line is `{"payload": "<JSON string>", "sig": "<armored SSHSIG, namespace tpa>"}`; the
+//! signed bytes are exactly the UTF-8 bytes of `payload` (see docs/ledger-format.md).
+
+pub mod notes;
+pub mod signers;
+pub mod signing;
+pub mod verify;
+
+use git2::{Oid, Repository};
+use serde::{Deserialize, Serialize};
+
+use crate::grant::{Record, RecordError, sha256_hex};
+use signing::{Signer, SigningError};
+
+pub use notes::NOTES_REF;
+
+/// One line of a note, as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteLine {
+    pub payload: String,
+    pub sig: String,
+}
+
+impl NoteLine {
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("strings always serialize")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("refusing to record an invalid record: {0}")]
+    InvalidRecord(#[from] RecordError),
+    #[error("cannot sign the record: {0}")]
+    Signing(#[from] SigningError),
+    #[error("cannot write the ledger: {0}")]
+    Notes(#[from] notes::NotesError),
+    #[error("record names commit {0}, which is not a valid object id")]
+    BadCommit(String),
+}
+
+/// What an append wrote.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    /// sha256 of the payload bytes: what later records of the grant name as `intent_sha256`.
+    pub payload_sha256: String,
+    pub notes_commit: Oid,
+}
+
+/// Signs `record` and appends it to the note on its commit, compare-and-swap.
+pub fn append(repo: &Repository, record: &Record, signer: &Signer) -> Result<Appended, LedgerError> {
+    record.validate()?;
+    let annotated =
+        Oid::from_str(&record.commit).map_err(|_| LedgerError::BadCommit(record.commit.clone()))?;
+    let payload = record.to_payload();
+    let sig = signer.sign(payload.as_bytes())?;
+    let payload_sha256 = sha256_hex(payload.as_bytes());
+    let line = NoteLine { payload, sig }.to_line();
+    let notes_commit = notes::append_line(repo, annotated, &line)?;
+    Ok(Appended { payload_sha256, notes_commit })
+}
+
+/// A line of a note at the ledger's tip, unparsed.
+#[derive(Clone, Debug)]
+pub struct StoredLine {
+    pub annotated: Oid,
+    /// 1-based line number within the note.
+    pub line_no: usize,
+    pub text: String,
+}
+
+/// Every line of every note at the tip of `refs/notes/tpa`.
+pub fn read_lines(repo: &Repository) -> Result<Vec<StoredLine>, git2::Error> {
+    let Some(tip) = notes::tip(repo).map_err(|e| match e {
+        notes::NotesError::Git(g) => g,
+        other => git2::Error::from_str(&other.to_string()),
+    })?
+    else {
+        return Ok(Vec::new());
+    };
+    let tree = repo.find_commit(tip)?.tree()?;
+    let mut out = Vec::new();
+    for note in notes::list_notes(repo, &tree)? {
+        let blob = repo.find_blob(note.blob)?;
+        for (index, raw) in blob.content().split(|b| *b == b'\n').enumerate() {
+            if raw.is_empty() {
+                continue;
+            }
+            out.push(StoredLine {
+                annotated: note.annotated,
+                line_no: index + 1,
+                text: String::from_utf8_lossy(raw).into_owned(),
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,305 @@
+//! `refs/notes/tpa` as plain git objects. The only code that reads or writes the notes ref.
+//!
+//! libgit2's `git_note_create` and `git notes add` both force-update the ref, so concurrent writers
+//! lose each other's notes. Here a writer builds the new notes tree and commit itself and moves the
+//! ref only if it still points where it was read, retrying otherwise.
+
+use std::collections::HashMap;
+
+use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature, Tree};
+
+pub const NOTES_REF: &str = "refs/notes/tpa";
+
+/// How often an append retries a lost compare-and-swap before giving up. Each retry rereads the
+/// ref, so this bounds contention, not correctness.
+const MAX_ATTEMPTS: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotesError {
+    #[error("git error on {NOTES_REF}: {0}")]
+    Git(#[from] git2::Error),
+    #[error("{NOTES_REF} kept moving: gave up after {MAX_ATTEMPTS} attempts to append")]
+    Contended,
+    #[error("{NOTES_REF} does not point at a commit")]
+    NotACommit,
+}
+
+/// A note: the object it annotates and the blob holding its lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoteEntry {
+    pub annotated: Oid,
+    pub blob: Oid,
+}
+
+pub fn tip(repo: &Repository) -> Result<Option<Oid>, NotesError> {
+    match repo.refname_to_id(NOTES_REF) {
+        Ok(oid) => Ok(Some(oid)),
+        Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Appends `line` (no trailing newline) to the note on `annotated`, creating the note if needed.
+/// Returns the new notes commit.
+pub fn append_line(repo: &Repository, annotated: Oid, line: &str) -> Result<Oid, NotesError> {
+    debug_assert!(!line.contains('\n'));
+    let hex = annotated.to_string();
+    for attempt in 0..MAX_ATTEMPTS {
+        let old_tip = tip(repo)?;
+        let (old_commit, old_tree) = match old_tip {
+            Some(oid) => {
+                let commit = repo.find_commit(oid).map_err(|_| NotesError::NotACommit)?;
+                let tree = commit.tree()?;
+                (Some(commit), Some(tree))
+            }
+            None => (None, None),
+        };
+        let existing = match &old_tree {
+            Some(tree) => find_note(repo, tree, &hex)?,
+            None => None,
+        };
+        let mut content = match existing {
+            Some((_, blob)) => repo.find_blob(blob)?.content().to_vec(),
+            None => Vec::new(),
+        };
+        if !content.is_empty() && !content.ends_with(b"\n") {
+            content.push(b'\n');
+        }
+        content.extend_from_slice(line.as_bytes());
+        content.push(b'\n');
+        let blob = repo.blob(&content)?;
+        let path = existing.map(|(path, _)| path).unwrap_or_else(|| fanout_path(&hex));
+        let new_tree = write_path(repo, old_tree.as_ref(), &path, blob)?;
+        let new_tree = repo.find_tree(new_tree)?;
+        let signature = notes_signature(repo)?;
+        let parents: Vec<_> = old_commit.iter().collect();
+        let message = format!("tpa: record on {hex}\n");
+        let new_commit = repo.commit(None, &signature, &signature, &message, &new_tree, &parents)?;
+        let moved = match old_tip {
+            Some(old) => repo.reference_matching(NOTES_REF, new_commit, true, old, "tpa: append"),
+            None => repo.reference(NOTES_REF, new_commit, false, "tpa: append"),
+        };
+        match moved {
+            Ok(_) => return Ok(new_commit),
+            // Someone else moved the ref (or holds its lock): reread and build on their commit.
+            Err(e) if is_lost_race(&e) => back_off(attempt),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(NotesError::Contended)
+}
+
+/// Jittered, growing pause between lost races so that many writers spread out instead of
+/// rebuilding the same commit in lockstep.
+fn back_off(attempt: usize) {
+    use rand_core::RngCore;
+    let cap_micros = (200 * (attempt as u64 + 1)).min(20_000);
+    let pause = rand_core::OsRng.next_u64() % cap_micros;
+    std::thread::sleep(std::time::Duration::from_micros(pause));
+}
+
+fn is_lost_race(e: &git2::Error) -> bool {
+    matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists | ErrorCode::Locked)
+}
+
+fn notes_signature(repo: &Repository) -> Result<Signature<'static>, git2::Error> {
+    repo.signature().or_else(|_| Signature::now("tpa", "tpa@localhost"))
+}
+
+/// git's one-level fan-out: `ab/cdef…`. git reads any fan-out depth; one level keeps each tree
+/// at a few hundred entries up to ~100,000 notes.
+fn fanout_path(hex: &str) -> Vec<String> {
+    vec![hex[..2].to_owned(), hex[2..].to_owned()]
+}
+
+/// Finds the note for `hex` whatever fan-out the writer used (git notes uses none for few notes).
+fn find_note(repo: &Repository, tree: &Tree, hex: &str) -> Result<Option<(Vec<String>, Oid)>, git2::Error> {
+    let mut path = Vec::new();
+    let mut current = tree.clone();
+    let mut rest = hex;
+    loop {
+        if let Some(entry) = current.get_name(rest)
+            && entry.kind() == Some(ObjectType::Blob)
+        {
+            path.push(rest.to_owned());
+            return Ok(Some((path, entry.id())));
+        }
+        if rest.len() <= 2 {
+            return Ok(None);
+        }
+        let subtree = match current.get_name(&rest[..2]) {
+            Some(entry) if entry.kind() == Some(ObjectType::Tree) => entry.id(),
+            _ => return Ok(None),
+        };
+        path.push(rest[..2].to_owned());
+        current = repo.find_tree(subtree)?;
+        rest = &rest[2..];
+    }
+}
+
+fn write_path(
+    repo: &Repository,
+    tree: Option<&Tree>,
+    path: &[String],
+    blob: Oid,
+) -> Result<Oid, git2::Error> {
+    let mut builder = repo.treebuilder(tree)?;
+    let (name, rest) = path.split_first().expect("a note path is never empty");
+    if rest.is_empty() {
+        builder.insert(name, blob, FileMode::Blob.into())?;
+    } else {
+        let subtree = match tree.and_then(|t| t.get_name(name)) {
+            Some(entry) if entry.kind() == Some(ObjectType::Tree) => Some(repo.find_tree(entry.id())?),
+            _ => None,
+        };
+        let sub = write_path(repo, subtree.as_ref(), rest, blob)?;
+        builder.insert(name, sub, FileMode::Tree.into())?;
+    }
+    builder.write()
+}
+
+/// Every note in a notes tree, whatever its fan-out.
+pub fn list_notes(repo: &Repository, tree: &Tree) -> Result<Vec<NoteEntry>, git2::Error> {
+    let mut out = Vec::new();
+    collect_notes(repo, tree, String::new(), &mut out)?;
+    Ok(out)
+}
+
+fn collect_notes(
+    repo: &Repository,
+    tree: &Tree,
+    prefix: String,
+    out: &mut Vec<NoteEntry>,
+) -> Result<(), git2::Error> {
+    for entry in tree.iter() {
+        let Ok(name) = entry.name() else { continue };
+        let full = format!("{prefix}{name}");
+        match entry.kind() {
+            Some(ObjectType::Tree) if full.len() < 40 && is_hex(name) => {
+                collect_notes(repo, &repo.find_tree(entry.id())?, full, out)?;
+            }
+            Some(ObjectType::Blob) if is_hex(name) => {
+                if let Ok(annotated) = Oid::from_str(&full)
+                    && (full.len() == 40 || full.len() == 64)
+                {
+                    out.push(NoteEntry { annotated, blob: entry.id() });
+                }
+            }
+            // git keeps non-note files in a notes tree as they are; so do we, but they are no records.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The notes that differ between two notes trees: for each note present in `new` whose blob is not
+/// the one in `old`, its annotated object and blob. Unchanged subtrees are skipped by id, so one
+/// append costs two tree comparisons whatever the size of the ledger.
+pub fn changed_notes(
+    repo: &Repository,
+    old: Option<&Tree>,
+    new: &Tree,
+    prefix: &str,
+    out: &mut Vec<NoteEntry>,
+) -> Result<(), git2::Error> {
+    let old_entries: HashMap<String, (Oid, Option<ObjectType>)> = match old {
+        Some(tree) => {
+            tree.iter().filter_map(|e| Some((e.name().ok()?.to_owned(), (e.id(), e.kind())))).collect()
+        }
+        None => HashMap::new(),
+    };
+    for entry in new.iter() {
+        let Ok(name) = entry.name() else { continue };
+        if !is_hex(name) {
+            continue;
+        }
+        let previous = old_entries.get(name);
+        if previous.map(|(id, _)| *id) == Some(entry.id()) {
+            continue;
+        }
+        let full = format!("{prefix}{name}");
+        match entry.kind() {
+            Some(ObjectType::Tree) if full.len() < 40 => {
+                let old_sub = match previous {
+                    Some((id, Some(ObjectType::Tree))) => Some(repo.find_tree(*id)?),
+                    _ => None,
+                };
+                changed_notes(repo, old_sub.as_ref(), &repo.find_tree(entry.id())?, &full, out)?;
+            }
+            Some(ObjectType::Blob) => {
+                if let Ok(annotated) = Oid::from_str(&full)
+                    && (full.len() == 40 || full.len() == 64)
+                {
+                    out.push(NoteEntry { annotated, blob: entry.id() });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        repo.config().unwrap().set_str("user.name", "t").unwrap();
+        repo.config().unwrap().set_str("user.email", "t@example.com").unwrap();
+        (dir, repo)
+    }
+
+    #[test]
+    fn appends_share_a_note_and_keep_order() {
+        let (_dir, repo) = repo();
+        let target = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
+        append_line(&repo, target, "first").unwrap();
+        let tip = append_line(&repo, target, "second").unwrap();
+        let tree = repo.find_commit(tip).unwrap().tree().unwrap();
+        let notes = list_notes(&repo, &tree).unwrap();
+        assert_eq!(notes.len(), 1);
+        assert_eq!(notes[0].annotated, target);
+        assert_eq!(repo.find_blob(notes[0].blob).unwrap().content(), b"first\nsecond\n");
+        assert!(tree.get_name("01").is_some(), "fan-out layout");
+        assert_eq!(repo.find_commit(tip).unwrap().parent_count(), 1);
+    }
+
+    #[test]
+    fn reads_and_extends_notes_written_without_fanout() {
+        let (_dir, repo) = repo();
+        let target = Oid::from_str("89abcdef0123456789abcdef0123456789abcdef").unwrap();
+        let blob = repo.blob(b"by git notes\n").unwrap();
+        let mut builder = repo.treebuilder(None).unwrap();
+        builder.insert(target.to_string(), blob, FileMode::Blob.into()).unwrap();
+        let tree = repo.find_tree(builder.write().unwrap()).unwrap();
+        let sig = Signature::now("t", "t@example.com").unwrap();
+        let commit = repo.commit(None, &sig, &sig, "notes", &tree, &[]).unwrap();
+        repo.reference(NOTES_REF, commit, false, "test").unwrap();
+
+        let tip = append_line(&repo, target, "by tpa").unwrap();
+        let tree = repo.find_commit(tip).unwrap().tree().unwrap();
+        let notes = list_notes(&repo, &tree).unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(repo.find_blob(notes[0].blob).unwrap().content(), b"by git notes\nby tpa\n");
+    }
+
+    #[test]
+    fn changed_notes_sees_only_the_new_note() {
+        let (_dir, repo) = repo();
+        let a = Oid::from_str("aa00000000000000000000000000000000000000").unwrap();
+        let b = Oid::from_str("bb00000000000000000000000000000000000000").unwrap();
+        let first = append_line(&repo, a, "x").unwrap();
+        let second = append_line(&repo, b, "y").unwrap();
+        let old = repo.find_commit(first).unwrap().tree().unwrap();
+        let new = repo.find_commit(second).unwrap().tree().unwrap();
+        let mut changed = Vec::new();
+        changed_notes(&repo, Some(&old), &new, "", &mut changed).unwrap();
+        assert_eq!(changed.iter().map(|n| n.annotated).collect::<Vec<_>>(), vec![b]);
+    }
+}

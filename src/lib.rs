@@ -1,0 +1,11 @@
+//! tpa: temporary production access, recorded as signed git notes and revoked by git events.
+//! See docs/ for the user guide and DESIGN-level notes; `cli` is the only module that prints.
+
+pub mod cli;
+pub mod escape;
+pub mod grant;
+pub mod ledger;
+pub mod ops;
+pub mod secrets;
+pub mod state;
+pub mod trust;

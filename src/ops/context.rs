@@ -1,0 +1,123 @@
+//! What a record says about where it was made: who, which repository, branch and commit.
+
+use git2::{ErrorCode, Oid, Repository};
+
+use crate::grant::Principal;
+use crate::trust::TrustRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error(
+        "git has no user.email: set it with `git config user.email you@example.com` (it names you in the ledger)"
+    )]
+    NoEmail,
+    #[error("HEAD is detached: check out the branch you are working on (`git switch -c hotfix/...`)")]
+    Detached,
+    #[error("branch {0} has no commits yet: commit first, so the grant can name a commit")]
+    Unborn(String),
+    #[error(
+        "branch name {0} is not valid UTF-8; tpa records branch names as text: \
+         rename it with `git branch -m NEW-NAME`"
+    )]
+    NonUtf8Branch(String),
+    #[error("git error while reading HEAD: {0}")]
+    Git(#[from] git2::Error),
+}
+
+#[derive(Clone, Debug)]
+pub struct GitContext {
+    pub principal: Principal,
+    /// The origin URL with any user name or password removed, else the repository's path.
+    pub repo_url: String,
+    /// Full refname of the current branch.
+    pub branch: String,
+    pub commit: Oid,
+    /// Merge-base of HEAD with the trust ref, when both exist.
+    pub base: Option<Oid>,
+}
+
+pub fn principal(repo: &Repository) -> Result<Principal, ContextError> {
+    let email = repo.config()?.get_string("user.email").ok().filter(|e| !e.trim().is_empty());
+    Ok(Principal { email: email.ok_or(ContextError::NoEmail)?, user: os_user(), host: host_name() })
+}
+
+pub fn capture(repo: &Repository, trust: Option<&TrustRef>) -> Result<GitContext, ContextError> {
+    let principal = principal(repo)?;
+    let head = match repo.find_reference("HEAD") {
+        Ok(head) => head,
+        Err(e) => return Err(e.into()),
+    };
+    let Some(target) = head.symbolic_target_bytes() else { return Err(ContextError::Detached) };
+    let branch = std::str::from_utf8(target)
+        .map_err(|_| ContextError::NonUtf8Branch(crate::escape::bytes(target)))?
+        .to_owned();
+    let commit = match repo.refname_to_id(&branch) {
+        Ok(oid) => oid,
+        Err(e) if e.code() == ErrorCode::NotFound => {
+            return Err(ContextError::Unborn(crate::escape::text(&branch)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let base = trust.and_then(|t| repo.merge_base(commit, t.commit).ok());
+    Ok(GitContext { principal, repo_url: repo_url(repo), branch, commit, base })
+}
+
+fn repo_url(repo: &Repository) -> String {
+    if let Ok(remote) = repo.find_remote("origin")
+        && let Ok(url) = remote.url()
+    {
+        return strip_credentials(url);
+    }
+    let path = repo.workdir().unwrap_or_else(|| repo.path());
+    path.display().to_string()
+}
+
+/// `https://user:token@host/x` -> `https://host/x`: a URL's credentials never reach the ledger.
+pub fn strip_credentials(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            let keep_user = scheme == "ssh";
+            let user = authority.rsplit_once('@').map(|(u, _)| u).unwrap_or("");
+            let user = user.split(':').next().unwrap_or("");
+            let authority =
+                if keep_user && !user.is_empty() { format!("{user}@{host}") } else { host.to_owned() };
+            return format!("{scheme}://{authority}/{path}");
+        }
+    }
+    url.to_owned()
+}
+
+fn os_user() -> String {
+    ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_credentials;
+
+    #[test]
+    fn credentials_are_stripped_from_urls() {
+        assert_eq!(
+            strip_credentials("https://bob:ghp_secret@github.com/a/b.git"),
+            "https://github.com/a/b.git"
+        );
+        assert_eq!(strip_credentials("https://token@github.com/a/b"), "https://github.com/a/b");
+        assert_eq!(strip_credentials("ssh://git:pw@host/x"), "ssh://git@host/x");
+        assert_eq!(strip_credentials("git@github.com:a/b.git"), "git@github.com:a/b.git");
+        assert_eq!(strip_credentials("/srv/repo.git"), "/srv/repo.git");
+    }
+}

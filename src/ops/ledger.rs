@@ -1,0 +1,100 @@
+//! Reading the ledger: `tpa log`, `tpa show` and `tpa verify` all go through here.
+
+use git2::Repository;
+
+use crate::ledger::signers::{AllowedSigners, SignersError};
+use crate::ledger::verify::{self, CheckedRecord, FindingKind, Report};
+use crate::ledger::{self, notes};
+use crate::ops::init::ALLOWED_SIGNERS_PATH;
+use crate::state::{StateDir, StateError};
+use crate::trust::{TrustError, TrustRef};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(
+        "{ALLOWED_SIGNERS_PATH} is not committed at the trust ref {0}: run `tpa init`, commit .tpa/ and \
+         get it merged there through review"
+    )]
+    NoSigners(String),
+    #[error("{ALLOWED_SIGNERS_PATH} at the trust ref {refname}: {source}")]
+    BadSigners {
+        refname: String,
+        #[source]
+        source: SignersError,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("git error while reading the ledger: {0}")]
+    Git(#[from] git2::Error),
+    #[error(transparent)]
+    Notes(#[from] notes::NotesError),
+}
+
+/// The ledger as checked, with the trust ref it was checked against.
+pub struct LedgerView {
+    pub trust: Option<TrustRef>,
+    pub report: Report,
+}
+
+fn load_signers(repo: &Repository, trust: &TrustRef) -> Result<AllowedSigners, InspectError> {
+    let bytes = trust
+        .read_file(repo, ALLOWED_SIGNERS_PATH)?
+        .ok_or_else(|| InspectError::NoSigners(trust.refname.clone()))?;
+    AllowedSigners::parse(&String::from_utf8_lossy(&bytes))
+        .map_err(|source| InspectError::BadSigners { refname: trust.refname.clone(), source })
+}
+
+/// Every record at the tip with its own checks (signature, signer, place, intent). No history walk.
+pub fn records(repo: &Repository) -> Result<LedgerView, InspectError> {
+    let tip = notes::tip(repo)?;
+    let lines = ledger::read_lines(repo)?;
+    if lines.is_empty() {
+        return Ok(LedgerView {
+            trust: TrustRef::resolve(repo).ok(),
+            report: Report { tip, records: vec![], ledger_findings: vec![] },
+        });
+    }
+    let trust = TrustRef::resolve(repo)?;
+    let signers = load_signers(repo, &trust)?;
+    let mut records = verify::check_lines(lines, &signers);
+    verify::check_intents(&mut records);
+    sort_newest_first(&mut records);
+    Ok(LedgerView { trust: Some(trust), report: Report { tip, records, ledger_findings: vec![] } })
+}
+
+/// The full check of `tpa verify`: records, the notes ref's history and the witness. A tip that
+/// passes the rewrite check becomes the new witness; `accept_rewrite` re-anchors it after an
+/// operator has looked into a rewrite.
+pub fn verify(repo: &Repository, accept_rewrite: bool) -> Result<LedgerView, InspectError> {
+    let mut view = records(repo)?;
+    let tip = view.report.tip;
+    if let Some(tip) = tip {
+        view.report.ledger_findings.extend(verify::check_history(repo, tip)?);
+    }
+    let state = StateDir::open(repo)?;
+    let lock = state.lock()?;
+    let witness = state.witness()?;
+    let rewritten = verify::check_witness(repo, tip, witness);
+    if let Some(finding) = rewritten.clone()
+        && !accept_rewrite
+    {
+        view.report.ledger_findings.push(finding);
+    } else if let Some(tip) = tip {
+        state.set_witness(&lock, tip)?;
+    }
+    debug_assert!(
+        view.report.ledger_findings.iter().filter(|f| f.kind == FindingKind::HistoryRewritten).count() <= 1
+    );
+    Ok(view)
+}
+
+fn sort_newest_first(records: &mut [CheckedRecord]) {
+    records.sort_by(|a, b| {
+        verify::issued_at(b)
+            .cmp(&verify::issued_at(a))
+            .then_with(|| a.annotated.cmp(&b.annotated))
+            .then_with(|| b.line_no.cmp(&a.line_no))
+    });
+}

@@ -1,0 +1,7 @@
+//! The flows, one function each, called by the CLI (and later the hooks). They never print.
+
+pub mod context;
+pub mod init;
+pub mod ledger;
+#[cfg(feature = "testing")]
+pub mod record;

@@ -1,0 +1,75 @@
+//! tpa's local state, in git's common dir (shared by worktrees) under `tpa/`. Never secrets.
+//! Every write is atomic (temporary file + rename) under a file lock.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use git2::{Oid, Repository};
+
+#[derive(Debug, thiserror::Error)]
+#[error("tpa state in {path}: {source}")]
+pub struct StateError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+/// Held while reading-then-writing state; released on drop.
+pub struct StateLock {
+    _file: File,
+}
+
+const WITNESS: &str = "witness";
+
+impl StateDir {
+    pub fn open(repo: &Repository) -> Result<Self, StateError> {
+        let dir = repo.commondir().join("tpa");
+        fs::create_dir_all(&dir).map_err(|source| StateError { path: dir.clone(), source })?;
+        Ok(StateDir { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn lock(&self) -> Result<StateLock, StateError> {
+        let path = self.dir.join("lock");
+        let err = |source| StateError { path: path.clone(), source };
+        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(err)?;
+        file.lock().map_err(err)?;
+        Ok(StateLock { _file: file })
+    }
+
+    fn read(&self, name: &str) -> Result<Option<String>, StateError> {
+        let path = self.dir.join(name);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError { path, source }),
+        }
+    }
+
+    fn write(&self, _lock: &StateLock, name: &str, contents: &str) -> Result<(), StateError> {
+        let path = self.dir.join(name);
+        let err = |source| StateError { path: path.clone(), source };
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(err)?;
+        tmp.write_all(contents.as_bytes()).map_err(err)?;
+        tmp.as_file().sync_all().map_err(err)?;
+        tmp.persist(&path).map_err(|e| err(e.error))?;
+        Ok(())
+    }
+
+    /// The notes-ref tip tpa last verified: a later tip must descend from it.
+    pub fn witness(&self) -> Result<Option<Oid>, StateError> {
+        Ok(self.read(WITNESS)?.and_then(|text| Oid::from_str(text.trim()).ok()))
+    }
+
+    pub fn set_witness(&self, lock: &StateLock, tip: Oid) -> Result<(), StateError> {
+        self.write(lock, WITNESS, &format!("{tip}\n"))
+    }
+}

@@ -1,0 +1,105 @@
+//! The trust ref: where everything that decides (policy, allowed signers) is read from.
+//! By default the remote-tracking protected branch, i.e. what the server accepted through review;
+//! the local branch only in a repository with no remote. Never the working tree.
+
+use git2::{ErrorCode, ObjectType, Oid, Repository};
+
+pub const CONFIG_KEY: &str = "tpa.trustRef";
+const DEFAULT_BRANCHES: [&str; 2] = ["main", "master"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrustOrigin {
+    /// Pinned with `git config tpa.trustRef`.
+    Configured,
+    /// The remote-tracking protected branch (the default).
+    RemoteTracking,
+    /// No remote at all: the local protected branch, which nobody reviewed.
+    LocalNoRemote,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrustRef {
+    pub refname: String,
+    pub commit: Oid,
+    pub origin: TrustOrigin,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error(
+        "`{CONFIG_KEY}` is `{0}`, which does not resolve to a commit: fetch it, or fix it with `git config {CONFIG_KEY} REF`"
+    )]
+    ConfiguredMissing(String),
+    #[error(
+        "remote `{0}` has no main or master branch tracked here: run `git fetch {0}`, \
+         or pin the trust ref with `git config {CONFIG_KEY} refs/remotes/{0}/BRANCH`"
+    )]
+    NoRemoteBranch(String),
+    #[error(
+        "this repository has no remote and no main or master branch to read policy and signers from: \
+         commit .tpa/ on main, or pin the trust ref with `git config {CONFIG_KEY} REF`"
+    )]
+    NoLocalBranch,
+    #[error("git error while resolving the trust ref: {0}")]
+    Git(#[from] git2::Error),
+}
+
+impl TrustRef {
+    pub fn resolve(repo: &Repository) -> Result<Self, TrustError> {
+        if let Ok(configured) = repo.config()?.get_string(CONFIG_KEY) {
+            let commit = peel_to_commit(repo, &configured)?
+                .ok_or(TrustError::ConfiguredMissing(configured.clone()))?;
+            return Ok(TrustRef { refname: configured, commit, origin: TrustOrigin::Configured });
+        }
+        let remotes = repo.remotes()?;
+        let names: Vec<&str> = remotes.iter().filter_map(|n| n.ok().flatten()).collect();
+        if let Some(remote) = names.iter().find(|n| **n == "origin").or(names.first()) {
+            let head = format!("refs/remotes/{remote}/HEAD");
+            let mut candidates = Vec::new();
+            if let Ok(reference) = repo.find_reference(&head)
+                && let Ok(Some(target)) = reference.symbolic_target()
+            {
+                candidates.push(target.to_owned());
+            }
+            candidates.extend(DEFAULT_BRANCHES.iter().map(|b| format!("refs/remotes/{remote}/{b}")));
+            for refname in candidates {
+                if let Some(commit) = peel_to_commit(repo, &refname)? {
+                    return Ok(TrustRef { refname, commit, origin: TrustOrigin::RemoteTracking });
+                }
+            }
+            return Err(TrustError::NoRemoteBranch((*remote).to_owned()));
+        }
+        for branch in DEFAULT_BRANCHES {
+            let refname = format!("refs/heads/{branch}");
+            if let Some(commit) = peel_to_commit(repo, &refname)? {
+                return Ok(TrustRef { refname, commit, origin: TrustOrigin::LocalNoRemote });
+            }
+        }
+        Err(TrustError::NoLocalBranch)
+    }
+
+    /// A file's bytes as committed at the trust ref, or None when it is not there.
+    pub fn read_file(&self, repo: &Repository, path: &str) -> Result<Option<Vec<u8>>, git2::Error> {
+        let tree = repo.find_commit(self.commit)?.tree()?;
+        let entry = match tree.get_path(std::path::Path::new(path)) {
+            Ok(entry) => entry,
+            Err(e) if e.code() == ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if entry.kind() != Some(ObjectType::Blob) {
+            return Ok(None);
+        }
+        Ok(Some(repo.find_blob(entry.id())?.content().to_vec()))
+    }
+}
+
+fn peel_to_commit(repo: &Repository, spec: &str) -> Result<Option<Oid>, git2::Error> {
+    match repo.revparse_single(spec) {
+        Ok(object) => Ok(object.peel_to_commit().ok().map(|c| c.id())),
+        Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::InvalidSpec | ErrorCode::Ambiguous) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
