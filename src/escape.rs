@@ -18,6 +18,18 @@ pub fn text(s: &str) -> String {
     out
 }
 
+/// Like [`text`] but leaves backslashes alone: for messages that may already hold escaped text.
+pub fn controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push('\\'),
+            c => out.push_str(&text(c.encode_utf8(&mut [0; 4]))),
+        }
+    }
+    out
+}
+
 /// Like [`text`] for bytes that may not be UTF-8: invalid bytes become `\xNN`.
 pub fn bytes(b: &[u8]) -> String {
     let mut out = String::new();

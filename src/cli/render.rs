@@ -16,7 +16,7 @@ pub fn error_chain(e: &anyhow::Error) -> String {
         }
         parts.push(text);
     }
-    escape::text(&parts.join(": "))
+    escape::controls(&parts.join(": "))
 }
 
 pub fn short(oid: &str) -> &str {

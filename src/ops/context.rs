@@ -43,10 +43,7 @@ pub fn principal(repo: &Repository) -> Result<Principal, ContextError> {
 
 pub fn capture(repo: &Repository, trust: Option<&TrustRef>) -> Result<GitContext, ContextError> {
     let principal = principal(repo)?;
-    let head = match repo.find_reference("HEAD") {
-        Ok(head) => head,
-        Err(e) => return Err(e.into()),
-    };
+    let head = repo.find_reference("HEAD")?;
     let Some(target) = head.symbolic_target_bytes() else { return Err(ContextError::Detached) };
     let branch = std::str::from_utf8(target)
         .map_err(|_| ContextError::NonUtf8Branch(crate::escape::bytes(target)))?

@@ -1,0 +1,294 @@
+//! The sealed test environment: every test runs the real `tpa` binary and the real `git` in a
+//! temporary directory, with a cleared environment, HOME in the temp dir, no global or system git
+//! config, fixed commit dates, and the real OS keyring (gnome-keyring's Secret Service on a private
+//! D-Bus session started once per test binary).
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub const TPA: &str = env!("CARGO_BIN_EXE_tpa");
+pub const EMAIL: &str = "alice@example.com";
+
+/// A private D-Bus session with an unlocked gnome-keyring. It lives as long as the test binary:
+/// the session's `cat` waits on a pipe whose writing end only this process holds, so the session
+/// (and the keyring daemon with it) ends when the tests end.
+pub struct KeyringSession {
+    pub address: String,
+    pub dir: PathBuf,
+    _keep_alive: ChildStdin,
+    _child: Child,
+}
+
+pub fn keyring() -> &'static KeyringSession {
+    static SESSION: OnceLock<KeyringSession> = OnceLock::new();
+    SESSION.get_or_init(start_keyring)
+}
+
+fn start_keyring() -> KeyringSession {
+    let dir = tempfile::Builder::new().prefix("tpa-keyring-").tempdir().unwrap().keep();
+    for sub in ["data", "runtime", "config", "home"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let runtime = dir.join("runtime");
+    std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let log = dir.join("session.log");
+    // A fixed script: its only inputs are positional parameters, never interpolated.
+    let script = r#"printf %s "$1" | gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>>"$2" || exit 1
+echo "$DBUS_SESSION_BUS_ADDRESS"
+exec cat >/dev/null"#;
+    let mut child = Command::new("dbus-run-session")
+        .args(["--", "sh", "-c", script, "sh", "test-keyring-password"])
+        .arg(&log)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.join("home"))
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("dbus.log")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start dbus-run-session ({e}): install dbus and gnome-keyring (see .ci/run)")
+        });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let address = line.trim().to_owned();
+    if address.is_empty() {
+        let status = child.wait().unwrap();
+        panic!(
+            "the test keyring did not start ({status}): install gnome-keyring and dbus (see .ci/run)\n{}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("dbus.log")).unwrap_or_default()
+        );
+    }
+    let keep_alive = child.stdin.take().unwrap();
+    KeyringSession { address, dir, _keep_alive: keep_alive, _child: child }
+}
+
+/// One test's world: a temp dir holding HOME and the repositories.
+pub struct TestEnv {
+    pub root: tempfile::TempDir,
+    pub home: PathBuf,
+    extra_env: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        let root = tempfile::Builder::new().prefix("tpa-test-").tempdir().unwrap();
+        let home = root.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        TestEnv { root, home, extra_env: Vec::new() }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    pub fn set_env(&mut self, key: &str, value: impl Into<String>) {
+        self.extra_env.push((key.to_owned(), value.into()));
+    }
+
+    fn sealed(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("USER", "alice")
+            .env("LANG", "C.UTF-8")
+            .env("TZ", "UTC")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+            .env("DBUS_SESSION_BUS_ADDRESS", &keyring().address)
+            .stdin(Stdio::null());
+        for (key, value) in &self.extra_env {
+            cmd.env(key, value);
+        }
+        cmd
+    }
+
+    /// `tpa` in `dir`.
+    pub fn tpa(&self, dir: &Path) -> Run {
+        let mut cmd = self.sealed(TPA);
+        cmd.current_dir(dir);
+        Run { cmd, stdin: None }
+    }
+
+    /// `git` in `dir`; panics when git fails.
+    pub fn git(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.git_output(dir, args);
+        assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    }
+
+    pub fn git_output(&self, dir: &Path, args: &[&str]) -> Output {
+        self.sealed("git").current_dir(dir).args(args).output().unwrap()
+    }
+
+    pub fn git_bytes(&self, dir: &Path, args: &[&OsStr]) -> Output {
+        self.sealed("git").current_dir(dir).args(args).output().unwrap()
+    }
+
+    /// A repository with one commit on main, user.email set, and no remote.
+    pub fn repo(&self, name: &str) -> PathBuf {
+        let dir = self.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        self.git(&dir, &["init", "-q", "-b", "main"]);
+        self.git(&dir, &["config", "user.email", EMAIL]);
+        self.git(&dir, &["config", "user.name", "Alice"]);
+        std::fs::write(dir.join("README"), "hello\n").unwrap();
+        self.git(&dir, &["add", "README"]);
+        self.git(&dir, &["commit", "-q", "-m", "initial"]);
+        dir
+    }
+
+    /// A repository cloned from a bare `origin`, so the trust ref is `refs/remotes/origin/main`.
+    pub fn repo_with_origin(&self, name: &str) -> (PathBuf, PathBuf) {
+        let seed = self.repo(&format!("{name}-seed"));
+        let origin = self.path(&format!("{name}-origin.git"));
+        self.git(
+            self.root.path(),
+            &["clone", "-q", "--bare", seed.to_str().unwrap(), origin.to_str().unwrap()],
+        );
+        let dir = self.path(name);
+        self.git(self.root.path(), &["clone", "-q", origin.to_str().unwrap(), dir.to_str().unwrap()]);
+        self.git(&dir, &["config", "user.email", EMAIL]);
+        self.git(&dir, &["config", "user.name", "Alice"]);
+        (dir, origin)
+    }
+
+    /// A fresh unencrypted ed25519 key file made by ssh-keygen; returns its path.
+    pub fn ssh_key(&self, name: &str) -> PathBuf {
+        let path = self.path(name);
+        let out = self
+            .sealed("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+        path
+    }
+
+    pub fn command(&self, program: &str) -> Command {
+        self.sealed(program)
+    }
+
+    /// `tpa init` + commit `.tpa/` on main: the repo's key is trusted, HEAD is on `hotfix/one`.
+    pub fn trusted_repo(&self, name: &str) -> PathBuf {
+        let dir = self.repo(name);
+        self.tpa(&dir).arg("init").run().success();
+        self.git(&dir, &["add", ".tpa"]);
+        self.git(&dir, &["commit", "-q", "-m", "tpa: allow alice"]);
+        self.git(&dir, &["switch", "-q", "-c", "hotfix/one"]);
+        dir
+    }
+}
+
+pub struct Run {
+    cmd: Command,
+    stdin: Option<Vec<u8>>,
+}
+
+pub struct Done {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    what: String,
+}
+
+impl Run {
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.cmd.arg(a);
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    pub fn spawn(mut self) -> Child {
+        self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.cmd.spawn().unwrap()
+    }
+
+    pub fn run(mut self) -> Done {
+        let what = format!("{:?}", self.cmd);
+        self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        if self.stdin.is_some() {
+            self.cmd.stdin(Stdio::piped());
+        }
+        let mut child = self.cmd.spawn().unwrap();
+        if let Some(input) = self.stdin.take() {
+            child.stdin.take().unwrap().write_all(&input).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        Done::from_output(out, what)
+    }
+}
+
+impl Done {
+    pub fn from_output(out: Output, what: String) -> Self {
+        Done {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            what,
+        }
+    }
+
+    pub fn code(self, expected: i32) -> Self {
+        assert_eq!(
+            self.code, expected,
+            "{}\nexit {} (expected {expected})\nstdout:\n{}\nstderr:\n{}",
+            self.what, self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn success(self) -> Self {
+        self.code(0)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
+        })
+    }
+}
+
+/// The finding kinds of a `tpa verify --json` result, sorted.
+pub fn finding_kinds(verify_json: &serde_json::Value) -> Vec<String> {
+    let mut kinds: Vec<String> = verify_json["findings"]
+        .as_array()
+        .expect("findings array")
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap().to_owned())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `tpa` binary against real git, ssh-keygen and the OS keyring.
+//! One test binary, so everything links once.
+
+mod common;
+mod init;
+mod ledger;
+mod tamper;
