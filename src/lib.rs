@@ -6,6 +6,7 @@ pub mod escape;
 pub mod grant;
 pub mod ledger;
 pub mod ops;
+pub mod policy;
 pub mod secrets;
 pub mod state;
 pub mod trust;

@@ -27,6 +27,9 @@ enum DebugCommand {
     },
     /// Sign and append the record read (as JSON) from stdin.
     Append,
+    /// Append one intent per commit listed on stdin (one id a line), each as its own notes
+    /// commit, in one process: builds large ledgers for the benchmarks.
+    Bulk,
 }
 
 pub fn run(ctx: &Ctx, args: DebugArgs) -> anyhow::Result<u8> {
@@ -49,6 +52,13 @@ pub fn run(ctx: &Ctx, args: DebugArgs) -> anyhow::Result<u8> {
             let record: Record = serde_json::from_str(&input)?;
             let appended = record::append_record(&repo, &signer, &record)?;
             print_json(&json!({ "payload_sha256": appended.payload_sha256 }))?;
+        }
+        DebugCommand::Bulk => {
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input)?;
+            let commits: Vec<&str> = input.split_whitespace().collect();
+            let count = record::bulk_intents(&repo, &signer, &commits)?;
+            print_json(&json!({ "appended": count }))?;
         }
     }
     Ok(exit::OK)

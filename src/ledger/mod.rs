@@ -72,15 +72,9 @@ pub struct StoredLine {
     pub text: String,
 }
 
-/// Every line of every note at the tip of `refs/notes/tpa`.
-pub fn read_lines(repo: &Repository) -> Result<Vec<StoredLine>, git2::Error> {
-    let Some(tip) = notes::tip(repo).map_err(|e| match e {
-        notes::NotesError::Git(g) => g,
-        other => git2::Error::from_str(&other.to_string()),
-    })?
-    else {
-        return Ok(Vec::new());
-    };
+/// Every line of every note in the notes commit `tip`.
+pub fn read_lines(repo: &Repository, tip: Option<Oid>) -> Result<Vec<StoredLine>, git2::Error> {
+    let Some(tip) = tip else { return Ok(Vec::new()) };
     let tree = repo.find_commit(tip)?.tree()?;
     let mut out = Vec::new();
     for note in notes::list_notes(repo, &tree)? {

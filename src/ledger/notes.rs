@@ -4,8 +4,6 @@
 //! lose each other's notes. Here a writer builds the new notes tree and commit itself and moves the
 //! ref only if it still points where it was read, retrying otherwise.
 
-use std::collections::HashMap;
-
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature, Tree};
 
 pub const NOTES_REF: &str = "refs/notes/tpa";
@@ -75,10 +73,10 @@ pub fn append_line(repo: &Repository, annotated: Oid, line: &str) -> Result<Oid,
         let parents: Vec<_> = old_commit.iter().collect();
         let message = format!("tpa: record on {hex}\n");
         let new_commit = repo.commit(None, &signature, &signature, &message, &new_tree, &parents)?;
-        let moved = match old_tip {
-            Some(old) => repo.reference_matching(NOTES_REF, new_commit, true, old, "tpa: append"),
-            None => repo.reference(NOTES_REF, new_commit, false, "tpa: append"),
-        };
+        // libgit2 compares the expected old value under the ref's lock; a zero id means "must not
+        // exist yet". (Its plain non-forced create checks existence before locking, which races.)
+        let expected = old_tip.unwrap_or(Oid::ZERO_SHA1);
+        let moved = repo.reference_matching(NOTES_REF, new_commit, true, expected, "tpa: append");
         match moved {
             Ok(_) => return Ok(new_commit),
             // Someone else moved the ref (or holds its lock): reread and build on their commit.
@@ -206,26 +204,37 @@ pub fn changed_notes(
     prefix: &str,
     out: &mut Vec<NoteEntry>,
 ) -> Result<(), git2::Error> {
-    let old_entries: HashMap<String, (Oid, Option<ObjectType>)> = match old {
-        Some(tree) => {
-            tree.iter().filter_map(|e| Some((e.name().ok()?.to_owned(), (e.id(), e.kind())))).collect()
-        }
-        None => HashMap::new(),
-    };
+    // Both trees are sorted by name: walk them side by side instead of building a map, since
+    // this runs once per notes commit over the ledger's whole history.
+    let mut old_entries = old.map(|t| t.iter().peekable());
     for entry in new.iter() {
         let Ok(name) = entry.name() else { continue };
         if !is_hex(name) {
             continue;
         }
-        let previous = old_entries.get(name);
-        if previous.map(|(id, _)| *id) == Some(entry.id()) {
+        let mut previous = None;
+        if let Some(old_iter) = old_entries.as_mut() {
+            while let Some(candidate) = old_iter.peek() {
+                match candidate.name_bytes().cmp(name.as_bytes()) {
+                    std::cmp::Ordering::Less => {
+                        old_iter.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        previous = old_iter.next().map(|e| (e.id(), e.kind()));
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+        }
+        if previous.map(|(id, _)| id) == Some(entry.id()) {
             continue;
         }
         let full = format!("{prefix}{name}");
         match entry.kind() {
             Some(ObjectType::Tree) if full.len() < 40 => {
                 let old_sub = match previous {
-                    Some((id, Some(ObjectType::Tree))) => Some(repo.find_tree(*id)?),
+                    Some((id, Some(ObjectType::Tree))) => Some(repo.find_tree(id)?),
                     _ => None,
                 };
                 changed_notes(repo, old_sub.as_ref(), &repo.find_tree(entry.id())?, &full, out)?;
@@ -287,6 +296,31 @@ mod tests {
         let notes = list_notes(&repo, &tree).unwrap();
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert_eq!(repo.find_blob(notes[0].blob).unwrap().content(), b"by git notes\nby tpa\n");
+    }
+
+    #[test]
+    fn concurrent_writers_from_an_empty_ledger_lose_nothing() {
+        // The ref does not exist when they start: creating it must be compare-and-swap too.
+        let (dir, _repo) = repo();
+        let writers = 24;
+        std::thread::scope(|scope| {
+            for i in 0..writers {
+                let path = dir.path().to_owned();
+                scope.spawn(move || {
+                    let repo = Repository::open(path).unwrap();
+                    let target = Oid::from_str(&format!("{:040x}", i % 3 + 1)).unwrap();
+                    append_line(&repo, target, &format!("writer {i}")).unwrap();
+                });
+            }
+        });
+        let repo = Repository::open(dir.path()).unwrap();
+        let tree = repo.find_commit(tip(&repo).unwrap().unwrap()).unwrap().tree().unwrap();
+        let lines: usize = list_notes(&repo, &tree)
+            .unwrap()
+            .iter()
+            .map(|n| repo.find_blob(n.blob).unwrap().content().split(|b| *b == b'\n').filter(|l| !l.is_empty()).count())
+            .sum();
+        assert_eq!(lines, writers);
     }
 
     #[test]

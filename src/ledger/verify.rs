@@ -93,20 +93,51 @@ impl Report {
     }
 }
 
-/// Checks each line on its own: format, payload, signature, signer, place.
+/// Checks each line on its own: format, payload, signature, signer, place. Spread over the cores.
 pub fn check_lines(lines: Vec<StoredLine>, signers: &AllowedSigners) -> Vec<CheckedRecord> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     let chunk = lines.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = lines
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(|l| check_line(l, signers)).collect::<Vec<_>>()))
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut keys = KeyCache::default();
+                    part.iter().map(|l| check_line(l, signers, &mut keys)).collect::<Vec<_>>()
+                })
+            })
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("a checker thread never panics")).collect()
     })
 }
 
-fn check_line(stored: &StoredLine, signers: &AllowedSigners) -> CheckedRecord {
+/// Decompressed ed25519 keys by their bytes: a ledger has few signers and many records, and
+/// decompressing the key is a good part of a verification.
+#[derive(Default)]
+struct KeyCache(HashMap<[u8; 32], Option<ed25519_dalek::VerifyingKey>>);
+
+/// Verifies an SSHSIG over `payload` in namespace `tpa`. Ed25519 (the common case) goes through a
+/// cached key; everything else through ssh-key's general path.
+fn verify_signature(signature: &SshSig, payload: &[u8], keys: &mut KeyCache) -> Result<(), String> {
+    if let ssh_key::public::KeyData::Ed25519(public) = signature.public_key()
+        && signature.algorithm() == ssh_key::Algorithm::Ed25519
+        && signature.reserved().is_empty()
+    {
+        let key =
+            keys.0.entry(public.0).or_insert_with(|| ed25519_dalek::VerifyingKey::from_bytes(&public.0).ok());
+        let key = key.as_ref().ok_or("the signing key is not a valid ed25519 point")?;
+        let signed =
+            SshSig::signed_data(NAMESPACE, signature.hash_alg(), payload).map_err(|e| e.to_string())?;
+        let raw =
+            ed25519_dalek::Signature::from_slice(signature.signature_bytes()).map_err(|e| e.to_string())?;
+        return key.verify_strict(&signed, &raw).map_err(|e| e.to_string());
+    }
+    ssh_key::PublicKey::from(signature.public_key().clone())
+        .verify(NAMESPACE, payload, signature)
+        .map_err(|e| e.to_string())
+}
+
+fn check_line(stored: &StoredLine, signers: &AllowedSigners, keys: &mut KeyCache) -> CheckedRecord {
     let commit = stored.annotated.to_string();
     let mut checked = CheckedRecord {
         annotated: stored.annotated,
@@ -157,11 +188,7 @@ fn check_line(stored: &StoredLine, signers: &AllowedSigners) -> CheckedRecord {
     if signature.namespace() != NAMESPACE {
         let message = format!("signed for namespace `{}`, not `{NAMESPACE}`", signature.namespace());
         checked.findings.push(finding(FindingKind::WrongNamespace, grant_id.clone(), message));
-    } else if let Err(e) = ssh_key::PublicKey::from(signature.public_key().clone()).verify(
-        NAMESPACE,
-        line.payload.as_bytes(),
-        &signature,
-    ) {
+    } else if let Err(e) = verify_signature(&signature, line.payload.as_bytes(), keys) {
         let message = format!("signature does not match the payload: {e}");
         checked.findings.push(finding(FindingKind::BadSignature, grant_id.clone(), message));
     } else if let Ok(record) = &record {
@@ -280,15 +307,25 @@ pub fn check_history(repo: &Repository, tip: Oid) -> Result<Vec<Finding>, git2::
     let mut seen: HashSet<(Oid, Oid)> = HashSet::new();
     let mut walk = repo.revwalk()?;
     walk.push(tip)?;
+    // The walk goes from the tip back; a linear history visits each commit right after its child,
+    // so the parent tree loaded for one step is the new tree of the next.
+    let mut carried: Option<(Oid, git2::Tree)> = None;
     for oid in walk {
         let commit = repo.find_commit(oid?)?;
-        let tree = commit.tree()?;
+        let tree = match carried.take() {
+            Some((id, tree)) if id == commit.id() => tree,
+            _ => commit.tree()?,
+        };
         let mut changed = Vec::new();
         if commit.parent_count() == 0 {
             notes::changed_notes(repo, None, &tree, "", &mut changed)?;
         } else {
             for parent in commit.parents() {
-                notes::changed_notes(repo, Some(&parent.tree()?), &tree, "", &mut changed)?;
+                let parent_tree = parent.tree()?;
+                notes::changed_notes(repo, Some(&parent_tree), &tree, "", &mut changed)?;
+                if carried.is_none() {
+                    carried = Some((parent.id(), parent_tree));
+                }
             }
         }
         for note in changed {

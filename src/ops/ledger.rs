@@ -48,8 +48,11 @@ fn load_signers(repo: &Repository, trust: &TrustRef) -> Result<AllowedSigners, I
 
 /// Every record at the tip with its own checks (signature, signer, place, intent). No history walk.
 pub fn records(repo: &Repository) -> Result<LedgerView, InspectError> {
-    let tip = notes::tip(repo)?;
-    let lines = ledger::read_lines(repo)?;
+    records_at(repo, notes::tip(repo)?)
+}
+
+fn records_at(repo: &Repository, tip: Option<git2::Oid>) -> Result<LedgerView, InspectError> {
+    let lines = ledger::read_lines(repo, tip)?;
     if lines.is_empty() {
         return Ok(LedgerView {
             trust: TrustRef::resolve(repo).ok(),
@@ -68,11 +71,22 @@ pub fn records(repo: &Repository) -> Result<LedgerView, InspectError> {
 /// passes the rewrite check becomes the new witness; `accept_rewrite` re-anchors it after an
 /// operator has looked into a rewrite.
 pub fn verify(repo: &Repository, accept_rewrite: bool) -> Result<LedgerView, InspectError> {
-    let mut view = records(repo)?;
-    let tip = view.report.tip;
-    if let Some(tip) = tip {
-        view.report.ledger_findings.extend(verify::check_history(repo, tip)?);
-    }
+    let tip = notes::tip(repo)?;
+    // The history walk and the record checks are independent: run them side by side, on one
+    // fixed tip. The walk gets its own handle, since a Repository is not shared across threads.
+    let git_dir = repo.path().to_owned();
+    let (view, history) = std::thread::scope(|scope| {
+        let history = scope.spawn(move || -> Result<Vec<_>, git2::Error> {
+            match tip {
+                Some(tip) => verify::check_history(&Repository::open(&git_dir)?, tip),
+                None => Ok(Vec::new()),
+            }
+        });
+        let view = records_at(repo, tip);
+        (view, history.join().expect("the history walk never panics"))
+    });
+    let mut view = view?;
+    view.report.ledger_findings.extend(history?);
     let state = StateDir::open(repo)?;
     let lock = state.lock()?;
     let witness = state.witness()?;

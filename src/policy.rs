@@ -1,0 +1,1 @@
+//! Policy: being written (see docs/policy.md once it lands).
