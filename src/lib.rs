@@ -7,6 +7,7 @@ pub mod grant;
 pub mod ledger;
 pub mod ops;
 pub mod policy;
+pub mod provider;
 pub mod secrets;
 pub mod state;
 pub mod trust;

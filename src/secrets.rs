@@ -59,3 +59,65 @@ pub fn delete(account: &str) -> Result<(), SecretsError> {
 pub fn signing_key_account(fingerprint: &str) -> String {
     format!("signing-key:{fingerprint}")
 }
+
+/// The keyring account holding a grant's credentials.
+pub fn grant_account(grant_id: &crate::grant::GrantId) -> String {
+    format!("grant:{grant_id}")
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct StoredCredentials {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: String,
+    expiration: chrono::DateTime<chrono::Utc>,
+}
+
+impl Drop for StoredCredentials {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.secret_access_key.zeroize();
+        self.session_token.zeroize();
+    }
+}
+
+/// Keeps a grant's credentials in the OS keyring, read back to be sure they are kept.
+pub fn store_credentials(
+    grant_id: &crate::grant::GrantId,
+    credentials: &crate::provider::Credentials,
+) -> Result<(), SecretsError> {
+    let account = grant_account(grant_id);
+    let stored = StoredCredentials {
+        access_key_id: credentials.access_key_id.clone(),
+        secret_access_key: credentials.secret_access_key.to_string(),
+        session_token: credentials.session_token.to_string(),
+        expiration: credentials.expiration,
+    };
+    let text = Zeroizing::new(serde_json::to_string(&stored).expect("credentials serialize"));
+    store(&account, &text)?;
+    let back = load_credentials(grant_id)?;
+    if back.access_key_id != credentials.access_key_id {
+        return Err(SecretsError::Missing { account });
+    }
+    Ok(())
+}
+
+pub fn load_credentials(
+    grant_id: &crate::grant::GrantId,
+) -> Result<crate::provider::Credentials, SecretsError> {
+    let account = grant_account(grant_id);
+    let text = load(&account)?;
+    let stored: StoredCredentials =
+        serde_json::from_str(&text).map_err(|_| SecretsError::Missing { account })?;
+    Ok(crate::provider::Credentials {
+        access_key_id: stored.access_key_id.clone(),
+        secret_access_key: Zeroizing::new(stored.secret_access_key.clone()),
+        session_token: Zeroizing::new(stored.session_token.clone()),
+        expiration: stored.expiration,
+    })
+}
+
+pub fn delete_credentials(grant_id: &crate::grant::GrantId) -> Result<(), SecretsError> {
+    delete(&grant_account(grant_id))
+}

@@ -1,12 +1,17 @@
 //! The command line: one file per command that parses, calls an op and renders. The only code
 //! that prints, and the one place that decides how errors look and which exit code they get.
 
+mod credential_process;
 #[cfg(feature = "testing")]
 mod debug;
+mod env;
+mod exec;
 mod init;
 mod log;
 mod render;
+mod request;
 mod show;
+mod status;
 mod verify;
 
 use std::io::Write;
@@ -42,6 +47,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Init(init::InitArgs),
+    Request(request::RequestArgs),
+    Status(status::StatusArgs),
+    Exec(exec::ExecArgs),
+    Env(env::EnvArgs),
+    CredentialProcess(credential_process::CredentialProcessArgs),
     Log(log::LogArgs),
     Show(show::ShowArgs),
     Verify(verify::VerifyArgs),
@@ -74,6 +84,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let ctx = Ctx { dir };
     match cli.command {
         Command::Init(args) => init::run(&ctx, args),
+        Command::Request(args) => request::run(&ctx, args),
+        Command::Status(args) => status::run(&ctx, args),
+        Command::Exec(args) => exec::run(&ctx, args),
+        Command::Env(args) => env::run(&ctx, args),
+        Command::CredentialProcess(args) => credential_process::run(&ctx, args),
         Command::Log(args) => log::run(&ctx, args),
         Command::Show(args) => show::run(&ctx, args),
         Command::Verify(args) => verify::run(&ctx, args),
@@ -103,7 +118,6 @@ impl Ctx {
     }
 
     /// The signer for this repository: TPA_SIGNING_KEY, else what `tpa init` recorded.
-    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     fn signer(&self, repo: &git2::Repository) -> Result<Signer, SigningError> {
         if let Some(path) = std::env::var_os("TPA_SIGNING_KEY").filter(|p| !p.is_empty()) {
             return Signer::open(SignerSource::KeyFile(PathBuf::from(path)));
@@ -121,4 +135,24 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// The current time. A test build may pin it with TPA_TEST_NOW (RFC 3339); a release build has no
+/// such door.
+pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
+    #[cfg(feature = "testing")]
+    if let Some(pinned) =
+        std::env::var("TPA_TEST_NOW").ok().and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+    {
+        return pinned.with_timezone(&chrono::Utc);
+    }
+    chrono::Utc::now()
+}
+
+/// May tpa ask the user something? Only on a terminal, and never with TPA_NONINTERACTIVE=1.
+pub(crate) fn interactive() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal()
+        && std::io::stderr().is_terminal()
+        && std::env::var("TPA_NONINTERACTIVE").map_or(true, |v| v.is_empty() || v == "0")
 }

@@ -57,3 +57,42 @@ pub fn record_json(checked: &CheckedRecord) -> serde_json::Value {
         "record": checked.record,
     })
 }
+
+/// A spinner on stderr while tpa waits on the network; nothing at all when stderr is not a terminal.
+pub struct Spinner {
+    stop: Option<(std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+impl Spinner {
+    pub fn start(message: &str) -> Spinner {
+        use std::io::{IsTerminal, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        if !std::io::stderr().is_terminal() {
+            return Spinner { stop: None };
+        }
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let message = escape::text(message);
+        let handle = std::thread::spawn(move || {
+            let frames = ['|', '/', '-', '\\'];
+            let mut i = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let _ = write!(std::io::stderr(), "\r{} {message}", frames[i % frames.len()]);
+                i += 1;
+                std::thread::park_timeout(std::time::Duration::from_millis(100));
+            }
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        });
+        Spinner { stop: Some((stop, handle)) }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.stop.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
+    }
+}

@@ -318,7 +318,14 @@ mod tests {
         let lines: usize = list_notes(&repo, &tree)
             .unwrap()
             .iter()
-            .map(|n| repo.find_blob(n.blob).unwrap().content().split(|b| *b == b'\n').filter(|l| !l.is_empty()).count())
+            .map(|n| {
+                repo.find_blob(n.blob)
+                    .unwrap()
+                    .content()
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count()
+            })
             .sum();
         assert_eq!(lines, writers);
     }

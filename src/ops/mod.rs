@@ -1,7 +1,10 @@
 //! The flows, one function each, called by the CLI (and later the hooks). They never print.
 
 pub mod context;
+pub mod deliver;
+pub mod grants;
 pub mod init;
 pub mod ledger;
 #[cfg(feature = "testing")]
 pub mod record;
+pub mod request;

@@ -5,12 +5,16 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::common::moto::{ACCOUNT_ID, moto, query_api, unique_name};
+use crate::common::moto::{ACCOUNT_ID, moto, query_api, unique_name, xml_text};
 use crate::common::proxy::{Mode, Proxy};
 
 const GET_CALLER_IDENTITY: &[(&str, &str)] = &[("Action", "GetCallerIdentity"), ("Version", "2011-06-15")];
 
-const ACCESS_DENIED: &str = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User is not authorized to perform: sts:AssumeRole</Message></Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>"#;
+const ACCESS_DENIED: &str = concat!(
+    r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>"#,
+    "<Code>AccessDenied</Code><Message>User is not authorized to perform: sts:AssumeRole</Message>",
+    "</Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>",
+);
 
 fn access_denied() -> Mode {
     Mode::Respond { status: 403, body: ACCESS_DENIED.to_owned(), content_type: "text/xml" }
@@ -32,6 +36,17 @@ fn moto_creates_roles_with_unique_names() {
     assert_ne!(first, second);
     assert_eq!(moto().create_role(&first), format!("arn:aws:iam::{ACCOUNT_ID}:role/{first}"));
     assert_eq!(moto().create_role(&second), format!("arn:aws:iam::{ACCOUNT_ID}:role/{second}"));
+
+    // The role is what tpa needs: 12-hour sessions, with tags and a source identity allowed.
+    let (status, role) =
+        moto().call("iam", &[("Action", "GetRole"), ("Version", "2010-05-08"), ("RoleName", &first)]);
+    assert_eq!(status, 200, "{role}");
+    assert_eq!(xml_text(&role, "MaxSessionDuration"), Some("43200"), "{role}");
+    // moto returns the document percent-encoded.
+    let trust = xml_text(&role, "AssumeRolePolicyDocument").unwrap();
+    for action in ["sts%3AAssumeRole", "sts%3ATagSession", "sts%3ASetSourceIdentity"] {
+        assert!(trust.contains(action), "{action} missing from {trust}");
+    }
     assert!(moto().endpoint().starts_with("http://127.0.0.1:"), "{}", moto().endpoint());
 }
 

@@ -2,6 +2,8 @@
 //! One test binary, so everything links once.
 
 mod common;
+mod fixtures;
 mod init;
 mod ledger;
+mod request;
 mod tamper;

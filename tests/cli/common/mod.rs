@@ -5,6 +5,9 @@
 
 #![allow(dead_code)]
 
+pub mod moto;
+pub mod proxy;
+
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 /// The account moto puts every resource in when the access key does not name one.
 pub const ACCOUNT_ID: &str = "123456789012";
 
-const INSTALL_HINT: &str = "install moto: python3 -m venv .venv && .venv/bin/pip install 'moto[server]' (see .ci/run)";
+const INSTALL_HINT: &str =
+    "install moto: python3 -m venv .venv && .venv/bin/pip install 'moto[server]' (see .ci/run)";
 /// Generous: the first start of moto imports a lot of Python, and CI machines can be slow.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 /// Bounds every request, so a wedged server fails a test instead of hanging it.
@@ -129,16 +130,18 @@ exec "$1" -H 127.0.0.1 -p "$2" 3<&- </dev/null"#;
     let deadline = Instant::now() + READY_DEADLINE;
     loop {
         // Ready means moto answers a real request, not merely that its port accepts.
-        let probe = query_api(moto.addr, "sts", &[("Action", "GetCallerIdentity"), ("Version", "2011-06-15")]);
+        let probe =
+            query_api(moto.addr, "sts", &[("Action", "GetCallerIdentity"), ("Version", "2011-06-15")]);
         if let Ok((200, _)) = probe {
             return Ok(moto);
         }
         let exited = moto._child.try_wait().unwrap();
         if exited.is_some() || Instant::now() >= deadline {
-            if exited.is_none() {
-                let _ = moto._child.kill();
-                let _ = moto._child.wait();
-            }
+            let Moto { _keep_alive, mut _child, .. } = moto;
+            // Closing the pipe makes the watcher kill moto (or the hung program) while it is still
+            // our unreaped child, so its pid cannot have been reused yet.
+            drop(_keep_alive);
+            let _ = _child.wait();
             let output = std::fs::read_to_string(log).unwrap_or_default();
             let why = match exited {
                 Some(status) => format!("exited ({status})"),
@@ -169,9 +172,12 @@ impl Moto {
     /// identity, as tpa asks for) for up to 12 hours, and returns its ARN. Role names are global to
     /// the test binary's moto: pass a `unique_name`.
     pub fn create_role(&self, name: &str) -> String {
-        let trust_policy = format!(
-            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{ACCOUNT_ID}:root"}},"Action":["sts:AssumeRole","sts:TagSession","sts:SetSourceIdentity"]}}]}}"#
-        );
+        let trust_policy = [
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","#,
+            &format!(r#""Principal":{{"AWS":"arn:aws:iam::{ACCOUNT_ID}:root"}},"#),
+            r#""Action":["sts:AssumeRole","sts:TagSession","sts:SetSourceIdentity"]}]}"#,
+        ]
+        .concat();
         let (status, body) = self.call(
             "iam",
             &[
@@ -183,7 +189,9 @@ impl Moto {
             ],
         );
         assert_eq!(status, 200, "moto CreateRole {name}: {body}");
-        xml_text(&body, "Arn").unwrap_or_else(|| panic!("no <Arn> in moto's CreateRole answer: {body}")).to_owned()
+        xml_text(&body, "Arn")
+            .unwrap_or_else(|| panic!("no <Arn> in moto's CreateRole answer: {body}"))
+            .to_owned()
     }
 
     /// POSTs a form-encoded Query API request (`Action=...&Version=...`) to `service` and returns the
@@ -207,7 +215,8 @@ pub fn query_api(addr: SocketAddr, service: &str, form: &[(&str, &str)]) -> io::
         "POST / HTTP/1.1\r\n\
          Host: {addr}\r\n\
          Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n\
-         Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/{service}/aws4_request, \
+         Authorization: AWS4-HMAC-SHA256 \
+         Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/{service}/aws4_request, \
          SignedHeaders=content-type;host, Signature=0\r\n\
          Content-Length: {length}\r\n\
          Connection: close\r\n\

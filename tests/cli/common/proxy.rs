@@ -264,7 +264,11 @@ fn respond(client: &TcpStream, status: u16, body: &str, content_type: &str) -> i
         }
         let close = close || !framed;
         let response = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n{connection}\r\n{body}",
+            "HTTP/1.1 {status} {reason}\r\n\
+             Content-Type: {content_type}\r\n\
+             Content-Length: {length}\r\n\
+             {connection}\r\n\
+             {body}",
             reason = reason_phrase(status),
             length = body.len(),
             connection = if close { "Connection: close\r\n" } else { "" },

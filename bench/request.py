@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Benchmark (issue #3): `tpa request` end to end against a local moto server, vs `aws sts
+assume-role` (awscli) and a bare HTTP POST of the same AssumeRole with curl (the floor).
+
+The three run alternately, one call each per round, so that drift on the machine hits all three
+alike; medians are reported, with tpa's time split into the STS round trip (measured inside tpa by
+the test build, TPA_TEST_TIMING=1) and its own work (policy, signing, ledger writes, keyring).
+
+Run through bench/request.sh, which sets up moto, a repository, awscli and the keyring session.
+"""
+import json, os, statistics, subprocess, sys, time
+
+rounds = int(os.environ.get("ROUNDS", "30"))
+tpa, repo, endpoint, role_arn, aws = sys.argv[1:6]
+env = dict(os.environ)
+
+def timed(cmd, **kw):
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    elapsed = (time.perf_counter() - start) * 1000
+    if out.returncode != 0:
+        sys.exit(f"{cmd[0]} failed: {out.stderr}")
+    return elapsed, out
+
+curl = ["curl", "-sf", "-X", "POST", endpoint,
+        "-H", "Authorization: AWS4-HMAC-SHA256 Credential=AKIABENCH/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=0",
+        "--data-urlencode", "Action=AssumeRole", "--data-urlencode", "Version=2011-06-15",
+        "--data-urlencode", f"RoleArn={role_arn}", "--data-urlencode", "RoleSessionName=bench-curl",
+        "--data-urlencode", "DurationSeconds=900"]
+awscli = [aws, "sts", "assume-role", "--role-arn", role_arn, "--role-session-name", "bench-awscli",
+          "--duration-seconds", "900", "--endpoint-url", endpoint, "--output", "json"]
+request = [tpa, "-C", repo, "request", "--role", "bench", "--reason", "BENCH-1: request benchmark",
+           "--ttl", "15m", "--json"]
+
+times = {"tpa": [], "awscli": [], "curl": [], "tpa_sts": []}
+for _ in range(3):  # warm-up: page cache, moto's first-call imports
+    timed(curl); timed(awscli); timed(request, env={**env, "TPA_TEST_TIMING": "1"})
+for _ in range(rounds):
+    t, _ = timed(curl); times["curl"].append(t)
+    t, _ = timed(awscli); times["awscli"].append(t)
+    t, out = timed(request, env={**env, "TPA_TEST_TIMING": "1"}); times["tpa"].append(t)
+    split = dict(kv.split("=") for kv in out.stderr.split() if kv.startswith("sts_ms="))
+    times["tpa_sts"].append(float(split["sts_ms"]))
+
+m = {k: statistics.median(v) for k, v in times.items()}
+print(f"rounds: {rounds} (alternating), medians in ms")
+print(f"  curl POST (floor)       {m['curl']:8.1f}")
+print(f"  aws sts assume-role     {m['awscli']:8.1f}")
+print(f"  tpa request             {m['tpa']:8.1f}   (STS round trip {m['tpa_sts']:.1f}, tpa's own work {m['tpa'] - m['tpa_sts']:.1f})")
+print(f"  awscli / tpa            {m['awscli'] / m['tpa']:8.1f}x  (aim: >= 20x)")
+print(f"  tpa / curl              {m['tpa'] / m['curl']:8.2f}x  (aim: <= 2x)")

@@ -1,0 +1,141 @@
+use std::io::{IsTerminal, Write};
+
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use super::{Ctx, exit, print_json, render};
+use crate::grant::parse_duration;
+use crate::ops::context;
+use crate::ops::deliver;
+use crate::ops::request::{self, Faults, RequestError, RequestSpec};
+use crate::policy::PolicyRefusal;
+use crate::provider::aws_sts::StsOptions;
+
+/// Ask for short-lived AWS credentials for a role, tied to this branch and commit. The grant is
+/// recorded (signed) before the credentials go anywhere; they are kept in the OS keyring for
+/// `tpa exec`, `tpa env` and `tpa credential-process`.
+#[derive(Args)]
+pub struct RequestArgs {
+    /// The role, as named in .tpa/policy.toml ([roles.NAME]).
+    #[arg(long)]
+    role: String,
+    /// Why: the incident and what you will do (asked for interactively when missing on a terminal).
+    #[arg(long)]
+    reason: Option<String>,
+    /// How long, e.g. 15m, 1h (default: the policy's default_ttl, capped at the role's max_ttl).
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<u64>,
+    /// The current code of your MFA device, for roles that require MFA.
+    #[arg(long, env = "TPA_MFA_CODE", hide_env_values = true)]
+    mfa_code: Option<String>,
+    /// The AWS profile holding your base credentials (default: the standard chain).
+    #[arg(long)]
+    profile: Option<String>,
+    /// How long to wait for STS before giving up.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    timeout: u64,
+    /// Print the grant's metadata as JSON (never a secret).
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+    /// Print the credentials themselves, once, for scripts.
+    #[arg(long, value_enum)]
+    format: Option<SecretFormat>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SecretFormat {
+    Json,
+    Env,
+    CredentialProcess,
+}
+
+pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
+    let repo = ctx.repo()?;
+    let mut spec = RequestSpec {
+        role: args.role.clone(),
+        reason: args.reason.clone(),
+        ttl_seconds: args.ttl,
+        mfa_code: args.mfa_code.clone(),
+        sts: StsOptions {
+            profile: args.profile.clone(),
+            region: None,
+            timeout: std::time::Duration::from_secs(args.timeout),
+        },
+    };
+    let now = super::now();
+    let plan = loop {
+        match request::plan(&repo, &spec, now) {
+            Err(RequestError::Refused(
+                refusal @ (PolicyRefusal::ReasonMissing | PolicyRefusal::ReasonTooShort { .. }),
+            )) if super::interactive() => {
+                eprintln!("{refusal}");
+                spec.reason = Some(dialoguer::Input::<String>::new().with_prompt("reason").interact_text()?);
+            }
+            other => break other?,
+        }
+    };
+    let signer = ctx.signer(&repo)?;
+    let spinner = render::Spinner::start(&format!("asking AWS STS for {}", args.role));
+    let granted = request::execute(&repo, plan, &signer, &spec.sts, &faults());
+    drop(spinner);
+    let granted = granted?;
+    #[cfg(feature = "testing")]
+    if std::env::var_os("TPA_TEST_TIMING").is_some() {
+        eprintln!("sts_ms={:.3}", granted.sts_elapsed.as_secs_f64() * 1000.0);
+    }
+    let record = &granted.record;
+    let me = context::principal(&repo)?.email;
+    deliver::forget_ended(&repo, &me, super::now());
+
+    let mut out = std::io::stdout().lock();
+    let credentials = &granted.credentials;
+    match (args.format, args.json) {
+        (Some(SecretFormat::Json), _) => print_json(&json!({
+            "grant_id": record.grant_id,
+            "AccessKeyId": credentials.access_key_id,
+            "SecretAccessKey": credentials.secret_access_key.as_str(),
+            "SessionToken": credentials.session_token.as_str(),
+            "Expiration": render::time(credentials.expiration),
+        }))?,
+        (Some(SecretFormat::Env), _) => write!(out, "{}", super::env::export_lines(credentials))?,
+        (Some(SecretFormat::CredentialProcess), _) => {
+            super::credential_process::print(credentials)?;
+        }
+        (None, true) => print_json(&json!({
+            "grant_id": record.grant_id,
+            "expires_at": record.expires_at.map(render::time),
+            "branch": record.branch,
+            "commit": record.commit,
+            "role": record.role,
+            "target": record.target,
+            "policy_commit": granted.policy_commit,
+        }))?,
+        (None, false) => {
+            let expires = record.expires_at.expect("a grant record has an expiry");
+            let minutes = (expires - super::now()).num_minutes();
+            writeln!(out, "granted {} until {} ({minutes} min left)", args.role, render::time(expires))?;
+            writeln!(out, "  grant   {}", record.grant_id)?;
+            writeln!(
+                out,
+                "  branch  {} @ {}",
+                render::branch(&record.branch),
+                render::short(&record.commit)
+            )?;
+            writeln!(out, "use it:   tpa exec -- aws sts get-caller-identity")?;
+            writeln!(out, "          eval \"$(tpa env)\"")?;
+        }
+    }
+    if args.format.is_some() && std::io::stdout().is_terminal() {
+        eprintln!("note: these are live credentials; they were printed because --format asked for them");
+    }
+    Ok(exit::OK)
+}
+
+fn faults() -> Faults {
+    #[cfg(feature = "testing")]
+    {
+        Faults { fail_grant_record: std::env::var("TPA_TEST_FAULT").is_ok_and(|f| f == "grant-record") }
+    }
+    #[cfg(not(feature = "testing"))]
+    Faults::default()
+}

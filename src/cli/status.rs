@@ -1,0 +1,71 @@
+use std::io::Write;
+
+use clap::Args;
+
+use super::{Ctx, exit, print_json, render};
+use crate::escape;
+use crate::grant::GrantState;
+use crate::ops::{context, grants};
+
+/// Your grants in this repository that are still open (or everyone's, with --all), with time left.
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Everyone's grants, not only yours.
+    #[arg(long)]
+    all: bool,
+    /// Include grants that ended (expired, revoked, failed).
+    #[arg(long)]
+    history: bool,
+    /// Print the grants as a JSON array.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<u8> {
+    let repo = ctx.repo()?;
+    let me = context::principal(&repo)?.email;
+    let now = super::now();
+    let shown: Vec<_> = grants::list(&repo, now)?
+        .into_iter()
+        .filter(|g| args.all || g.principal == me)
+        .filter(|g| {
+            args.history
+                || matches!(
+                    g.state,
+                    GrantState::Active
+                        | GrantState::Pending
+                        | GrantState::Irrevocable
+                        | GrantState::Incomplete
+                )
+        })
+        .collect();
+    if args.json {
+        print_json(&shown)?;
+        return Ok(exit::OK);
+    }
+    let mut out = std::io::stdout().lock();
+    if shown.is_empty() {
+        writeln!(out, "no open grants{}", if args.all { "" } else { " of yours (--all for everyone's)" })?;
+        return Ok(exit::OK);
+    }
+    for g in &shown {
+        let left = match (g.state, g.seconds_left) {
+            (GrantState::Active, Some(s)) => format!("{}m{:02}s left", s / 60, s % 60),
+            _ => String::new(),
+        };
+        let what = g.role.clone().unwrap_or_else(|| g.target.clone());
+        writeln!(
+            out,
+            "{}  {:<11} {:<14} {}  {} @ {}  {}",
+            g.grant_id,
+            g.state.to_string(),
+            left,
+            escape::text(&what),
+            render::branch(&g.branch),
+            render::short(&g.commit),
+            if args.all { escape::text(&g.principal) } else { String::new() },
+        )?;
+        writeln!(out, "    reason: {}", escape::text(&g.reason))?;
+    }
+    Ok(exit::OK)
+}

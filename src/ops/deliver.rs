@@ -1,0 +1,95 @@
+//! Handing out a grant's credentials (`tpa exec`, `tpa env`, `tpa credential-process`): only for
+//! a grant the ledger shows as active, only from the OS keyring, never minting.
+
+use chrono::{DateTime, Utc};
+use git2::Repository;
+
+use crate::grant::{GrantId, GrantState};
+use crate::ops::grants::{self, GrantView};
+use crate::ops::ledger::InspectError;
+use crate::provider::Credentials;
+use crate::secrets::{self, SecretsError};
+
+#[derive(Clone, Debug)]
+pub enum Selector {
+    Grant(GrantId),
+    /// The newest active grant of mine for this role.
+    Role(String),
+    /// The newest active grant of mine.
+    Newest,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("no grant {0} in the ledger: `tpa status` lists yours")]
+    UnknownGrant(GrantId),
+    #[error("you have no active grant{} in this repository: ask for one with `tpa request{}`",
+        role.as_deref().map(|r| format!(" for role {r}")).unwrap_or_default(),
+        role.as_deref().map(|r| format!(" --role {r} --reason ...")).unwrap_or_else(|| " --role ROLE --reason ...".into()))]
+    NoActiveGrant { role: Option<String> },
+    #[error(
+        "grant {grant_id} is {state}, not active: nothing to hand out; ask for a new one with `tpa request`"
+    )]
+    NotActive { grant_id: GrantId, state: GrantState },
+    #[error("grant {grant_id} expired at {at}: ask for a new one with `tpa request`")]
+    Expired { grant_id: GrantId, at: DateTime<Utc> },
+    #[error(
+        "the credentials of grant {0} are not in this machine's OS keyring (it was granted elsewhere, or the \
+         entry was removed): ask for a new grant here with `tpa request`"
+    )]
+    NotHere(GrantId),
+    #[error(transparent)]
+    Keyring(SecretsError),
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+}
+
+pub fn credentials_for(
+    repo: &Repository,
+    selector: &Selector,
+    me: &str,
+    now: DateTime<Utc>,
+) -> Result<(GrantView, Credentials), DeliveryError> {
+    let all = grants::list(repo, now)?;
+    let grant = match selector {
+        Selector::Grant(id) => all
+            .into_iter()
+            .find(|g| &g.grant_id == id)
+            .ok_or_else(|| DeliveryError::UnknownGrant(id.clone()))?,
+        Selector::Role(role) => all
+            .into_iter()
+            .find(|g| {
+                g.state == GrantState::Active && g.principal == me && g.role.as_deref() == Some(role.as_str())
+            })
+            .ok_or_else(|| DeliveryError::NoActiveGrant { role: Some(role.clone()) })?,
+        Selector::Newest => all
+            .into_iter()
+            .find(|g| g.state == GrantState::Active && g.principal == me)
+            .ok_or(DeliveryError::NoActiveGrant { role: None })?,
+    };
+    if grant.state != GrantState::Active {
+        // A grant that ended keeps nothing in the keyring.
+        let _ = secrets::delete_credentials(&grant.grant_id);
+        return Err(DeliveryError::NotActive { grant_id: grant.grant_id, state: grant.state });
+    }
+    let credentials = match secrets::load_credentials(&grant.grant_id) {
+        Ok(credentials) => credentials,
+        Err(SecretsError::Missing { .. }) => return Err(DeliveryError::NotHere(grant.grant_id)),
+        Err(e) => return Err(DeliveryError::Keyring(e)),
+    };
+    if credentials.expiration <= now {
+        let _ = secrets::delete_credentials(&grant.grant_id);
+        return Err(DeliveryError::Expired { grant_id: grant.grant_id, at: credentials.expiration });
+    }
+    Ok((grant, credentials))
+}
+
+/// Removes the keyring entries of my grants that have ended. Best effort: returns how many went.
+pub fn forget_ended(repo: &Repository, me: &str, now: DateTime<Utc>) -> usize {
+    let Ok(all) = grants::list(repo, now) else { return 0 };
+    all.iter()
+        .filter(|g| g.principal == me && !matches!(g.state, GrantState::Active | GrantState::Incomplete))
+        .filter(|g| secrets::load_credentials(&g.grant_id).is_ok())
+        .filter(|g| secrets::delete_credentials(&g.grant_id).is_ok())
+        .count()
+}

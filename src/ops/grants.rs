@@ -1,0 +1,85 @@
+//! Grants as the ledger tells them: records grouped by grant id, with a state. Read-only.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use git2::Repository;
+use serde::Serialize;
+
+use crate::grant::{GrantId, GrantState, Record, RecordKind};
+use crate::ledger::verify::{CheckedRecord, FindingKind};
+use crate::ops::ledger::{self, InspectError};
+
+/// One grant, summarised from its records.
+#[derive(Clone, Debug, Serialize)]
+pub struct GrantView {
+    pub grant_id: GrantId,
+    pub state: GrantState,
+    pub principal: String,
+    pub role: Option<String>,
+    pub target: String,
+    pub provider: String,
+    pub branch: String,
+    pub commit: String,
+    pub reason: String,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Seconds until expiry, 0 once expired; only for grants that were issued.
+    pub seconds_left: Option<i64>,
+    /// Every record of the grant verified (signature and trusted signer).
+    pub verified: bool,
+}
+
+/// Records whose bytes are what their signer signed. Trust in the signer is not required here:
+/// that is `tpa verify`'s question; a forged or damaged record is never counted.
+fn authentic(checked: &CheckedRecord) -> bool {
+    checked.record.is_some()
+        && !checked.findings.iter().any(|f| {
+            matches!(
+                f.kind,
+                FindingKind::BadSignature
+                    | FindingKind::WrongNamespace
+                    | FindingKind::MalformedLine
+                    | FindingKind::InvalidRecord
+                    | FindingKind::WrongCommit
+                    | FindingKind::IntentMismatch
+            )
+        })
+}
+
+pub fn list(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<GrantView>, InspectError> {
+    let view = ledger::records_lenient(repo)?;
+    let mut by_grant: BTreeMap<GrantId, Vec<&CheckedRecord>> = BTreeMap::new();
+    for checked in view.report.records.iter().filter(|c| authentic(c)) {
+        let record = checked.record.as_ref().expect("authentic records parse");
+        by_grant.entry(record.grant_id.clone()).or_default().push(checked);
+    }
+    let mut grants: Vec<GrantView> =
+        by_grant.into_iter().filter_map(|(grant_id, checked)| summarise(grant_id, &checked, now)).collect();
+    grants.sort_by_key(|g| std::cmp::Reverse(g.requested_at));
+    Ok(grants)
+}
+
+fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) -> Option<GrantView> {
+    let records: Vec<&Record> = checked.iter().filter_map(|c| c.record.as_ref()).collect();
+    // A grant's story starts with its intent; records without one are verify's business.
+    let intent = records.iter().find(|r| r.kind == RecordKind::Intent)?;
+    let issued = records.iter().filter(|r| r.kind == RecordKind::Grant).max_by_key(|r| r.issued_at);
+    let state = GrantState::of(records.iter().copied(), now);
+    let expires_at = issued.and_then(|g| g.expires_at);
+    Some(GrantView {
+        grant_id,
+        state,
+        principal: intent.principal.email.clone(),
+        role: intent.role.clone(),
+        target: intent.target.clone(),
+        provider: intent.provider.clone(),
+        branch: intent.branch.clone(),
+        commit: intent.commit.clone(),
+        reason: intent.reason.clone(),
+        requested_at: intent.issued_at,
+        expires_at,
+        seconds_left: expires_at.map(|at| (at - now).num_seconds().max(0)),
+        verified: checked.iter().all(|c| c.is_verified()),
+    })
+}

@@ -1,0 +1,200 @@
+//! AWS STS AssumeRole through aws-config's standard chain (profiles, SSO, environment,
+//! credential_process, `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_STS`).
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::types::Tag;
+use chrono::{DateTime, Utc};
+use zeroize::Zeroizing;
+
+use super::{Credentials, MintError, MintRequest};
+
+/// Where and how to reach STS.
+#[derive(Clone, Debug, Default)]
+pub struct StsOptions {
+    pub profile: Option<String>,
+    pub region: Option<String>,
+    pub timeout: Duration,
+}
+
+pub struct AwsSts {
+    runtime: tokio::runtime::Runtime,
+    client: aws_sdk_sts::Client,
+    timeout: Duration,
+    endpoint: Option<String>,
+}
+
+impl AwsSts {
+    pub fn new(options: &StsOptions) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime always builds");
+        let timeout = options.timeout;
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .operation_attempt_timeout(timeout)
+            .operation_timeout(timeout)
+            .build();
+        let loader = |region: Option<String>| {
+            let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts.clone());
+            if let Some(profile) = &options.profile {
+                loader = loader.profile_name(profile);
+            }
+            if let Some(region) = region {
+                loader = loader.region(aws_config::Region::new(region));
+            }
+            loader
+        };
+        let config = runtime.block_on(async {
+            let config = loader(options.region.clone()).load().await;
+            match config.region() {
+                Some(_) => config,
+                // STS has an endpoint in every region; one is only needed to pick it.
+                None => loader(Some("us-east-1".to_owned())).load().await,
+            }
+        });
+        let endpoint =
+            std::env::var("AWS_ENDPOINT_URL_STS").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
+        AwsSts { runtime, client: aws_sdk_sts::Client::new(&config), timeout, endpoint }
+    }
+
+    pub fn assume_role(&self, request: &MintRequest) -> Result<Credentials, MintError> {
+        let mut call = self
+            .client
+            .assume_role()
+            .role_arn(&request.role_arn)
+            .role_session_name(&request.session_name)
+            .duration_seconds(request.duration_seconds as i32);
+        for (key, value) in &request.tags {
+            let tag = Tag::builder().key(key).value(value).build().expect("key and value are set");
+            call = call.tags(tag);
+        }
+        if let Some(identity) = &request.source_identity {
+            call = call.source_identity(identity);
+        }
+        if let Some(policy) = &request.session_policy {
+            call = call.policy(policy);
+        }
+        if let Some((serial, code)) = &request.mfa {
+            call = call.serial_number(serial).token_code(code);
+        }
+        if let Some(external_id) = &request.external_id {
+            call = call.external_id(external_id);
+        }
+        let output = self.runtime.block_on(call.send()).map_err(|e| self.classify(e))?;
+        let credentials = output.credentials().ok_or(MintError::NoCredentialsInResponse)?;
+        let expiration = credentials.expiration();
+        let expiration = DateTime::<Utc>::from_timestamp(expiration.secs(), expiration.subsec_nanos())
+            .ok_or(MintError::NoCredentialsInResponse)?;
+        Ok(Credentials {
+            access_key_id: credentials.access_key_id().to_owned(),
+            secret_access_key: Zeroizing::new(credentials.secret_access_key().to_owned()),
+            session_token: Zeroizing::new(credentials.session_token().to_owned()),
+            expiration,
+        })
+    }
+
+    fn classify<E, R>(&self, error: SdkError<E, R>) -> MintError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        let detail = aws_smithy_types::error::display::DisplayErrorContext(&error).to_string();
+        match &error {
+            SdkError::ServiceError(context) => {
+                let code = context.err().code().unwrap_or("Unknown").to_owned();
+                let message = context.err().message().unwrap_or_default().to_owned();
+                classify_service_error(&code, &message)
+            }
+            SdkError::TimeoutError(_) => MintError::TimedOut { seconds: self.timeout.as_secs() },
+            SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+                MintError::TimedOut { seconds: self.timeout.as_secs() }
+            }
+            _ if looks_like_missing_credentials(&detail) => MintError::NoCredentials { message: detail },
+            SdkError::DispatchFailure(_) => {
+                MintError::Unreachable { endpoint: self.endpoint.clone(), message: detail }
+            }
+            _ => MintError::Rejected { code: "RequestFailed".into(), message: detail },
+        }
+    }
+}
+
+fn looks_like_missing_credentials(detail: &str) -> bool {
+    let lower = detail.to_ascii_lowercase();
+    lower.contains("credentials")
+        && (lower.contains("no ") || lower.contains("failed to load") || lower.contains("provider"))
+}
+
+/// Turns an STS error code and message into advice.
+pub fn classify_service_error(code: &str, message: &str) -> MintError {
+    let message = message.to_owned();
+    match code {
+        "AccessDenied" | "AccessDeniedException" => {
+            let hint = if message.contains("sts:TagSession") {
+                Some(
+                    "add sts:TagSession to the role's trust policy, or set `session_tags = false` for this role in .tpa/policy.toml",
+                )
+            } else if message.contains("sts:SetSourceIdentity") {
+                Some(
+                    "add sts:SetSourceIdentity to the role's trust policy, or set `source_identity = false` for this role in .tpa/policy.toml",
+                )
+            } else if message.contains("MultiFactorAuthentication") || message.contains("MFA") {
+                Some(
+                    "this role needs MFA: set `require_mfa = true` and `mfa_serial` for it, and pass --mfa-code",
+                )
+            } else {
+                Some(
+                    "the role's trust policy must let your base credentials call sts:AssumeRole (and sts:TagSession / sts:SetSourceIdentity when enabled for the role)",
+                )
+            };
+            MintError::AccessDenied { message, hint: hint.map(str::to_owned) }
+        }
+        "ValidationError" if message.contains("chaining") || message.contains("1 hour") => {
+            MintError::RoleChainingCap { message }
+        }
+        "ExpiredToken"
+        | "ExpiredTokenException"
+        | "InvalidClientTokenId"
+        | "UnrecognizedClientException"
+        | "SignatureDoesNotMatch"
+        | "MissingAuthenticationToken" => MintError::NoCredentials { message: format!("{code}: {message}") },
+        "Throttling" | "ThrottlingException" | "RequestLimitExceeded" => MintError::Throttled { message },
+        _ => MintError::Rejected { code: code.to_owned(), message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_denied_names_the_missing_permission() {
+        let e = classify_service_error(
+            "AccessDenied",
+            "User is not authorized to perform: sts:TagSession on resource",
+        );
+        assert!(e.to_string().contains("session_tags = false"), "{e}");
+        let e = classify_service_error("AccessDenied", "not authorized to perform: sts:SetSourceIdentity");
+        assert!(e.to_string().contains("source_identity = false"), "{e}");
+    }
+
+    #[test]
+    fn role_chaining_cap_is_explained() {
+        let e = classify_service_error(
+            "ValidationError",
+            "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.",
+        );
+        assert!(matches!(e, MintError::RoleChainingCap { .. }));
+    }
+
+    #[test]
+    fn expired_base_credentials_say_log_in() {
+        let e =
+            classify_service_error("ExpiredToken", "The security token included in the request is expired");
+        assert!(e.to_string().contains("aws sso login"), "{e}");
+    }
+}

@@ -1,0 +1,432 @@
+//! `tpa request`, `exec`, `env`, `credential-process` and `status` against a real moto server,
+//! reached through a fault-injection proxy the tests control.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::common::moto::{moto, unique_name};
+use crate::common::proxy::{Mode, Proxy};
+use crate::common::*;
+
+const BASE_KEY_ID: &str = "AKIABASECREDENTIALS0";
+const REASON: &str = "INC-4211: fix stuck invoices";
+
+/// A repository cloned from `origin`, whose reviewed main (pushed to origin) holds a policy for
+/// one moto role; HEAD on `hotfix/INC-4211` with a commit of its own. tpa talks to moto through
+/// `proxy`.
+pub struct AwsRepo {
+    pub env: TestEnv,
+    pub dir: PathBuf,
+    pub proxy: Proxy,
+    pub role_name: String,
+    pub role_arn: String,
+}
+
+pub fn policy(arn: &str, extra: &str) -> String {
+    format!(
+        "protected_branches = [\"main\"]\nrequest_branches = [\"hotfix/*\", \"fix/*\"]\nmin_reason_length = 10\n\
+         default_ttl = \"30m\"\n\n[roles.prod-readonly]\narn = \"{arn}\"\nregion = \"us-east-1\"\nmax_ttl = \"1h\"\n{extra}"
+    )
+}
+
+impl AwsRepo {
+    pub fn new() -> Self {
+        Self::with_policy_extra("")
+    }
+
+    pub fn with_policy_extra(extra: &str) -> Self {
+        let mut env = TestEnv::new();
+        let moto = moto();
+        let role_name = unique_name("tpa-test-role");
+        let role_arn = moto.create_role(&role_name);
+        let proxy = Proxy::start(moto.addr);
+        env.set_env("AWS_ENDPOINT_URL", proxy.endpoint());
+        env.set_env("AWS_ACCESS_KEY_ID", BASE_KEY_ID);
+        env.set_env("AWS_SECRET_ACCESS_KEY", "base-secret-not-a-grant");
+        env.set_env("AWS_REGION", "us-east-1");
+        env.set_env("AWS_DEFAULT_REGION", "us-east-1");
+        env.set_env("AWS_EC2_METADATA_DISABLED", "true");
+        env.set_env("TPA_NONINTERACTIVE", "1");
+        let (dir, _origin) = env.repo_with_origin("work");
+        env.tpa(&dir).arg("init").run().success();
+        std::fs::write(dir.join(".tpa/policy.toml"), policy(&role_arn, extra)).unwrap();
+        env.git(&dir, &["add", ".tpa"]);
+        env.git(&dir, &["commit", "-q", "-m", "tpa policy"]);
+        env.git(&dir, &["push", "-q", "origin", "main"]);
+        env.git(&dir, &["switch", "-q", "-c", "hotfix/INC-4211"]);
+        env.git(&dir, &["commit", "-q", "--allow-empty", "-m", "fix stuck invoices"]);
+        AwsRepo { env, dir, proxy, role_name, role_arn }
+    }
+
+    pub fn tpa(&self) -> Run {
+        self.env.tpa(&self.dir)
+    }
+
+    pub fn request(&self) -> Run {
+        self.tpa().args(["request", "--role", "prod-readonly", "--reason", REASON])
+    }
+
+    pub fn notes_tip(&self) -> Option<String> {
+        let out = self.env.git_output(&self.dir, &["rev-parse", "--verify", "-q", "refs/notes/tpa"]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    pub fn head(&self) -> String {
+        self.env.git(&self.dir, &["rev-parse", "HEAD"])
+    }
+
+    /// Record kinds in the ledger, oldest first.
+    pub fn kinds(&self) -> Vec<String> {
+        let log = self.tpa().args(["log", "--json"]).run().success().json();
+        let mut kinds: Vec<String> = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["record"]["kind"].as_str().unwrap().to_owned())
+            .collect();
+        kinds.reverse();
+        kinds
+    }
+
+    /// How many of this repository's grants have credentials in the (shared) test keyring.
+    pub fn keyring_grants(&self) -> usize {
+        let log = self.tpa().args(["log", "--json"]).run().success().json();
+        let mut ids: Vec<String> = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["record"]["grant_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.iter()
+            .filter(|id| {
+                self.env
+                    .command("secret-tool")
+                    .args(["lookup", "service", "tpa", "username", &format!("grant:{id}")])
+                    .output()
+                    .unwrap()
+                    .status
+                    .success()
+            })
+            .count()
+    }
+}
+
+/// The Python that has boto3 (moto's own environment).
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("TPA_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv.exists() { venv } else { PathBuf::from("python3") }
+}
+
+const WHOAMI: &str =
+    "import boto3; i = boto3.client('sts').get_caller_identity(); print(i['Arn']); print(i['UserId'])";
+
+#[test]
+fn a_grant_works_and_is_recorded_on_the_branch_and_commit() {
+    let aws = AwsRepo::new();
+    let out = aws.request().arg("--json").run().success();
+    let granted = out.json();
+    let grant_id = granted["grant_id"].as_str().unwrap().to_owned();
+    assert_eq!(granted["branch"], "refs/heads/hotfix/INC-4211");
+    assert_eq!(granted["commit"], aws.head().as_str());
+    assert_eq!(granted["role"], "prod-readonly");
+    assert!(granted["expires_at"].is_string());
+    assert!(!out.stdout.contains("SecretAccessKey") && !out.stdout.contains("SessionToken"));
+
+    // The credentials are real: moto sees the assumed role with tpa's session name.
+    let whoami = aws.tpa().args(["exec", &grant_id, "--"]).arg(python()).args(["-c", WHOAMI]).run().success();
+    let mut lines = whoami.stdout.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        format!("arn:aws:sts::123456789012:assumed-role/{}/tpa-{grant_id}", aws.role_name)
+    );
+    assert!(lines.next().unwrap().ends_with(&format!(":tpa-{grant_id}")));
+    // --role picks the newest active grant for the role; no argument picks the newest of all.
+    aws.tpa()
+        .args(["exec", "--role", "prod-readonly", "--"])
+        .arg(python())
+        .args(["-c", WHOAMI])
+        .run()
+        .success();
+
+    assert_eq!(aws.kinds(), ["intent", "grant"]);
+    let verify = aws.tpa().args(["verify", "--json"]).run().success().json();
+    assert_eq!(verify["trust_ref"], "refs/remotes/origin/main");
+    let show = aws.tpa().args(["show", &grant_id, "--json"]).run().success().json();
+    assert_eq!(show["state"], "active");
+    let grant_record = &show["records"][1]["record"];
+    assert_eq!(grant_record["branch"], "refs/heads/hotfix/INC-4211");
+    assert_eq!(grant_record["commit"], aws.head().as_str());
+    assert_eq!(grant_record["target"], aws.role_arn.as_str());
+    assert_eq!(grant_record["provider"], "aws-sts");
+    assert_eq!(grant_record["policy_commit"], aws.env.git(&aws.dir, &["rev-parse", "origin/main"]).as_str());
+    assert!(grant_record["credential_fingerprint"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(grant_record["scope"]["name"], "tpa:no-role-chaining");
+
+    let status = aws.tpa().args(["status", "--json"]).run().success().json();
+    let entry = status.as_array().unwrap().iter().find(|g| g["grant_id"] == grant_id.as_str()).unwrap();
+    assert_eq!(entry["state"], "active");
+    let left = entry["seconds_left"].as_i64().unwrap();
+    assert!((1700..=1800).contains(&left), "{left}");
+}
+
+#[test]
+fn env_and_credential_process_hand_out_the_keyring_copy() {
+    let aws = AwsRepo::new();
+    let printed = aws.request().args(["--format", "json"]).run().success().json();
+    let key_id = printed["AccessKeyId"].as_str().unwrap();
+    let env = aws.tpa().arg("env").run().success().stdout;
+    assert!(env.contains(&format!("export AWS_ACCESS_KEY_ID='{key_id}'")), "{env}");
+    assert!(env.contains(&format!(
+        "export AWS_SECRET_ACCESS_KEY='{}'",
+        printed["SecretAccessKey"].as_str().unwrap()
+    )));
+    let process = aws.tpa().args(["credential-process", "--role", "prod-readonly"]).run().success().json();
+    assert_eq!(process["Version"], 1);
+    assert_eq!(process["AccessKeyId"], key_id);
+    assert_eq!(process["SessionToken"], printed["SessionToken"]);
+    assert!(process["Expiration"].as_str().unwrap().ends_with('Z'));
+
+    let creds = aws.request().args(["--format", "credential-process"]).run().success().json();
+    assert_eq!(creds["Version"], 1);
+    let env_format = aws.request().args(["--format", "env"]).run().success().stdout;
+    assert!(env_format.starts_with("export AWS_ACCESS_KEY_ID="), "{env_format}");
+}
+
+#[test]
+fn exec_refuses_to_nest_and_ended_grants_are_never_handed_out() {
+    let aws = AwsRepo::new();
+    let grant_id =
+        aws.request().arg("--json").run().success().json()["grant_id"].as_str().unwrap().to_owned();
+    let nested = aws.tpa().args(["exec", "--", "true"]).env("TPA_EXEC_GRANT", &grant_id).run().code(2);
+    assert!(nested.stderr.contains("already inside `tpa exec`"), "{}", nested.stderr);
+    // Two hours later (the test build's pinned clock) the 30-minute grant has expired.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let expired = aws.tpa().args(["exec", &grant_id, "--", "true"]).env("TPA_TEST_NOW", &later).run().code(2);
+    assert!(expired.stderr.contains("expired"), "{}", expired.stderr);
+    let env = aws.tpa().arg("env").env("TPA_TEST_NOW", &later).run().code(2);
+    assert!(env.stdout.is_empty());
+    assert_eq!(aws.keyring_grants(), 0, "the ended grant's keyring entry is gone");
+    assert!(
+        aws.tpa()
+            .args(["status", "--json"])
+            .env("TPA_TEST_NOW", &later)
+            .run()
+            .success()
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Each refusal: exit 2, the message, no record, no connection to AWS.
+fn assert_refused(aws: &AwsRepo, run: Run, message: &str) {
+    let tip = aws.notes_tip();
+    let before = aws.proxy.connections();
+    let out = run.run().code(2);
+    assert!(out.stderr.contains(message), "expected {message:?} in:\n{}", out.stderr);
+    assert_eq!(aws.notes_tip(), tip, "a refusal wrote to the ledger");
+    assert_eq!(aws.proxy.connections(), before, "a refusal called AWS");
+}
+
+#[test]
+fn every_refusal_leaves_no_record_and_makes_no_aws_call() {
+    let aws = AwsRepo::with_policy_extra(
+        "\n[roles.needs-mfa]\narn = \"arn:aws:iam::123456789012:role/mfa\"\nrequire_mfa = true\n\
+         mfa_serial = \"arn:aws:iam::123456789012:mfa/{user}\"\n\
+         \n[roles.bad-session-policy]\narn = \"arn:aws:iam::123456789012:role/bad\"\nsession_policy = \".tpa/policies/bad.json\"\n\
+         \n[roles.long-session-policy]\narn = \"arn:aws:iam::123456789012:role/long\"\nsession_policy = \".tpa/policies/long.json\"\n",
+    );
+    // The session policies live on the reviewed main too.
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    std::fs::create_dir_all(aws.dir.join(".tpa/policies")).unwrap();
+    std::fs::write(aws.dir.join(".tpa/policies/bad.json"), "{\"Statement\": [").unwrap();
+    let long = format!(
+        "{{\"Version\":\"2012-10-17\",\"Statement\":[{{\"Effect\":\"Allow\",\"Action\":[{}],\"Resource\":\"*\"}}]}}",
+        (0..120).map(|i| format!("\"s3:GetObject{i}\"")).collect::<Vec<_>>().join(",")
+    );
+    std::fs::write(aws.dir.join(".tpa/policies/long.json"), long).unwrap();
+    aws.env.git(&aws.dir, &["add", ".tpa"]);
+    aws.env.git(&aws.dir, &["commit", "-q", "-m", "session policies"]);
+    aws.env.git(&aws.dir, &["push", "-q", "origin", "main"]);
+    aws.env.git(&aws.dir, &["switch", "-q", "hotfix/INC-4211"]);
+
+    let req = || aws.tpa().arg("request");
+    assert_refused(&aws, req().args(["--role", "prod-readonly"]), "a reason is required");
+    assert_refused(&aws, req().args(["--role", "prod-readonly", "--reason", "fix"]), "at least 10");
+    assert_refused(&aws, req().args(["--role", "prod-admin", "--reason", REASON]), "prod-admin");
+    assert_refused(&aws, aws.request().args(["--ttl", "2h"]), "max_ttl");
+    assert_refused(&aws, aws.request().args(["--ttl", "10m"]), "outside what STS allows");
+    assert_refused(&aws, req().args(["--role", "needs-mfa", "--reason", REASON]), "--mfa-code");
+    assert_refused(&aws, req().args(["--role", "bad-session-policy", "--reason", REASON]), "not valid JSON");
+    assert_refused(
+        &aws,
+        req().args(["--role", "long-session-policy", "--reason", REASON]),
+        "above STS's limit of 2048",
+    );
+
+    aws.env.git(&aws.dir, &["switch", "-q", "-c", "feature/not-allowed"]);
+    assert_refused(&aws, aws.request(), "may only be taken on branches matching");
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    assert_refused(&aws, aws.request(), "protected branch");
+    aws.env.git(&aws.dir, &["switch", "-q", "--detach", "HEAD"]);
+    assert_refused(&aws, aws.request(), "detached");
+    aws.env.git(&aws.dir, &["switch", "-q", "--orphan", "hotfix/unborn"]);
+    assert_refused(&aws, aws.request(), "no commits yet");
+}
+
+#[test]
+fn the_policy_comes_from_the_trust_ref_not_the_branch_or_local_main() {
+    let aws = AwsRepo::new();
+    let looser = policy(&aws.role_arn, "").replace("max_ttl = \"1h\"", "max_ttl = \"12h\"");
+    // Looser on the hotfix branch, committed.
+    std::fs::write(aws.dir.join(".tpa/policy.toml"), &looser).unwrap();
+    aws.env.git(&aws.dir, &["commit", "-q", "-am", "let me have 12h"]);
+    assert_refused(&aws, aws.request().args(["--ttl", "2h"]), "max_ttl");
+    // Looser straight on local main, not pushed.
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    std::fs::write(aws.dir.join(".tpa/policy.toml"), &looser).unwrap();
+    aws.env.git(&aws.dir, &["commit", "-q", "-am", "let me have 12h on main"]);
+    aws.env.git(&aws.dir, &["switch", "-q", "-c", "hotfix/again"]);
+    assert_refused(&aws, aws.request().args(["--ttl", "2h"]), "max_ttl");
+    // Uncommitted in the working tree.
+    std::fs::write(aws.dir.join(".tpa/policy.toml"), looser.replace("hotfix/*", "*")).unwrap();
+    assert_refused(&aws, aws.request().args(["--ttl", "2h"]), "max_ttl");
+}
+
+#[test]
+fn policy_errors_name_the_file_and_line() {
+    let aws = AwsRepo::with_policy_extra("max_tll = \"2h\"\n");
+    let out = aws.request().run().code(2);
+    assert!(out.stderr.contains("refs/remotes/origin/main:.tpa/policy.toml:10:"), "{}", out.stderr);
+    assert!(out.stderr.contains("max_ttl"), "{}", out.stderr);
+    assert_eq!(aws.proxy.connections(), 0);
+}
+
+#[test]
+fn endpoint_down_is_a_failed_record_and_no_secret() {
+    let aws = AwsRepo::new();
+    aws.proxy.set_mode(Mode::Down);
+    let out = aws.request().run().code(2);
+    assert!(out.stderr.contains("cannot reach STS"), "{}", out.stderr);
+    assert_eq!(aws.kinds(), ["intent", "failed"]);
+    assert_eq!(aws.keyring_grants(), 0);
+    aws.tpa().args(["verify"]).run().success();
+}
+
+#[test]
+fn a_hanging_endpoint_is_a_bounded_wait() {
+    let aws = AwsRepo::new();
+    aws.proxy.set_mode(Mode::Hang);
+    let started = std::time::Instant::now();
+    let out = aws.request().args(["--timeout", "2s"]).run().code(2);
+    // Bounded, not fast: the SDK may retry within the operation timeout; far below the default 20 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(out.stderr.contains("did not answer within 2 s"), "{}", out.stderr);
+    assert_eq!(aws.kinds(), ["intent", "failed"]);
+    assert_eq!(aws.keyring_grants(), 0);
+}
+
+#[test]
+fn access_denied_becomes_advice_and_a_failed_record() {
+    let aws = AwsRepo::new();
+    aws.proxy.set_mode(Mode::Respond {
+        status: 403,
+        content_type: "text/xml",
+        body: "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type>\
+               <Code>AccessDenied</Code><Message>User: arn:aws:iam::123456789012:user/alice is not authorized to \
+               perform: sts:TagSession on resource: arn:aws:iam::123456789012:role/x</Message></Error>\
+               <RequestId>1</RequestId></ErrorResponse>"
+            .into(),
+    });
+    let out = aws.request().run().code(2);
+    assert!(
+        out.stderr.contains("sts:TagSession") && out.stderr.contains("session_tags = false"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(aws.kinds(), ["intent", "failed"]);
+    let log = aws.tpa().args(["log", "--json"]).run().success().json();
+    assert!(
+        log[0]["record"]["error"].as_str().unwrap().contains("AccessDenied")
+            || log[0]["record"]["error"].as_str().unwrap().contains("denied")
+    );
+}
+
+#[test]
+fn a_grant_record_that_cannot_be_written_discards_the_credentials() {
+    let aws = AwsRepo::new();
+    let out = aws.request().env("TPA_TEST_FAULT", "grant-record").run().code(2);
+    assert!(out.stderr.contains("credentials were discarded"), "{}", out.stderr);
+    assert_eq!(aws.proxy.connections(), 1, "AWS was asked");
+    assert_eq!(aws.kinds(), ["intent"], "no grant record");
+    assert_eq!(aws.keyring_grants(), 0, "nothing in the keyring");
+    let status = aws.tpa().args(["status", "--json"]).run().success().json();
+    assert_eq!(status[0]["state"], "incomplete");
+}
+
+#[test]
+fn secrets_appear_nowhere_but_where_they_were_asked_for() {
+    let aws = AwsRepo::new();
+    let mut outputs: Vec<String> = Vec::new();
+    let mut keep = |done: Done| {
+        outputs.push(done.stdout.clone());
+        outputs.push(done.stderr.clone());
+        done
+    };
+    let granted = keep(aws.request().arg("--json").run().success()).json();
+    let grant_id = granted["grant_id"].as_str().unwrap().to_owned();
+    keep(aws.request().run().success());
+    for args in [
+        vec!["status"],
+        vec!["status", "--json", "--all"],
+        vec!["log"],
+        vec!["log", "--json"],
+        vec!["show", grant_id.as_str()],
+        vec!["show", grant_id.as_str(), "--json"],
+        vec!["verify", "--json"],
+    ] {
+        keep(aws.tpa().args(args).run().success());
+    }
+    // The secrets, as `tpa env` hands them out (the one place they are meant to appear).
+    let env = aws.tpa().args(["env", &grant_id]).run().success().stdout;
+    let value = |name: &str| -> String {
+        let line = env.lines().find(|l| l.starts_with(&format!("export {name}="))).unwrap();
+        line.split_once('=').unwrap().1.trim_matches('\'').to_owned()
+    };
+    let secrets = [value("AWS_SECRET_ACCESS_KEY"), value("AWS_SESSION_TOKEN"), value("AWS_ACCESS_KEY_ID")];
+    for secret in &secrets {
+        assert!(secret.len() >= 16, "{secret}");
+        for output in &outputs {
+            assert!(!output.contains(secret.as_str()), "a secret reached the output of a non-format command");
+        }
+    }
+    let objects = aws
+        .env
+        .command("git")
+        .current_dir(&aws.dir)
+        .args(["cat-file", "--batch-all-objects", "--batch"])
+        .output()
+        .unwrap();
+    let objects = String::from_utf8_lossy(&objects.stdout);
+    for file in crate::init::walk(&aws.dir.join(".git")) {
+        let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "secret in {}", file.display());
+        }
+    }
+    for secret in &secrets {
+        assert!(!objects.contains(secret.as_str()), "secret in a git object");
+    }
+    for file in crate::init::walk(&aws.env.home) {
+        let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
+        assert!(!secrets.iter().any(|s| text.contains(s.as_str())), "secret in {}", file.display());
+    }
+    let _: Value = granted;
+}
