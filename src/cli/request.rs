@@ -74,6 +74,12 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
             other => break other?,
         }
     };
+    if plan.trust.origin == crate::trust::TrustOrigin::LocalNoRemote {
+        eprintln!(
+            "note: no remote: policy was read from the local branch {}, which nobody reviewed",
+            render::branch(&plan.trust.refname)
+        );
+    }
     let signer = ctx.signer(&repo)?;
     let spinner = render::Spinner::start(&format!("asking AWS STS for {}", args.role));
     let granted = request::execute(&repo, plan, &signer, &spec.sts, &faults());

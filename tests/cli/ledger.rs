@@ -182,12 +182,23 @@ fn thirty_two_concurrent_appends_lose_nothing() {
     let commits = [head(&env, &dir), head(&env, &other)];
     assert_ne!(commits[0], commits[1]);
 
+    // Signed with a key file: this is about the ledger's compare-and-swap, not about how fast the
+    // keyring daemon answers 32 callers at once.
+    let key = env.ssh_key("concurrent_key");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    env.git(&dir, &["switch", "-q", "main"]);
+    let mut signers = std::fs::read_to_string(dir.join(".tpa/allowed_signers")).unwrap();
+    signers.push_str(&format!("{EMAIL} namespaces=\"tpa\" {public}"));
+    std::fs::write(dir.join(".tpa/allowed_signers"), signers).unwrap();
+    env.git(&dir, &["commit", "-q", "-am", "trust the key file"]);
+    env.git(&dir, &["switch", "-q", "hotfix/one"]);
     let children: Vec<_> = (0..32)
         .map(|i| {
             let where_ = if i % 2 == 0 { &dir } else { &other };
             env.tpa(where_)
                 .args(["debug", "intent", "--reason"])
                 .arg(format!("INC-{i}: concurrent writer"))
+                .env("TPA_SIGNING_KEY", &key)
                 .spawn()
         })
         .collect();

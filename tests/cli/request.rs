@@ -430,3 +430,12 @@ fn secrets_appear_nowhere_but_where_they_were_asked_for() {
     }
     let _: Value = granted;
 }
+
+#[test]
+fn missing_base_credentials_say_how_to_log_in() {
+    let aws = AwsRepo::new();
+    let out = aws.request().env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY").run().code(2);
+    assert!(out.stderr.contains("no valid base AWS credentials"), "{}", out.stderr);
+    assert!(out.stderr.contains("aws sso login"), "{}", out.stderr);
+    assert_eq!(aws.kinds(), ["intent", "failed"]);
+}

@@ -137,11 +137,9 @@ exec "$1" -H 127.0.0.1 -p "$2" 3<&- </dev/null"#;
         }
         let exited = moto._child.try_wait().unwrap();
         if exited.is_some() || Instant::now() >= deadline {
-            let Moto { _keep_alive, mut _child, .. } = moto;
-            // Closing the pipe makes the watcher kill moto (or the hung program) while it is still
-            // our unreaped child, so its pid cannot have been reused yet.
-            drop(_keep_alive);
-            let _ = _child.wait();
+            // SIGKILL: a hung program may ignore the watcher's SIGTERM, and waiting must not hang.
+            let _ = moto._child.kill();
+            let _ = moto._child.wait();
             let output = std::fs::read_to_string(log).unwrap_or_default();
             let why = match exited {
                 Some(status) => format!("exited ({status})"),
