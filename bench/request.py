@@ -39,13 +39,17 @@ for _ in range(rounds):
     t, _ = timed(curl); times["curl"].append(t)
     t, _ = timed(awscli); times["awscli"].append(t)
     t, out = timed(request, env={**env, "TPA_TEST_TIMING": "1"}); times["tpa"].append(t)
-    split = dict(kv.split("=") for kv in out.stderr.split() if kv.startswith("sts_ms="))
+    split = dict(kv.split("=") for kv in out.stderr.split() if kv.endswith(tuple("0123456789")) and "_ms=" in kv)
     times["tpa_sts"].append(float(split["sts_ms"]))
+    for phase, value in split.items():
+        times.setdefault(phase, []).append(float(value))
 
 m = {k: statistics.median(v) for k, v in times.items()}
 print(f"rounds: {rounds} (alternating), medians in ms")
 print(f"  curl POST (floor)       {m['curl']:8.1f}")
 print(f"  aws sts assume-role     {m['awscli']:8.1f}")
 print(f"  tpa request             {m['tpa']:8.1f}   (STS round trip {m['tpa_sts']:.1f}, tpa's own work {m['tpa'] - m['tpa_sts']:.1f})")
+phases = [k for k in times if k.endswith("_ms")]
+print("  tpa phases (medians): " + ", ".join(f"{k[:-3]} {statistics.median(times[k]):.1f}" for k in phases))
 print(f"  awscli / tpa            {m['awscli'] / m['tpa']:8.1f}x  (aim: >= 20x)")
 print(f"  tpa / curl              {m['tpa'] / m['curl']:8.2f}x  (aim: <= 2x)")

@@ -12,7 +12,7 @@ export HOME=$work/home XDG_DATA_HOME=$work/data XDG_RUNTIME_DIR=$work/run GIT_CO
 mkdir -p "$HOME" "$XDG_DATA_HOME" "$XDG_RUNTIME_DIR"; chmod 700 "$XDG_RUNTIME_DIR"
 printf bench | gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>&1
 
-cargo build --release --features testing --quiet
+if [ -z "${TPA_BIN:-}" ]; then cargo build --release --features testing --quiet; fi
 [ -x .venv/bin/moto_server ] || { python3 -m venv .venv && .venv/bin/pip install -q 'moto[server]>=5.2,<6'; }
 [ -x bench/.venv-awscli/bin/aws ] || { python3 -m venv bench/.venv-awscli && bench/.venv-awscli/bin/pip install -q awscli; }
 
@@ -30,7 +30,7 @@ role_arn=$(curl -sf -X POST "$endpoint" \
 
 export AWS_ENDPOINT_URL=$endpoint AWS_ACCESS_KEY_ID=AKIABENCH AWS_SECRET_ACCESS_KEY=bench AWS_DEFAULT_REGION=us-east-1 \
   AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true TPA_NONINTERACTIVE=1
-tpa=$PWD/target/release/tpa
+tpa=${TPA_BIN:-$PWD/target/release/tpa}
 git init -q --bare "$work/origin.git"
 git clone -q "$work/origin.git" "$work/repo" 2>/dev/null
 cd "$work/repo"
@@ -38,7 +38,7 @@ git config user.email bench@example.com; git config user.name Bench
 git commit -q --allow-empty -m root
 "$tpa" init >/dev/null
 printf 'protected_branches = ["main"]\n[roles.bench]\narn = "%s"\nregion = "us-east-1"\nmax_ttl = "1h"\n' "$role_arn" > .tpa/policy.toml
-git add .tpa; git commit -q -m policy; git push -q origin HEAD:main 2>/dev/null; git fetch -q origin
+git add .tpa; git commit -q -m policy; git push -q origin HEAD:main 2>/dev/null
 git switch -q -c hotfix/bench; git commit -q --allow-empty -m work
 cd - >/dev/null
 python3 bench/request.py "$tpa" "$work/repo" "$endpoint" "$role_arn" "$PWD/bench/.venv-awscli/bin/aws"

@@ -4,7 +4,9 @@
 pub mod cli;
 pub mod escape;
 pub mod grant;
+pub mod hooks;
 pub mod ledger;
+pub mod lifecycle;
 pub mod ops;
 pub mod policy;
 pub mod provider;

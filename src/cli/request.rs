@@ -63,6 +63,7 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
         },
     };
     let now = super::now();
+    let started = std::time::Instant::now();
     let plan = loop {
         match request::plan(&repo, &spec, now) {
             Err(RequestError::Refused(
@@ -80,18 +81,32 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
             render::branch(&plan.trust.refname)
         );
     }
+    let planned = started.elapsed();
     let signer = ctx.signer(&repo)?;
+    let signer_ready = started.elapsed();
     let spinner = render::Spinner::start(&format!("asking AWS STS for {}", args.role));
     let granted = request::execute(&repo, plan, &signer, &spec.sts, &faults());
     drop(spinner);
     let granted = granted?;
-    #[cfg(feature = "testing")]
-    if std::env::var_os("TPA_TEST_TIMING").is_some() {
-        eprintln!("sts_ms={:.3}", granted.sts_elapsed.as_secs_f64() * 1000.0);
-    }
+    let executed = started.elapsed();
     let record = &granted.record;
     let me = context::principal(&repo)?.email;
     deliver::forget_ended(&repo, &me, super::now());
+    #[cfg(feature = "testing")]
+    if std::env::var_os("TPA_TEST_TIMING").is_some() {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        eprintln!(
+            "plan_ms={:.3} signer_ms={:.3} execute_ms={:.3} sts_ms={:.3} keyring_ms={:.3} forget_ms={:.3}",
+            ms(planned),
+            ms(signer_ready - planned),
+            ms(executed - signer_ready),
+            ms(granted.sts_elapsed),
+            ms(granted.keyring_elapsed),
+            ms(started.elapsed() - executed)
+        );
+    }
+    #[cfg(not(feature = "testing"))]
+    let _ = (planned, signer_ready, executed);
 
     let mut out = std::io::stdout().lock();
     let credentials = &granted.credentials;

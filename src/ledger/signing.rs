@@ -79,24 +79,33 @@ pub enum SigningError {
 pub struct Signer {
     pub source: SignerSource,
     pub public_key: PublicKey,
+    /// The private key, for in-process signers: read once per process (a keyring read is a D-Bus
+    /// round trip), wiped on drop by ssh-key.
+    private_key: Option<PrivateKey>,
 }
 
 impl Signer {
     pub fn open(source: SignerSource) -> Result<Self, SigningError> {
-        let public_key = match &source {
-            SignerSource::KeyFile(path) => read_key_file(path)?.public_key().clone(),
-            SignerSource::Keyring(fingerprint) => load_keyring_key(fingerprint)?.public_key().clone(),
-            SignerSource::SshKeygen(spec) => git_signing_public_key(spec)?,
+        let (public_key, private_key) = match &source {
+            SignerSource::KeyFile(path) => {
+                let key = read_key_file(path)?;
+                (key.public_key().clone(), Some(key))
+            }
+            SignerSource::Keyring(fingerprint) => {
+                let key = load_keyring_key(fingerprint)?;
+                (key.public_key().clone(), Some(key))
+            }
+            SignerSource::SshKeygen(spec) => (git_signing_public_key(spec)?, None),
         };
-        Ok(Signer { source, public_key })
+        Ok(Signer { source, public_key, private_key })
     }
 
     /// Signs `payload` under namespace `tpa`; returns the armored SSHSIG.
     pub fn sign(&self, payload: &[u8]) -> Result<String, SigningError> {
-        let signature = match &self.source {
-            SignerSource::KeyFile(path) => sign_in_process(&read_key_file(path)?, payload)?,
-            SignerSource::Keyring(fingerprint) => sign_in_process(&load_keyring_key(fingerprint)?, payload)?,
-            SignerSource::SshKeygen(spec) => return sign_with_ssh_keygen(spec, payload),
+        let signature = match (&self.private_key, &self.source) {
+            (Some(key), _) => sign_in_process(key, payload)?,
+            (None, SignerSource::SshKeygen(spec)) => return sign_with_ssh_keygen(spec, payload),
+            (None, _) => unreachable!("in-process signers always hold their key"),
         };
         Ok(signature.to_pem(LineEnding::LF)?.trim_end().to_owned() + "\n")
     }

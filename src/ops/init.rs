@@ -215,19 +215,43 @@ fn write_file(path: &Path, contents: &str) -> Result<(), InitError> {
     std::fs::write(path, contents).map_err(err)
 }
 
-/// Adds `+refs/notes/tpa:refs/notes/remotes/<remote>/tpa` to each remote's fetch refspecs: others'
-/// records arrive beside ours, never forced onto our own ref. No push refspec: that would change
-/// what a plain `git push` pushes.
+/// Adds `+refs/notes/tpa*:refs/notes/remotes/<remote>/tpa*` to each remote's fetch refspecs:
+/// others' records arrive beside ours, never forced onto our own ref. The pattern is a glob on
+/// purpose: git fails the whole `git fetch` when an exact refspec names a ref the remote lacks, and a
+/// remote has no ledger until someone pushes one. No push refspec: that would change what a plain
+/// `git push` pushes.
 fn add_notes_refspecs(repo: &Repository) -> Result<Vec<String>, git2::Error> {
     let mut added = Vec::new();
     for name in repo.remotes()?.iter().filter_map(|n| n.ok().flatten()) {
-        let spec = format!("+{}:refs/notes/remotes/{name}/tpa", crate::ledger::NOTES_REF);
+        let spec = format!("+{}*:refs/notes/remotes/{name}/tpa*", crate::ledger::NOTES_REF);
+        let exact = format!("+{}:refs/notes/remotes/{name}/tpa", crate::ledger::NOTES_REF);
         let remote = repo.find_remote(name)?;
-        if remote.fetch_refspecs()?.iter().filter_map(|s| s.ok().flatten()).any(|s| s == spec) {
+        let specs: Vec<String> =
+            remote.fetch_refspecs()?.iter().filter_map(|s| s.ok().flatten().map(str::to_owned)).collect();
+        if specs.contains(&exact) {
+            // Written by an earlier tpa; it breaks `git fetch` against a remote with no ledger yet.
+            let pattern = format!("^{}$", regex_escape(&exact));
+            repo.config()?
+                .open_level(git2::ConfigLevel::Local)?
+                .remove_multivar(&format!("remote.{name}.fetch"), &pattern)?;
+        }
+        if specs.contains(&spec) {
             continue;
         }
         repo.remote_add_fetch(name, &spec)?;
         added.push(format!("{name}: {spec}"));
     }
     Ok(added)
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '/' || c == '-' || c == '_' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
 }

@@ -97,8 +97,9 @@ pub struct Granted {
     pub record: Record,
     pub credentials: Credentials,
     pub policy_commit: String,
-    /// How long the STS round trip took (for benchmarks).
+    /// How long the STS round trip and the keyring write took (for benchmarks).
     pub sts_elapsed: std::time::Duration,
+    pub keyring_elapsed: std::time::Duration,
 }
 
 /// Everything decided before any record is written or any AWS call made.
@@ -206,9 +207,17 @@ pub fn execute(
         drop(credentials); // zeroized: nothing of it is kept or shown
         return Err(RequestError::GrantRecord { grant_id: plan.grant_id, expires_at, source });
     }
+    let started = std::time::Instant::now();
     secrets::store_credentials(&plan.grant_id, &credentials)
         .map_err(|source| RequestError::Keyring { grant_id: plan.grant_id.clone(), source })?;
-    Ok(Granted { record: granted, credentials, policy_commit: plan.trust.commit.to_string(), sts_elapsed })
+    let keyring_elapsed = started.elapsed();
+    Ok(Granted {
+        record: granted,
+        credentials,
+        policy_commit: plan.trust.commit.to_string(),
+        sts_elapsed,
+        keyring_elapsed,
+    })
 }
 
 /// Faults a test build can inject; always off in release builds.

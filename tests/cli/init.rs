@@ -21,9 +21,11 @@ fn init_sets_up_keyring_signer_signers_policy_and_refspecs_idempotently() {
     assert!(dir.join(".tpa/policy.toml").exists());
     assert_eq!(
         env.git(&dir, &["config", "--get-all", "remote.origin.fetch"]),
-        "+refs/heads/*:refs/remotes/origin/*\n+refs/notes/tpa:refs/notes/remotes/origin/tpa"
+        "+refs/heads/*:refs/remotes/origin/*\n+refs/notes/tpa*:refs/notes/remotes/origin/tpa*"
     );
     assert!(env.git_output(&dir, &["config", "--get-all", "remote.origin.push"]).stdout.is_empty());
+    // A remote with no ledger yet must not break a plain `git fetch`.
+    env.git(&dir, &["fetch", "-q", "origin"]);
     assert_eq!(env.git(&dir, &["config", "tpa.signingKey"]), format!("keyring:{fingerprint}"));
 
     let second = env.tpa(&dir).args(["init", "--json"]).run().success().json();
