@@ -10,6 +10,8 @@ mod init;
 mod log;
 mod render;
 mod request;
+mod revoke;
+mod setup_aws;
 mod show;
 mod status;
 mod verify;
@@ -48,10 +50,12 @@ struct Cli {
 enum Command {
     Init(init::InitArgs),
     Request(request::RequestArgs),
+    Revoke(revoke::RevokeArgs),
     Status(status::StatusArgs),
     Exec(exec::ExecArgs),
     Env(env::EnvArgs),
     CredentialProcess(credential_process::CredentialProcessArgs),
+    SetupAws(setup_aws::SetupAwsArgs),
     Log(log::LogArgs),
     Show(show::ShowArgs),
     Verify(verify::VerifyArgs),
@@ -85,6 +89,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Init(args) => init::run(&ctx, args),
         Command::Request(args) => request::run(&ctx, args),
+        Command::Revoke(args) => revoke::run(&ctx, args),
+        Command::SetupAws(args) => setup_aws::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),
         Command::Exec(args) => exec::run(&ctx, args),
         Command::Env(args) => env::run(&ctx, args),

@@ -28,6 +28,14 @@ pub struct GrantView {
     pub seconds_left: Option<i64>,
     /// Every record of the grant verified (signature and trusted signer).
     pub verified: bool,
+    /// The grant's intent record and the sha256 of its payload: what later records name.
+    #[serde(skip)]
+    pub intent: Record,
+    #[serde(skip)]
+    pub intent_sha256: String,
+    /// The newest grant record, once AWS issued credentials.
+    #[serde(skip)]
+    pub issued: Option<Record>,
 }
 
 /// Records whose bytes are what their signer signed. Trust in the signer is not required here:
@@ -63,7 +71,9 @@ pub fn list(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<GrantView>, Ins
 fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) -> Option<GrantView> {
     let records: Vec<&Record> = checked.iter().filter_map(|c| c.record.as_ref()).collect();
     // A grant's story starts with its intent; records without one are verify's business.
-    let intent = records.iter().find(|r| r.kind == RecordKind::Intent)?;
+    let intent_checked =
+        checked.iter().find(|c| c.record.as_ref().is_some_and(|r| r.kind == RecordKind::Intent))?;
+    let intent = intent_checked.record.as_ref()?;
     let issued = records.iter().filter(|r| r.kind == RecordKind::Grant).max_by_key(|r| r.issued_at);
     let state = GrantState::of(records.iter().copied(), now);
     let expires_at = issued.and_then(|g| g.expires_at);
@@ -81,5 +91,8 @@ fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) 
         expires_at,
         seconds_left: expires_at.map(|at| (at - now).num_seconds().max(0)),
         verified: checked.iter().all(|c| c.is_verified()),
+        intent: intent.clone(),
+        intent_sha256: intent_checked.payload_sha256.clone().unwrap_or_default(),
+        issued: issued.map(|r| (*r).clone()),
     })
 }

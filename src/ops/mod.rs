@@ -8,3 +8,4 @@ pub mod ledger;
 #[cfg(feature = "testing")]
 pub mod record;
 pub mod request;
+pub mod revoke;

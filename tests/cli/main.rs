@@ -6,4 +6,5 @@ mod fixtures;
 mod init;
 mod ledger;
 mod request;
+mod revoke;
 mod tamper;

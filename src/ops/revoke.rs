@@ -1,0 +1,183 @@
+//! `tpa revoke`: deny a grant's STS session through the role's revocation policy, read back, then
+//! record a signed `revoke` record and drop the keyring copy of its credentials.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use git2::Repository;
+use serde::Serialize;
+
+use crate::grant::{GrantId, GrantState, Record, RecordKind, RevokeResult, RevokeTrigger};
+use crate::ledger::signing::Signer;
+use crate::ledger::{self, LedgerError};
+use crate::ops::context::{self, ContextError};
+use crate::ops::grants::{self, GrantView};
+use crate::ops::ledger::InspectError;
+use crate::provider::aws_iam::{AwsIam, RevocationTarget, session_names};
+use crate::secrets;
+
+#[derive(Clone, Debug)]
+pub enum RevokeSelector {
+    Grant(GrantId),
+    /// Every open grant taken on this branch (short name or full refname).
+    Branch(String),
+    /// Every open grant of mine in this repository.
+    Mine,
+}
+
+#[derive(Clone, Debug)]
+pub struct RevokeSpec {
+    pub selector: RevokeSelector,
+    pub reason: Option<String>,
+    pub trigger: RevokeTrigger,
+    pub profile: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeOpError {
+    #[error("no grant {0} in the ledger: `tpa status --all --history` lists them")]
+    UnknownGrant(GrantId),
+    #[error("no open grant to revoke{0}")]
+    NothingToRevoke(String),
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+}
+
+/// What happened to one grant.
+#[derive(Clone, Debug, Serialize)]
+pub struct Revoked {
+    pub grant_id: GrantId,
+    pub role: Option<String>,
+    pub branch: String,
+    /// `done`, `pending` (to be retried) or `irrevocable`; None when nothing was needed.
+    pub result: Option<RevokeResult>,
+    /// Why nothing was done (already revoked, expired), or what went wrong.
+    pub note: Option<String>,
+    /// The revoke record could not be written (the deny may still be in place).
+    pub record_error: Option<String>,
+}
+
+fn is_open(state: GrantState) -> bool {
+    matches!(
+        state,
+        GrantState::Active | GrantState::Pending | GrantState::Irrevocable | GrantState::Incomplete
+    )
+}
+
+pub fn revoke(
+    repo: &Repository,
+    spec: &RevokeSpec,
+    signer: &Signer,
+    now: DateTime<Utc>,
+) -> Result<Vec<Revoked>, RevokeOpError> {
+    let me = context::principal(repo)?;
+    let all = grants::list(repo, now)?;
+    let chosen: Vec<GrantView> = match &spec.selector {
+        RevokeSelector::Grant(id) => {
+            vec![
+                all.into_iter()
+                    .find(|g| &g.grant_id == id)
+                    .ok_or_else(|| RevokeOpError::UnknownGrant(id.clone()))?,
+            ]
+        }
+        RevokeSelector::Branch(branch) => {
+            let full =
+                if branch.starts_with("refs/") { branch.clone() } else { format!("refs/heads/{branch}") };
+            let open: Vec<_> = all.into_iter().filter(|g| g.branch == full && is_open(g.state)).collect();
+            if open.is_empty() {
+                return Err(RevokeOpError::NothingToRevoke(format!(
+                    " on branch {}",
+                    crate::escape::text(branch)
+                )));
+            }
+            open
+        }
+        RevokeSelector::Mine => {
+            let open: Vec<_> =
+                all.into_iter().filter(|g| g.principal == me.email && is_open(g.state)).collect();
+            if open.is_empty() {
+                return Err(RevokeOpError::NothingToRevoke(" of yours in this repository".into()));
+            }
+            open
+        }
+    };
+
+    let mut outcomes = Vec::new();
+    let mut to_deny: BTreeMap<String, Vec<GrantView>> = BTreeMap::new();
+    for grant in chosen {
+        match grant.state {
+            GrantState::Revoked => outcomes.push(skipped(&grant, "already revoked")),
+            GrantState::Expired => {
+                let _ = secrets::delete_credentials(&grant.grant_id);
+                outcomes.push(skipped(&grant, "already expired at AWS; nothing to deny"))
+            }
+            GrantState::Failed => outcomes.push(skipped(&grant, "never issued (AWS refused it)")),
+            _ => to_deny.entry(grant.target.clone()).or_default().push(grant),
+        }
+    }
+    if to_deny.is_empty() {
+        return Ok(outcomes);
+    }
+    let iam = AwsIam::new(spec.profile.as_deref(), spec.timeout);
+    for (role_arn, grants) in to_deny {
+        let denied = RevocationTarget::for_role(&role_arn)
+            .and_then(|target| iam.deny(&target, &session_names(grants.iter().map(|g| &g.grant_id))));
+        let (result, error) = match &denied {
+            Ok(()) => (RevokeResult::Done, None),
+            Err(e) => (RevokeResult::Pending, Some(e.to_string())),
+        };
+        for grant in grants {
+            // The keyring copy goes whatever IAM said: tpa hands out nothing for a grant being revoked.
+            let _ = secrets::delete_credentials(&grant.grant_id);
+            let record = revoke_record(&grant, &me, spec, result, error.clone(), now);
+            let record_error =
+                ledger::append(repo, &record, signer).err().map(|e: LedgerError| e.to_string());
+            outcomes.push(Revoked {
+                grant_id: grant.grant_id.clone(),
+                role: grant.role.clone(),
+                branch: grant.branch.clone(),
+                result: Some(result),
+                note: error.clone(),
+                record_error,
+            });
+        }
+    }
+    Ok(outcomes)
+}
+
+fn skipped(grant: &GrantView, why: &str) -> Revoked {
+    Revoked {
+        grant_id: grant.grant_id.clone(),
+        role: grant.role.clone(),
+        branch: grant.branch.clone(),
+        result: None,
+        note: Some(why.to_owned()),
+        record_error: None,
+    }
+}
+
+fn revoke_record(
+    grant: &GrantView,
+    me: &crate::grant::Principal,
+    spec: &RevokeSpec,
+    result: RevokeResult,
+    error: Option<String>,
+    now: DateTime<Utc>,
+) -> Record {
+    let base = grant.issued.as_ref().unwrap_or(&grant.intent);
+    Record {
+        kind: RecordKind::Revoke,
+        issued_at: now.max(base.issued_at),
+        principal: me.clone(),
+        reason: spec.reason.clone().unwrap_or_else(|| base.reason.clone()),
+        intent_sha256: Some(grant.intent_sha256.clone()),
+        trigger: Some(spec.trigger),
+        result: Some(result),
+        error,
+        ..base.clone()
+    }
+}

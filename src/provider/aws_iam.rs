@@ -1,0 +1,424 @@
+//! Revoking STS sessions. STS credentials cannot be invalidated; AWS denies them by policy. tpa
+//! keeps one customer-managed policy per role, `tpa-revocations-<role>`, attached to the role, whose
+//! default version denies everything to the sessions named `tpa-<grant id>` it lists. Managed, not
+//! inline: writing versions of one managed policy lets a revoker deny but (on a role with a
+//! permissions boundary) never widen, where `iam:PutRolePolicy` could grant the role anything.
+//! IAM has no compare-and-swap, so every write is read back and retried until the entry is there.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
+use serde_json::json;
+
+use crate::grant::GrantId;
+
+/// IAM's limit on a managed policy document, in characters (whitespace excluded; ours has none).
+pub const POLICY_MAX_CHARS: usize = 6144;
+/// IAM keeps at most this many versions of a managed policy.
+pub const MAX_VERSIONS: usize = 5;
+const ATTEMPTS: usize = 6;
+/// A session name no grant has (ids are 26 characters): IAM refuses an empty condition list.
+const PLACEHOLDER: &str = "tpa-none";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    #[error(
+        "not allowed to manage {policy_arn}: {message}\nhint: run `tpa setup-aws --role {role}` once with \
+         IAM rights, and give revokers iam:GetPolicy, iam:GetPolicyVersion, iam:ListPolicyVersions, \
+         iam:CreatePolicyVersion and iam:DeletePolicyVersion on that policy (see docs/revocation.md)"
+    )]
+    AccessDenied { role: String, policy_arn: String, message: String },
+    #[error(
+        "the revocation policy of role {role} would exceed IAM's {POLICY_MAX_CHARS} characters ({length})"
+    )]
+    TooLarge { role: String, length: usize },
+    #[error("IAM kept changing the revocation policy of role {role}: gave up after {ATTEMPTS} attempts")]
+    Contended { role: String },
+    #[error("cannot reach IAM: {0}")]
+    Unreachable(String),
+    #[error("IAM error: {code}: {message}")]
+    Iam { code: String, message: String },
+    #[error("{0} is not an IAM role ARN")]
+    BadRoleArn(String),
+}
+
+impl RevokeError {
+    /// Worth retrying later (a queue, a later sweep), as opposed to needing an operator.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RevokeError::Unreachable(_) | RevokeError::Contended { .. })
+            || matches!(self, RevokeError::Iam { code, .. } if code.contains("Throttl") || code == "ServiceFailure")
+    }
+}
+
+/// The revocation policy of one role.
+#[derive(Clone, Debug)]
+pub struct RevocationTarget {
+    pub role_name: String,
+    pub policy_arn: String,
+}
+
+impl RevocationTarget {
+    pub fn for_role(role_arn: &str) -> Result<Self, RevokeError> {
+        // arn:<partition>:iam::<account>:role/<path/>name
+        let bad = || RevokeError::BadRoleArn(role_arn.to_owned());
+        let parts: Vec<&str> = role_arn.splitn(6, ':').collect();
+        let [_, partition, "iam", "", account, resource] = parts.as_slice() else { return Err(bad()) };
+        let role_name = resource.strip_prefix("role/").and_then(|r| r.rsplit('/').next()).ok_or_else(bad)?;
+        Ok(RevocationTarget {
+            role_name: role_name.to_owned(),
+            policy_arn: format!("arn:{partition}:iam::{account}:policy/tpa/tpa-revocations-{role_name}"),
+        })
+    }
+
+    fn policy_name(&self) -> String {
+        format!("tpa-revocations-{}", self.role_name)
+    }
+}
+
+/// The policy document denying `sessions` (session names `tpa-<id>`).
+pub fn document(sessions: &BTreeSet<String>) -> String {
+    let mut names: Vec<&str> = sessions.iter().map(String::as_str).collect();
+    if names.is_empty() {
+        names.push(PLACEHOLDER);
+    }
+    let user_ids: Vec<String> = names.iter().map(|n| format!("*:{n}")).collect();
+    serde_json::to_string(&json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "TpaRevokedSessions", "Effect": "Deny", "Action": "*", "Resource": "*",
+             "Condition": {"StringLike": {"aws:userid": user_ids}}},
+            {"Sid": "TpaRevokedSourceIdentities", "Effect": "Deny", "Action": "*", "Resource": "*",
+             "Condition": {"StringLike": {"aws:SourceIdentity": names}}}
+        ]
+    }))
+    .expect("JSON serializes")
+}
+
+/// The session names a document denies (from either statement).
+pub fn denied_sessions(document: &str) -> BTreeSet<String> {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(document) else { return BTreeSet::new() };
+    let mut out = BTreeSet::new();
+    let statements = match value.get("Statement") {
+        Some(serde_json::Value::Array(items)) => items.clone(),
+        Some(single) => vec![single.clone()],
+        None => Vec::new(),
+    };
+    for statement in statements {
+        let Some(like) = statement.pointer("/Condition/StringLike") else { continue };
+        for key in ["aws:userid", "aws:SourceIdentity"] {
+            let values = match like.get(key) {
+                Some(serde_json::Value::Array(items)) => items.clone(),
+                Some(single) => vec![single.clone()],
+                None => continue,
+            };
+            for v in values.iter().filter_map(|v| v.as_str()) {
+                let name = v.strip_prefix("*:").unwrap_or(v);
+                if name.starts_with("tpa-") && name != PLACEHOLDER {
+                    out.insert(name.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// IAM returns policy documents URL-encoded (RFC 3986); the SDK does not decode them.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(high), Some(low)) =
+                (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b)))
+        {
+            out.push(high * 16 + low);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub struct AwsIam {
+    runtime: tokio::runtime::Runtime,
+    client: aws_sdk_iam::Client,
+}
+
+impl AwsIam {
+    pub fn new(profile: Option<&str>, timeout: Duration) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime always builds");
+        let config = runtime.block_on(async {
+            let mut loader = aws_config::defaults(BehaviorVersion::latest())
+                // IAM is global; its endpoint lives in us-east-1 (aws partition).
+                .region(aws_config::Region::from_static("us-east-1"))
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(timeout.min(Duration::from_secs(5)))
+                        .operation_attempt_timeout(timeout)
+                        .operation_timeout(timeout)
+                        .build(),
+                );
+            if let Some(profile) = profile {
+                loader = loader.profile_name(profile);
+            }
+            loader.load().await
+        });
+        AwsIam { runtime, client: aws_sdk_iam::Client::new(&config) }
+    }
+
+    /// Creates the revocation policy of a role (if missing) and attaches it (if not attached).
+    /// Returns whether anything changed.
+    pub fn set_up(&self, target: &RevocationTarget) -> Result<bool, RevokeError> {
+        let mut changed = false;
+        if self.current(target)?.is_none() {
+            let created = self.runtime.block_on(
+                self.client
+                    .create_policy()
+                    .policy_name(target.policy_name())
+                    .path("/tpa/")
+                    .description("tpa: denies revoked tpa sessions of this role; managed by tpa, do not edit")
+                    .policy_document(document(&BTreeSet::new()))
+                    .send(),
+            );
+            match created {
+                Ok(_) => changed = true,
+                Err(e) if code_of(&e) == "EntityAlreadyExists" => {}
+                Err(e) => return Err(self.classify(target, e)),
+            }
+        }
+        let attached = self
+            .runtime
+            .block_on(self.client.list_attached_role_policies().role_name(&target.role_name).send())
+            .map_err(|e| self.classify(target, e))?;
+        let is_attached =
+            attached.attached_policies().iter().any(|p| p.policy_arn() == Some(target.policy_arn.as_str()));
+        if !is_attached {
+            self.runtime
+                .block_on(
+                    self.client
+                        .attach_role_policy()
+                        .role_name(&target.role_name)
+                        .policy_arn(&target.policy_arn)
+                        .send(),
+                )
+                .map_err(|e| self.classify(target, e))?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// The sessions the role's revocation policy denies now, or None when the policy is missing.
+    pub fn current(&self, target: &RevocationTarget) -> Result<Option<BTreeSet<String>>, RevokeError> {
+        let policy =
+            match self.runtime.block_on(self.client.get_policy().policy_arn(&target.policy_arn).send()) {
+                Ok(out) => out,
+                Err(e) if code_of(&e) == "NoSuchEntity" => return Ok(None),
+                Err(e) => return Err(self.classify(target, e)),
+            };
+        let Some(version) = policy.policy().and_then(|p| p.default_version_id()) else {
+            return Ok(Some(BTreeSet::new()));
+        };
+        let out = self
+            .runtime
+            .block_on(
+                self.client.get_policy_version().policy_arn(&target.policy_arn).version_id(version).send(),
+            )
+            .map_err(|e| self.classify(target, e))?;
+        let text = out.policy_version().and_then(|v| v.document()).map(percent_decode).unwrap_or_default();
+        Ok(Some(denied_sessions(&text)))
+    }
+
+    /// Every version of the role's revocation policy: what the default denies, and the union of
+    /// what any version denies. None when the policy is missing.
+    fn versions(&self, target: &RevocationTarget) -> Result<Option<Versions>, RevokeError> {
+        let listed = match self
+            .runtime
+            .block_on(self.client.list_policy_versions().policy_arn(&target.policy_arn).send())
+        {
+            Ok(out) => out,
+            Err(e) if code_of(&e) == "NoSuchEntity" => return Ok(None),
+            Err(e) => return Err(self.classify(target, e)),
+        };
+        let mut versions = Versions::default();
+        for version in listed.versions() {
+            let Some(id) = version.version_id() else { continue };
+            let fetched = self.runtime.block_on(
+                self.client.get_policy_version().policy_arn(&target.policy_arn).version_id(id).send(),
+            );
+            let out = match fetched {
+                Ok(out) => out,
+                Err(e) if code_of(&e) == "NoSuchEntity" => continue, // deleted meanwhile by another writer
+                Err(e) => return Err(self.classify(target, e)),
+            };
+            let text =
+                out.policy_version().and_then(|v| v.document()).map(percent_decode).unwrap_or_default();
+            let sessions = denied_sessions(&text);
+            versions.union.extend(sessions.iter().cloned());
+            if version.is_default_version() {
+                versions.default = sessions;
+            } else {
+                let created = version.create_date().map(|d| d.secs()).unwrap_or(i64::MAX);
+                versions.others.push((created, version_number(Some(id)), id.to_owned()));
+            }
+        }
+        versions.count = listed.versions().len();
+        Ok(Some(versions))
+    }
+
+    /// Makes sure every session in `deny` is denied, keeping every entry any version holds.
+    ///
+    /// IAM has no compare-and-swap, so two writers can each make their own version the default and
+    /// the later one drops the other's entry. Hence every writer builds its version from the union
+    /// of *all* versions (a raced version survives as a non-default one), deletes only a version
+    /// whose entries it has merged, and after writing reads everything back, rewriting until the
+    /// default holds the union: whoever writes last repairs what it overwrote.
+    pub fn deny(&self, target: &RevocationTarget, deny: &BTreeSet<String>) -> Result<(), RevokeError> {
+        for _ in 0..ATTEMPTS {
+            let Some(versions) = self.versions(target)? else {
+                self.set_up(target)?;
+                continue;
+            };
+            let wanted: BTreeSet<String> = versions.union.union(deny).cloned().collect();
+            if wanted.is_subset(&versions.default) {
+                return Ok(());
+            }
+            let text = document(&wanted);
+            if text.chars().count() > POLICY_MAX_CHARS {
+                return Err(RevokeError::TooLarge {
+                    role: target.role_name.clone(),
+                    length: text.chars().count(),
+                });
+            }
+            if versions.count >= MAX_VERSIONS
+                && let Some((_, _, oldest)) = versions.others.iter().min()
+            {
+                let deleted = self.runtime.block_on(
+                    self.client
+                        .delete_policy_version()
+                        .policy_arn(&target.policy_arn)
+                        .version_id(oldest)
+                        .send(),
+                );
+                match deleted {
+                    Ok(_) => {}
+                    Err(e) if code_of(&e) == "NoSuchEntity" => {}
+                    Err(e) => return Err(self.classify(target, e)),
+                }
+            }
+            let created = self.runtime.block_on(
+                self.client
+                    .create_policy_version()
+                    .policy_arn(&target.policy_arn)
+                    .policy_document(text)
+                    .set_as_default(true)
+                    .send(),
+            );
+            match created {
+                Ok(_) => {}
+                // Another writer filled the last slot first: look again.
+                Err(e) if code_of(&e) == "LimitExceeded" => continue,
+                Err(e) => return Err(self.classify(target, e)),
+            }
+        }
+        Err(RevokeError::Contended { role: target.role_name.clone() })
+    }
+
+    fn classify<E, R>(&self, target: &RevocationTarget, error: SdkError<E, R>) -> RevokeError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        match &error {
+            SdkError::ServiceError(context) => {
+                let code = context.err().code().unwrap_or("Unknown").to_owned();
+                let message = context.err().message().unwrap_or_default().to_owned();
+                if code.starts_with("AccessDenied") {
+                    RevokeError::AccessDenied {
+                        role: target.role_name.clone(),
+                        policy_arn: target.policy_arn.clone(),
+                        message,
+                    }
+                } else {
+                    RevokeError::Iam { code, message }
+                }
+            }
+            _ => RevokeError::Unreachable(
+                aws_smithy_types::error::display::DisplayErrorContext(&error).to_string(),
+            ),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Versions {
+    default: BTreeSet<String>,
+    union: BTreeSet<String>,
+    /// Non-default versions: (created, number, id), so the oldest sorts first.
+    others: Vec<(i64, u64, String)>,
+    count: usize,
+}
+
+fn version_number(id: Option<&str>) -> u64 {
+    id.and_then(|v| v.trim_start_matches('v').parse().ok()).unwrap_or(u64::MAX)
+}
+
+fn code_of<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> &str {
+    match error {
+        SdkError::ServiceError(context) => context.err().code().unwrap_or(""),
+        _ => "",
+    }
+}
+
+/// The session names of grants, as the deny lists hold them.
+pub fn session_names<'a>(grants: impl IntoIterator<Item = &'a GrantId>) -> BTreeSet<String> {
+    grants.into_iter().map(|g| g.session_name()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_round_trip_and_stay_valid_when_empty() {
+        let empty = document(&BTreeSet::new());
+        assert!(empty.contains("*:tpa-none"));
+        assert!(denied_sessions(&empty).is_empty());
+        let names: BTreeSet<String> = ["tpa-01JD3M5Q8Z6N2X4V7B9C1R0T5K".to_owned()].into();
+        let text = document(&names);
+        assert!(text.contains("\"*:tpa-01JD3M5Q8Z6N2X4V7B9C1R0T5K\""));
+        assert!(text.contains("aws:SourceIdentity"));
+        assert_eq!(denied_sessions(&text), names);
+    }
+
+    #[test]
+    fn about_75_grants_fit_in_one_policy() {
+        let names: BTreeSet<String> = (0..75).map(|i| format!("tpa-01JD3M5Q8Z6N2X4V7B9C1R{i:04}")).collect();
+        assert!(document(&names).len() <= POLICY_MAX_CHARS, "{}", document(&names).len());
+    }
+
+    #[test]
+    fn targets_come_from_role_arns() {
+        let t = RevocationTarget::for_role("arn:aws:iam::123456789012:role/ops/prod-readonly").unwrap();
+        assert_eq!(t.role_name, "prod-readonly");
+        assert_eq!(t.policy_arn, "arn:aws:iam::123456789012:policy/tpa/tpa-revocations-prod-readonly");
+        assert!(RevocationTarget::for_role("arn:aws:s3:::bucket").is_err());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("%7B%22a%22%3A1%7D"), "{\"a\":1}");
+        assert_eq!(percent_decode("{\"a\":1}"), "{\"a\":1}");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("a+b%2Bc%é"), "a+b+c%é");
+    }
+}

@@ -1,0 +1,146 @@
+//! `tpa revoke` and `tpa setup-aws` against moto's IAM: the deny entry is really in the role's
+//! revocation policy (read back from moto), the record is signed, the keyring copy is gone.
+
+use std::collections::BTreeSet;
+
+use crate::common::moto::{moto, xml_text};
+use crate::common::proxy::Mode;
+use crate::request::AwsRepo;
+
+const POLICY_PREFIX: &str = "arn:aws:iam::123456789012:policy/tpa/tpa-revocations-";
+
+fn unescape_xml(text: &str) -> String {
+    text.replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The session names the role's revocation policy denies, as moto has it now.
+fn denied(role: &str) -> BTreeSet<String> {
+    let arn = format!("{POLICY_PREFIX}{role}");
+    let (status, body) =
+        moto().call("iam", &[("Action", "GetPolicy"), ("Version", "2010-05-08"), ("PolicyArn", &arn)]);
+    if status != 200 {
+        return BTreeSet::new();
+    }
+    let version = xml_text(&body, "DefaultVersionId").unwrap().to_owned();
+    let (status, body) = moto().call(
+        "iam",
+        &[
+            ("Action", "GetPolicyVersion"),
+            ("Version", "2010-05-08"),
+            ("PolicyArn", &arn),
+            ("VersionId", &version),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let document =
+        tpa::provider::aws_iam::percent_decode(&unescape_xml(xml_text(&body, "Document").unwrap()));
+    tpa::provider::aws_iam::denied_sessions(&document)
+}
+
+fn grant(aws: &AwsRepo) -> String {
+    aws.request().arg("--json").run().success().json()["grant_id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn revoke_denies_the_session_records_it_and_forgets_the_credentials() {
+    let aws = AwsRepo::new();
+    let grant_id = grant(&aws);
+    assert_eq!(aws.keyring_grants(), 1);
+    let out =
+        aws.tpa().args(["revoke", &grant_id, "--reason", "INC-4211 fixed", "--json"]).run().success().json();
+    assert_eq!(out[0]["result"], "done");
+    assert!(denied(&aws.role_name).contains(&format!("tpa-{grant_id}")));
+    let attached = moto().call(
+        "iam",
+        &[("Action", "ListAttachedRolePolicies"), ("Version", "2010-05-08"), ("RoleName", &aws.role_name)],
+    );
+    assert!(attached.1.contains(&format!("{POLICY_PREFIX}{}", aws.role_name)), "{}", attached.1);
+
+    assert_eq!(aws.kinds(), ["intent", "grant", "revoke"]);
+    let show = aws.tpa().args(["show", &grant_id, "--json"]).run().success().json();
+    assert_eq!(show["state"], "revoked");
+    let revoke = &show["records"][2]["record"];
+    assert_eq!(revoke["trigger"], "manual");
+    assert_eq!(revoke["result"], "done");
+    assert_eq!(revoke["reason"], "INC-4211 fixed");
+    aws.tpa().arg("verify").run().success();
+    assert_eq!(aws.keyring_grants(), 0);
+    let exec = aws.tpa().args(["exec", &grant_id, "--", "true"]).run().code(2);
+    assert!(exec.stderr.contains("revoked"), "{}", exec.stderr);
+
+    // Idempotent: nothing more to do, no new record.
+    let again = aws.tpa().args(["revoke", &grant_id, "--json"]).run().success().json();
+    assert!(again[0]["result"].is_null());
+    assert_eq!(again[0]["note"], "already revoked");
+    assert_eq!(aws.kinds().len(), 3);
+}
+
+#[test]
+fn concurrent_revocations_on_one_role_both_land() {
+    let aws = AwsRepo::new();
+    let ids: Vec<String> = (0..4).map(|_| grant(&aws)).collect();
+    aws.tpa().args(["setup-aws", "--role", "prod-readonly"]).run().success();
+    // IAM has no compare-and-swap: four writers racing on one policy must all end up in it.
+    let children: Vec<_> = ids.iter().map(|id| aws.tpa().args(["revoke", id.as_str()]).spawn()).collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let denied = denied(&aws.role_name);
+    for id in &ids {
+        assert!(denied.contains(&format!("tpa-{id}")), "{id} missing from {denied:?}");
+    }
+}
+
+#[test]
+fn revoke_mine_and_by_branch_and_more_revocations_than_iam_keeps_versions() {
+    let aws = AwsRepo::new();
+    let ids: Vec<String> = (0..3).map(|_| grant(&aws)).collect();
+    let out = aws.tpa().args(["revoke", "--branch", "hotfix/INC-4211", "--json"]).run().success().json();
+    assert_eq!(out.as_array().unwrap().len(), 3);
+    let more: Vec<String> = (0..4).map(|_| grant(&aws)).collect();
+    for id in &more {
+        // One version each: more than IAM's five, so old versions must be deleted on the way.
+        aws.tpa().args(["revoke", id]).run().success();
+    }
+    let denied = denied(&aws.role_name);
+    for id in ids.iter().chain(&more) {
+        assert!(denied.contains(&format!("tpa-{id}")), "{id} missing from {denied:?}");
+    }
+    let none = aws.tpa().args(["revoke", "--mine"]).run().code(2);
+    assert!(none.stderr.contains("no open grant"), "{}", none.stderr);
+}
+
+#[test]
+fn iam_down_leaves_the_grant_pending_and_never_handed_out() {
+    let aws = AwsRepo::new();
+    let grant_id = grant(&aws);
+    aws.proxy.set_mode(Mode::Down);
+    let out = aws.tpa().args(["revoke", &grant_id, "--timeout", "3s"]).run().code(2);
+    assert!(out.stdout.contains("NOT revoked yet") && out.stdout.contains("pending"), "{}", out.stdout);
+    let show = aws.tpa().args(["show", &grant_id, "--json"]).run().success().json();
+    assert_eq!(show["state"], "pending");
+    assert_eq!(aws.keyring_grants(), 0);
+    aws.tpa().args(["exec", &grant_id, "--", "true"]).run().code(2);
+    // Once IAM is back, revoking again completes it.
+    aws.proxy.set_mode(Mode::Forward);
+    let done = aws.tpa().args(["revoke", &grant_id, "--json"]).run().success().json();
+    assert_eq!(done[0]["result"], "done");
+    assert!(denied(&aws.role_name).contains(&format!("tpa-{grant_id}")));
+    assert_eq!(aws.tpa().args(["show", &grant_id, "--json"]).run().success().json()["state"], "revoked");
+}
+
+#[test]
+fn setup_aws_creates_and_attaches_the_revocation_policy_once() {
+    let aws = AwsRepo::new();
+    let first = aws.tpa().args(["setup-aws", "--role", "prod-readonly", "--json"]).run().success().json();
+    assert_eq!(first["changed"], true);
+    assert_eq!(first["policy_arn"], format!("{POLICY_PREFIX}{}", aws.role_name).as_str());
+    let second = aws.tpa().args(["setup-aws", "--role", "prod-readonly", "--json"]).run().success().json();
+    assert_eq!(second["changed"], false);
+    assert!(denied(&aws.role_name).is_empty());
+}
