@@ -73,3 +73,37 @@ impl StateDir {
         self.write(lock, WITNESS, &format!("{tip}\n"))
     }
 }
+
+const ACTIVE: &str = "active.json";
+const LEFT: &str = "left.json";
+
+/// A grant this clone holds, as the hooks' fast path needs it (no secret).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LocalGrant {
+    pub branch: String,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub type LocalGrants = std::collections::BTreeMap<String, LocalGrant>;
+/// When HEAD left each branch (full refname), for "abandoned" after `abandon_after`.
+pub type LeftBranches = std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>;
+
+impl StateDir {
+    /// The index of grants this clone holds. A damaged file reads as empty: the ledger, not this
+    /// index, is the truth, and `tpa sweep` rebuilds what matters from it.
+    pub fn local_grants(&self) -> Result<LocalGrants, StateError> {
+        Ok(self.read(ACTIVE)?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default())
+    }
+
+    pub fn set_local_grants(&self, lock: &StateLock, grants: &LocalGrants) -> Result<(), StateError> {
+        self.write(lock, ACTIVE, &serde_json::to_string_pretty(grants).expect("serializes"))
+    }
+
+    pub fn left_branches(&self) -> Result<LeftBranches, StateError> {
+        Ok(self.read(LEFT)?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default())
+    }
+
+    pub fn set_left_branches(&self, lock: &StateLock, left: &LeftBranches) -> Result<(), StateError> {
+        self.write(lock, LEFT, &serde_json::to_string_pretty(left).expect("serializes"))
+    }
+}

@@ -26,6 +26,7 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<u8> {
     let options = InitOptions {
         signing_key: args.signing_key,
         env_signing_key: std::env::var_os("TPA_SIGNING_KEY").filter(|p| !p.is_empty()).map(PathBuf::from),
+        tpa_path: Some(std::env::current_exe()?),
     };
     let report = init(&repo, &options)?;
     if args.json {
@@ -71,6 +72,29 @@ fn print_human(r: &InitReport) -> std::io::Result<()> {
     }
     for spec in &r.refspecs_added {
         writeln!(out, "remote fetch:    {}", escape::text(spec))?;
+    }
+    match &r.hooks {
+        Some(crate::hooks::InstallOutcome::Installed(report)) => {
+            let refused: Vec<&str> = report.refused().map(|h| h.name).collect();
+            writeln!(out, "git hooks:       {} ({} hooks)", report.dir.display(), report.hooks.len())?;
+            for hook in report.hooks.iter().filter(|h| h.original.is_some()) {
+                writeln!(out, "                 kept your {} hook: it runs first, as before", hook.name)?;
+            }
+            if !refused.is_empty() {
+                eprintln!("warning: not installed (a .tpa-orig backup is in the way): {refused:?}");
+            }
+        }
+        Some(crate::hooks::InstallOutcome::HooksPathInTree(in_tree)) => {
+            writeln!(
+                out,
+                "git hooks:       core.hooksPath is {} (in your tree); add to each hook:",
+                in_tree.dir.display()
+            )?;
+            for line in &in_tree.lines {
+                writeln!(out, "                 {}: {}", line.name, line.line)?;
+            }
+        }
+        None => {}
     }
     match (&r.trust_ref, r.trust_origin) {
         (Some(refname), Some(TrustOrigin::LocalNoRemote)) => writeln!(

@@ -6,6 +6,7 @@ mod credential_process;
 mod debug;
 mod env;
 mod exec;
+mod hook;
 mod init;
 mod log;
 mod render;
@@ -14,6 +15,8 @@ mod revoke;
 mod setup_aws;
 mod show;
 mod status;
+mod sweep;
+mod uninstall;
 mod verify;
 
 use std::io::Write;
@@ -51,11 +54,15 @@ enum Command {
     Init(init::InitArgs),
     Request(request::RequestArgs),
     Revoke(revoke::RevokeArgs),
+    Sweep(sweep::SweepArgs),
     Status(status::StatusArgs),
     Exec(exec::ExecArgs),
     Env(env::EnvArgs),
     CredentialProcess(credential_process::CredentialProcessArgs),
     SetupAws(setup_aws::SetupAwsArgs),
+    Uninstall(uninstall::UninstallArgs),
+    #[command(hide = true)]
+    Hook(hook::HookArgs),
     Log(log::LogArgs),
     Show(show::ShowArgs),
     Verify(verify::VerifyArgs),
@@ -90,6 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Init(args) => init::run(&ctx, args),
         Command::Request(args) => request::run(&ctx, args),
         Command::Revoke(args) => revoke::run(&ctx, args),
+        Command::Sweep(args) => sweep::run(&ctx, args),
+        Command::Uninstall(args) => uninstall::run(&ctx, args),
+        Command::Hook(args) => hook::run(&ctx, args),
         Command::SetupAws(args) => setup_aws::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),
         Command::Exec(args) => exec::run(&ctx, args),
@@ -125,6 +135,10 @@ impl Ctx {
 
     /// The signer for this repository: TPA_SIGNING_KEY, else what `tpa init` recorded.
     fn signer(&self, repo: &git2::Repository) -> Result<Signer, SigningError> {
+        Self::signer_for(repo)
+    }
+
+    fn signer_for(repo: &git2::Repository) -> Result<Signer, SigningError> {
         if let Some(path) = std::env::var_os("TPA_SIGNING_KEY").filter(|p| !p.is_empty()) {
             return Signer::open(SignerSource::KeyFile(PathBuf::from(path)));
         }

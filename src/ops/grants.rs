@@ -36,6 +36,9 @@ pub struct GrantView {
     /// The newest grant record, once AWS issued credentials.
     #[serde(skip)]
     pub issued: Option<Record>,
+    /// Revoke records so far, oldest first (retries of a pending revocation add one each).
+    #[serde(skip)]
+    pub revokes: Vec<Record>,
 }
 
 /// Records whose bytes are what their signer signed. Trust in the signer is not required here:
@@ -94,5 +97,11 @@ fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) 
         intent: intent.clone(),
         intent_sha256: intent_checked.payload_sha256.clone().unwrap_or_default(),
         issued: issued.map(|r| (*r).clone()),
+        revokes: {
+            let mut revokes: Vec<Record> =
+                records.iter().filter(|r| r.kind == RecordKind::Revoke).map(|r| (*r).clone()).collect();
+            revokes.sort_by_key(|r| r.issued_at);
+            revokes
+        },
     })
 }

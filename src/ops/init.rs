@@ -37,6 +37,8 @@ pub enum InitError {
     },
     #[error("git error: {0}")]
     Git(#[from] git2::Error),
+    #[error("cannot install the git hooks: {0}")]
+    Hooks(#[from] crate::hooks::HookError),
 }
 
 /// Where the signing key comes from, as the user asked.
@@ -46,6 +48,8 @@ pub struct InitOptions {
     pub signing_key: Option<PathBuf>,
     /// `TPA_SIGNING_KEY`: used now and at every run, not recorded.
     pub env_signing_key: Option<PathBuf>,
+    /// The tpa binary the git hooks run (absolute); None installs no hooks.
+    pub tpa_path: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -73,6 +77,8 @@ pub struct InitReport {
     pub trust_origin: Option<TrustOrigin>,
     /// Whether the trust ref already lists this key: until it does, records verify as unknown_signer.
     pub key_trusted: bool,
+    /// The git hooks (post-merge, post-commit, post-checkout, post-rewrite) that end grants.
+    pub hooks: Option<crate::hooks::InstallOutcome>,
 }
 
 pub fn init(repo: &Repository, options: &InitOptions) -> Result<InitReport, InitError> {
@@ -93,8 +99,10 @@ pub fn init(repo: &Repository, options: &InitOptions) -> Result<InitReport, Init
         .and_then(|t| t.read_file(repo, ALLOWED_SIGNERS_PATH).ok().flatten())
         .and_then(|bytes| AllowedSigners::parse(&String::from_utf8_lossy(&bytes)).ok())
         .is_some_and(|s| s.contains_key(&signer.public_key));
-    // The seam for the git hooks (post-merge, post-commit, post-checkout, post-rewrite): they are
-    // installed here once revocation exists.
+    let hooks = match &options.tpa_path {
+        Some(tpa) => Some(crate::hooks::install(repo, tpa)?),
+        None => None,
+    };
     Ok(InitReport {
         signer: signer_kind,
         signer_fingerprint: fingerprint,
@@ -109,6 +117,7 @@ pub fn init(repo: &Repository, options: &InitOptions) -> Result<InitReport, Init
         trust_ref: trust.as_ref().map(|t| t.refname.clone()),
         trust_origin: trust.as_ref().map(|t| t.origin),
         key_trusted,
+        hooks,
     })
 }
 

@@ -9,3 +9,4 @@ pub mod ledger;
 pub mod record;
 pub mod request;
 pub mod revoke;
+pub mod sweep;

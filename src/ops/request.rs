@@ -207,6 +207,16 @@ pub fn execute(
         drop(credentials); // zeroized: nothing of it is kept or shown
         return Err(RequestError::GrantRecord { grant_id: plan.grant_id, expires_at, source });
     }
+    // The hooks' fast path: a local index of the grants this clone holds. Best effort: `tpa sweep`
+    // rebuilds it from the ledger.
+    let _ = crate::ops::sweep::index_grant(
+        repo,
+        &plan.grant_id,
+        crate::state::LocalGrant {
+            branch: plan.ctx.branch.clone(),
+            expires_at: Some(credentials.expiration),
+        },
+    );
     let started = std::time::Instant::now();
     secrets::store_credentials(&plan.grant_id, &credentials)
         .map_err(|source| RequestError::Keyring { grant_id: plan.grant_id.clone(), source })?;

@@ -1,7 +1,7 @@
 //! `tpa revoke`: deny a grant's STS session through the role's revocation policy, read back, then
 //! record a signed `revoke` record and drop the keyring copy of its credentials.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -106,6 +106,20 @@ pub fn revoke(
         }
     };
 
+    Ok(revoke_grants(repo, chosen, spec, signer, &me, now, &HashSet::new()))
+}
+
+/// Revokes the given grants: one IAM deny per role, then one signed revoke record per grant. A
+/// grant in `last_attempt` whose deny fails is recorded `irrevocable` instead of `pending`.
+pub fn revoke_grants(
+    repo: &Repository,
+    chosen: Vec<GrantView>,
+    spec: &RevokeSpec,
+    signer: &Signer,
+    me: &crate::grant::Principal,
+    now: DateTime<Utc>,
+    last_attempt: &HashSet<GrantId>,
+) -> Vec<Revoked> {
     let mut outcomes = Vec::new();
     let mut to_deny: BTreeMap<String, Vec<GrantView>> = BTreeMap::new();
     for grant in chosen {
@@ -120,20 +134,23 @@ pub fn revoke(
         }
     }
     if to_deny.is_empty() {
-        return Ok(outcomes);
+        return outcomes;
     }
     let iam = AwsIam::new(spec.profile.as_deref(), spec.timeout);
     for (role_arn, grants) in to_deny {
         let denied = RevocationTarget::for_role(&role_arn)
             .and_then(|target| iam.deny(&target, &session_names(grants.iter().map(|g| &g.grant_id))));
-        let (result, error) = match &denied {
-            Ok(()) => (RevokeResult::Done, None),
-            Err(e) => (RevokeResult::Pending, Some(e.to_string())),
-        };
         for grant in grants {
+            let (result, error) = match &denied {
+                Ok(()) => (RevokeResult::Done, None),
+                Err(e) if last_attempt.contains(&grant.grant_id) => {
+                    (RevokeResult::Irrevocable, Some(e.to_string()))
+                }
+                Err(e) => (RevokeResult::Pending, Some(e.to_string())),
+            };
             // The keyring copy goes whatever IAM said: tpa hands out nothing for a grant being revoked.
             let _ = secrets::delete_credentials(&grant.grant_id);
-            let record = revoke_record(&grant, &me, spec, result, error.clone(), now);
+            let record = revoke_record(&grant, me, spec, result, error.clone(), now);
             let record_error =
                 ledger::append(repo, &record, signer).err().map(|e: LedgerError| e.to_string());
             outcomes.push(Revoked {
@@ -141,12 +158,12 @@ pub fn revoke(
                 role: grant.role.clone(),
                 branch: grant.branch.clone(),
                 result: Some(result),
-                note: error.clone(),
+                note: error,
                 record_error,
             });
         }
     }
-    Ok(outcomes)
+    outcomes
 }
 
 fn skipped(grant: &GrantView, why: &str) -> Revoked {

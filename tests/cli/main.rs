@@ -7,4 +7,5 @@ mod init;
 mod ledger;
 mod request;
 mod revoke;
+mod sweep;
 mod tamper;

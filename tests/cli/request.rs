@@ -24,9 +24,14 @@ pub struct AwsRepo {
 }
 
 pub fn policy(arn: &str, extra: &str) -> String {
+    policy_with_top(arn, "", extra)
+}
+
+/// `top` goes before the first table (top-level keys), `extra` after the role's table.
+pub fn policy_with_top(arn: &str, top: &str, extra: &str) -> String {
     format!(
         "protected_branches = [\"main\"]\nrequest_branches = [\"hotfix/*\", \"fix/*\"]\nmin_reason_length = 10\n\
-         default_ttl = \"30m\"\n\n[roles.prod-readonly]\narn = \"{arn}\"\nregion = \"us-east-1\"\nmax_ttl = \"1h\"\n{extra}"
+         default_ttl = \"30m\"\n{top}\n[roles.prod-readonly]\narn = \"{arn}\"\nregion = \"us-east-1\"\nmax_ttl = \"1h\"\n{extra}"
     )
 }
 
@@ -36,6 +41,10 @@ impl AwsRepo {
     }
 
     pub fn with_policy_extra(extra: &str) -> Self {
+        Self::with_policy_parts("", extra)
+    }
+
+    pub fn with_policy_parts(top: &str, extra: &str) -> Self {
         let mut env = TestEnv::new();
         let moto = moto();
         let role_name = unique_name("tpa-test-role");
@@ -50,7 +59,7 @@ impl AwsRepo {
         env.set_env("TPA_NONINTERACTIVE", "1");
         let (dir, _origin) = env.repo_with_origin("work");
         env.tpa(&dir).arg("init").run().success();
-        std::fs::write(dir.join(".tpa/policy.toml"), policy(&role_arn, extra)).unwrap();
+        std::fs::write(dir.join(".tpa/policy.toml"), policy_with_top(&role_arn, top, extra)).unwrap();
         env.git(&dir, &["add", ".tpa"]);
         env.git(&dir, &["commit", "-q", "-m", "tpa policy"]);
         env.git(&dir, &["push", "-q", "origin", "main"]);

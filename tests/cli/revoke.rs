@@ -18,7 +18,7 @@ fn unescape_xml(text: &str) -> String {
 }
 
 /// The session names the role's revocation policy denies, as moto has it now.
-fn denied(role: &str) -> BTreeSet<String> {
+pub fn denied(role: &str) -> BTreeSet<String> {
     let arn = format!("{POLICY_PREFIX}{role}");
     let (status, body) =
         moto().call("iam", &[("Action", "GetPolicy"), ("Version", "2010-05-08"), ("PolicyArn", &arn)]);

@@ -111,6 +111,8 @@ impl TestEnv {
             .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
             .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
             .env("DBUS_SESSION_BUS_ADDRESS", &keyring().address)
+            // Hooks sweep inline, so a test sees their effect when git returns.
+            .env("TPA_HOOK_FOREGROUND", "1")
             .stdin(Stdio::null());
         for (key, value) in &self.extra_env {
             cmd.env(key, value);

@@ -1,0 +1,286 @@
+//! `tpa sweep`: the reconciliation every hook runs, CI runs on every push to the protected branch,
+//! and anyone can run. For each open grant it decides from git and local state alone whether the
+//! grant is merged, abandoned or expired, and revokes what must be revoked; it retries pending
+//! revocations with bounded, jittered backoff (the ledger is the queue: each attempt is a record),
+//! denies sessions of intents that never got an outcome, and re-asserts the deny entries of every
+//! revoked, unexpired grant it knows of (IAM has no compare-and-swap).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use git2::Repository;
+use rand_core::{OsRng, RngCore};
+use serde::Serialize;
+
+use crate::grant::{GrantId, GrantState, RevokeResult, RevokeTrigger};
+use crate::ledger::signing::Signer;
+use crate::lifecycle::{self, AbandonReason, GrantFacts, Situation, Verdict};
+use crate::ops::context::{self, ContextError};
+use crate::ops::grants::{self, GrantView};
+use crate::ops::ledger::InspectError;
+use crate::ops::request;
+use crate::ops::revoke::{self, RevokeSpec, Revoked};
+use crate::provider::aws_iam::{AwsIam, RevocationTarget, session_names};
+use crate::secrets;
+use crate::state::{LocalGrant, LocalGrants, StateDir, StateError};
+use crate::trust::TrustRef;
+
+/// After this many failed attempts a revocation is recorded `irrevocable` and left to an operator.
+pub const MAX_ATTEMPTS: usize = 8;
+/// An intent younger than this may still be waiting on STS in another process.
+const INCOMPLETE_GRACE_SECONDS: i64 = 300;
+const DEFAULT_PROTECTED: [&str; 2] = ["main", "master"];
+const DEFAULT_ABANDON_AFTER: i64 = 2 * 3600;
+
+#[derive(Clone, Debug)]
+pub struct SweepOptions {
+    pub profile: Option<String>,
+    pub timeout: Duration,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("git error: {0}")]
+    Git(#[from] git2::Error),
+}
+
+/// What the sweep decided for one open grant.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepItem {
+    pub grant_id: GrantId,
+    pub branch: String,
+    /// keep, merged, abandoned, expired, retry, wait, incomplete, irrevocable, error
+    pub decision: &'static str,
+    pub detail: Option<String>,
+    pub outcome: Option<Revoked>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SweepReport {
+    pub items: Vec<SweepItem>,
+    /// Revoked, unexpired grants whose deny entries were re-asserted.
+    pub reasserted: usize,
+    pub reassert_errors: Vec<String>,
+    /// Policy problems: the sweep then decides with the defaults (main/master, 2h).
+    pub policy_error: Option<String>,
+}
+
+impl SweepReport {
+    /// Anything left that a person must look at: failed or pending revocations.
+    pub fn needs_attention(&self) -> bool {
+        !self.reassert_errors.is_empty()
+            || self.items.iter().any(|i| {
+                matches!(i.decision, "error" | "irrevocable")
+                    || i.outcome.as_ref().is_some_and(|o| o.result != Some(RevokeResult::Done))
+            })
+    }
+}
+
+pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Result<SweepReport, SweepError> {
+    let now = options.now;
+    let me = context::principal(repo)?;
+    let mut report = SweepReport::default();
+    let (protected, abandon_after) = match TrustRef::resolve(repo)
+        .map_err(|e| e.to_string())
+        .and_then(|trust| request::load_policy(repo, &trust).map_err(|e| e.to_string()))
+    {
+        Ok((policy, _)) => {
+            (policy.protected_branches.clone(), chrono::Duration::seconds(policy.abandon_after as i64))
+        }
+        Err(e) => {
+            report.policy_error = Some(e);
+            (DEFAULT_PROTECTED.map(str::to_owned).to_vec(), chrono::Duration::seconds(DEFAULT_ABANDON_AFTER))
+        }
+    };
+    let state = StateDir::open(repo)?;
+    let left = state.left_branches()?;
+    let head_branch =
+        repo.find_reference("HEAD").ok().and_then(|h| h.symbolic_target().ok().flatten().map(str::to_owned));
+    let all = grants::list(repo, now)?;
+
+    let mut to_revoke: Vec<(&'static str, RevokeTrigger, Option<String>, GrantView)> = Vec::new();
+    let mut last_attempt: HashSet<GrantId> = HashSet::new();
+    for grant in all.iter().filter(|g| is_open(g.state)) {
+        let holds = grant.intent.principal.email == me.email && grant.intent.principal.host == me.host;
+        let mut facts = match GrantFacts::from_record(grant.issued.as_ref().unwrap_or(&grant.intent)) {
+            Ok(facts) => facts,
+            Err(e) => {
+                report.items.push(item(grant, "error", Some(e.to_string())));
+                continue;
+            }
+        };
+        facts.expires_at = grant.expires_at.or(grant.intent.expires_at);
+        let situation = Situation {
+            protected: &protected,
+            abandon_after,
+            now,
+            holds_grant: holds,
+            left_at: left.get(&grant.branch).copied(),
+            head_branch: head_branch.clone(),
+        };
+        let verdict = match lifecycle::decide(repo, &facts, &situation) {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                report.items.push(item(grant, "error", Some(e.to_string())));
+                continue;
+            }
+        };
+        let mut queue = |decision: &'static str, trigger: RevokeTrigger, detail: Option<String>| {
+            to_revoke.push((decision, trigger, detail, grant.clone()));
+        };
+        match (verdict, grant.state) {
+            (Verdict::Expired, _) => {
+                // AWS ended it; nothing to deny. Only the local copy of the secret goes.
+                let _ = secrets::delete_credentials(&grant.grant_id);
+                report.items.push(item(grant, "expired", None));
+            }
+            (_, GrantState::Irrevocable) => report.items.push(item(
+                grant,
+                "irrevocable",
+                Some("an operator must resolve it: `tpa revoke GRANT`".into()),
+            )),
+            (_, GrantState::Pending) => {
+                let attempts = grant.revokes.iter().filter(|r| r.result != Some(RevokeResult::Done)).count();
+                let last = grant.revokes.last().map(|r| r.issued_at).unwrap_or(grant.requested_at);
+                let trigger = grant.revokes.last().and_then(|r| r.trigger).unwrap_or(RevokeTrigger::Manual);
+                if now < last + backoff(attempts) {
+                    report.items.push(item(
+                        grant,
+                        "wait",
+                        Some(format!("attempt {attempts} failed; retrying later")),
+                    ));
+                } else {
+                    if attempts + 1 >= MAX_ATTEMPTS {
+                        last_attempt.insert(grant.grant_id.clone());
+                    }
+                    queue("retry", trigger, Some(format!("attempt {}", attempts + 1)));
+                }
+            }
+            (Verdict::Merged { into, how }, _) => {
+                queue("merged", RevokeTrigger::Merged, Some(format!("into {into} ({how:?})")))
+            }
+            (Verdict::Abandoned(reason), _) => {
+                let detail = match reason {
+                    AbandonReason::BranchGone => "the branch is gone".to_owned(),
+                    AbandonReason::LeftTooLong { since } => format!("left at {}", since.to_rfc3339()),
+                };
+                queue("abandoned", RevokeTrigger::Abandoned, Some(detail))
+            }
+            (Verdict::Keep, GrantState::Incomplete)
+                if (now - grant.requested_at).num_seconds() >= INCOMPLETE_GRACE_SECONDS =>
+            {
+                // tpa stopped between intent and outcome: a session may exist with no record.
+                queue(
+                    "incomplete",
+                    RevokeTrigger::Audit,
+                    Some("intent with no grant or failed record".into()),
+                )
+            }
+            (Verdict::Keep, _) => report.items.push(item(grant, "keep", None)),
+        }
+    }
+
+    let mut by_trigger: BTreeMap<&'static str, (RevokeTrigger, Vec<GrantView>)> = BTreeMap::new();
+    for (decision, trigger, detail, grant) in to_revoke {
+        report.items.push(item(&grant, decision, detail));
+        by_trigger.entry(decision).or_insert((trigger, Vec::new())).1.push(grant);
+    }
+    for (_, (trigger, grants)) in by_trigger {
+        let spec = RevokeSpec {
+            selector: revoke::RevokeSelector::Mine,
+            reason: None,
+            trigger,
+            profile: options.profile.clone(),
+            timeout: options.timeout,
+        };
+        for outcome in revoke::revoke_grants(repo, grants, &spec, signer, &me, now, &last_attempt) {
+            if let Some(item) = report.items.iter_mut().find(|i| i.grant_id == outcome.grant_id) {
+                item.outcome = Some(outcome);
+            }
+        }
+    }
+
+    reassert(&all, options, now, &mut report);
+    update_index(repo, &state, &me, now)?;
+    Ok(report)
+}
+
+fn is_open(state: GrantState) -> bool {
+    matches!(
+        state,
+        GrantState::Active | GrantState::Pending | GrantState::Irrevocable | GrantState::Incomplete
+    )
+}
+
+fn item(grant: &GrantView, decision: &'static str, detail: Option<String>) -> SweepItem {
+    SweepItem {
+        grant_id: grant.grant_id.clone(),
+        branch: grant.branch.clone(),
+        decision,
+        detail,
+        outcome: None,
+    }
+}
+
+/// 30 s, doubling, at most an hour, with up to 20% jitter so that many clones spread out.
+pub fn backoff(attempts: usize) -> chrono::Duration {
+    let base = 30i64.saturating_mul(1i64 << attempts.min(7)).min(3600);
+    let jitter = (OsRng.next_u32() % 20) as i64 * base / 100;
+    chrono::Duration::seconds(base + jitter)
+}
+
+/// Every revoked grant that has not expired keeps its deny entry: write back any that went missing.
+fn reassert(all: &[GrantView], options: &SweepOptions, now: DateTime<Utc>, report: &mut SweepReport) {
+    let mut by_role: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for grant in
+        all.iter().filter(|g| g.state == GrantState::Revoked && g.expires_at.is_some_and(|e| e > now))
+    {
+        by_role.entry(grant.target.as_str()).or_default().extend(session_names([&grant.grant_id]));
+    }
+    if by_role.is_empty() {
+        return;
+    }
+    let iam = AwsIam::new(options.profile.as_deref(), options.timeout);
+    for (role_arn, sessions) in by_role {
+        match RevocationTarget::for_role(role_arn).and_then(|t| iam.deny(&t, &sessions)) {
+            Ok(()) => report.reasserted += sessions.len(),
+            Err(e) => report.reassert_errors.push(format!("{role_arn}: {e}")),
+        }
+    }
+}
+
+/// Rebuilds the hooks' index: the open grants this clone holds.
+fn update_index(
+    repo: &Repository,
+    state: &StateDir,
+    me: &crate::grant::Principal,
+    now: DateTime<Utc>,
+) -> Result<(), SweepError> {
+    let lock = state.lock()?;
+    let open: LocalGrants = grants::list(repo, now)?
+        .into_iter()
+        .filter(|g| {
+            is_open(g.state) && g.intent.principal.email == me.email && g.intent.principal.host == me.host
+        })
+        .map(|g| (g.grant_id.to_string(), LocalGrant { branch: g.branch.clone(), expires_at: g.expires_at }))
+        .collect();
+    state.set_local_grants(&lock, &open)?;
+    Ok(())
+}
+
+/// Adds a grant this clone just took to the hooks' index.
+pub fn index_grant(repo: &Repository, grant_id: &GrantId, grant: LocalGrant) -> Result<(), StateError> {
+    let state = StateDir::open(repo)?;
+    let lock = state.lock()?;
+    let mut grants = state.local_grants()?;
+    grants.insert(grant_id.to_string(), grant);
+    state.set_local_grants(&lock, &grants)
+}

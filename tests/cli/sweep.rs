@@ -1,0 +1,137 @@
+//! Revocation driven by git: the hooks tpa init installs, and `tpa sweep`, with the real git doing
+//! real merges, checkouts and branch deletions, and moto's IAM showing the deny entries.
+
+use crate::common::proxy::Mode;
+use crate::common::*;
+use crate::request::AwsRepo;
+use crate::revoke::denied;
+
+fn grant(aws: &AwsRepo) -> String {
+    aws.request().arg("--json").run().success().json()["grant_id"].as_str().unwrap().to_owned()
+}
+
+/// The grant's state and the trigger of its last revoke record.
+fn state(aws: &AwsRepo, grant_id: &str) -> (String, Option<String>) {
+    let show = aws.tpa().args(["show", grant_id, "--json"]).run().success().json();
+    let trigger = show["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|r| r["record"]["kind"] == "revoke")
+        .map(|r| r["record"]["trigger"].as_str().unwrap().to_owned());
+    (show["state"].as_str().unwrap().to_owned(), trigger)
+}
+
+fn revokes(aws: &AwsRepo) -> usize {
+    aws.kinds().iter().filter(|k| *k == "revoke").count()
+}
+
+#[test]
+fn a_no_ff_merge_revokes_through_the_post_merge_hook() {
+    let aws = AwsRepo::new();
+    let grant_id = grant(&aws);
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    assert_eq!(state(&aws, &grant_id).0, "active", "switching away alone ends nothing");
+    aws.env.git(&aws.dir, &["merge", "-q", "--no-ff", "-m", "merge the fix", "hotfix/INC-4211"]);
+    assert_eq!(state(&aws, &grant_id), ("revoked".into(), Some("merged".into())));
+    assert!(denied(&aws.role_name).contains(&format!("tpa-{grant_id}")));
+    assert_eq!(aws.keyring_grants(), 0);
+    // Exactly once: more git activity and sweeps add nothing.
+    aws.env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "later"]);
+    aws.tpa().arg("sweep").run().success();
+    assert_eq!(revokes(&aws), 1);
+}
+
+#[test]
+fn a_squash_merge_revokes_through_the_post_commit_hook() {
+    let aws = AwsRepo::new();
+    std::fs::write(aws.dir.join("fix.txt"), "the fix\n").unwrap();
+    aws.env.git(&aws.dir, &["add", "fix.txt"]);
+    aws.env.git(&aws.dir, &["commit", "-q", "-m", "the fix"]);
+    let grant_id = grant(&aws);
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    aws.env.git(&aws.dir, &["merge", "-q", "--squash", "hotfix/INC-4211"]);
+    assert_eq!(state(&aws, &grant_id).0, "active", "a squash without its commit is not merged yet");
+    aws.env.git(&aws.dir, &["commit", "-q", "-m", "squashed fix"]);
+    assert_eq!(state(&aws, &grant_id), ("revoked".into(), Some("merged".into())));
+}
+
+#[test]
+fn a_deleted_branch_is_abandoned_at_the_next_sweep() {
+    let aws = AwsRepo::new();
+    let grant_id = grant(&aws);
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    aws.env.git(&aws.dir, &["branch", "-q", "-D", "hotfix/INC-4211"]);
+    // No hook fires on branch deletion: the next tpa command's sweep sees it.
+    let out = aws.tpa().args(["sweep", "--json"]).run().success().json();
+    let item = out["items"].as_array().unwrap().iter().find(|i| i["grant_id"] == grant_id.as_str()).unwrap();
+    assert_eq!(item["decision"], "abandoned");
+    assert_eq!(state(&aws, &grant_id), ("revoked".into(), Some("abandoned".into())));
+}
+
+#[test]
+fn leaving_a_branch_for_longer_than_abandon_after_abandons_it() {
+    let aws = AwsRepo::with_policy_parts("abandon_after = \"10m\"", "");
+    let grant_id = grant(&aws);
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    let soon = (chrono::Utc::now() + chrono::Duration::minutes(5)).to_rfc3339();
+    aws.tpa().arg("sweep").env("TPA_TEST_NOW", &soon).run().success();
+    assert_eq!(state(&aws, &grant_id).0, "active", "left 5 minutes ago: kept");
+    let later = (chrono::Utc::now() + chrono::Duration::minutes(15)).to_rfc3339();
+    aws.tpa().arg("sweep").env("TPA_TEST_NOW", &later).run().success();
+    assert_eq!(state(&aws, &grant_id), ("revoked".into(), Some("abandoned".into())));
+}
+
+#[test]
+fn coming_back_in_time_and_file_checkouts_are_not_leaving() {
+    let aws = AwsRepo::with_policy_parts("abandon_after = \"10m\"", "");
+    let grant_id = grant(&aws);
+    aws.env.git(&aws.dir, &["checkout", "-q", "--", "README"]);
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    aws.env.git(&aws.dir, &["switch", "-q", "hotfix/INC-4211"]);
+    let later = (chrono::Utc::now() + chrono::Duration::minutes(15)).to_rfc3339();
+    aws.tpa().arg("sweep").env("TPA_TEST_NOW", &later).run().success();
+    assert_eq!(state(&aws, &grant_id).0, "active");
+    assert_eq!(revokes(&aws), 0);
+}
+
+#[test]
+fn iam_down_during_a_hook_never_fails_git_and_a_later_sweep_revokes() {
+    let aws = AwsRepo::new();
+    let grant_id = grant(&aws);
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    aws.proxy.set_mode(Mode::Down);
+    let merge = aws.env.git_output(&aws.dir, &["merge", "-q", "--no-ff", "-m", "merge", "hotfix/INC-4211"]);
+    assert!(merge.status.success(), "git failed: {}", String::from_utf8_lossy(&merge.stderr));
+    assert_eq!(state(&aws, &grant_id).0, "pending");
+    aws.tpa().args(["exec", &grant_id, "--", "true"]).run().code(2);
+    aws.proxy.set_mode(Mode::Forward);
+    // Backoff: right away is too early, a few minutes later it retries.
+    let out = aws.tpa().args(["sweep", "--json"]).run().json();
+    assert!(out["items"].as_array().unwrap().iter().any(|i| i["decision"] == "wait"), "{out}");
+    let later = (chrono::Utc::now() + chrono::Duration::minutes(5)).to_rfc3339();
+    aws.tpa().arg("sweep").env("TPA_TEST_NOW", &later).run().success();
+    assert_eq!(state(&aws, &grant_id), ("revoked".into(), Some("merged".into())));
+    assert!(denied(&aws.role_name).contains(&format!("tpa-{grant_id}")));
+}
+
+#[test]
+fn a_foreign_hook_keeps_running_and_uninstall_restores_it() {
+    let env = TestEnv::new();
+    let dir = env.repo("work");
+    let hook = dir.join(".git/hooks/post-checkout");
+    let log = env.path("foreign.log");
+    let script = format!("#!/bin/sh\necho \"$@\" >> '{}'\nexit 0\n", log.display());
+    std::fs::write(&hook, &script).unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    env.tpa(&dir).arg("init").run().success();
+    assert!(std::fs::read_to_string(&hook).unwrap().contains("tpa-managed-hook"));
+    env.git(&dir, &["switch", "-q", "-c", "hotfix/x"]);
+    assert!(
+        std::fs::read_to_string(&log).unwrap().ends_with(" 1\n"),
+        "the foreign hook ran with git's arguments"
+    );
+    env.tpa(&dir).arg("uninstall").run().success();
+    assert_eq!(std::fs::read_to_string(&hook).unwrap(), script);
+}
