@@ -47,8 +47,13 @@ fn tpa_part(repo: &git2::Repository, args: &HookArgs) -> anyhow::Result<()> {
     if grants.is_empty() {
         return Ok(()); // the fast path: this clone holds no open grant
     }
-    if args.name == "post-checkout" && args.args.get(2).is_some_and(|flag| flag == "1") {
-        track_branch_switch(repo, &state)?;
+    if args.name == "post-checkout" {
+        // A checkout can only start an abandonment clock (or stop one): sweep only when a branch
+        // holding a grant was left or returned to, or a clock is already running.
+        let switched = args.args.get(2).is_some_and(|flag| flag == "1") && track_branch_switch(repo, &state)?;
+        if !switched && state.left_branches()?.is_empty() {
+            return Ok(());
+        }
     }
     if std::env::var("TPA_HOOK_FOREGROUND").is_ok_and(|v| v == "1") {
         let signer = Ctx::signer_for(repo)?;
@@ -76,26 +81,31 @@ fn tpa_part(repo: &git2::Repository, args: &HookArgs) -> anyhow::Result<()> {
 }
 
 /// post-checkout of a branch switch: remember when HEAD left a branch, forget it on return.
+/// Returns whether anything changed.
 /// git's reflog says `checkout: moving from A to B`; a rebase's detached checkouts say otherwise
 /// and so are not "leaving".
-fn track_branch_switch(repo: &git2::Repository, state: &StateDir) -> anyhow::Result<()> {
+fn track_branch_switch(repo: &git2::Repository, state: &StateDir) -> anyhow::Result<bool> {
     let reflog = repo.reflog("HEAD")?;
-    let Some(entry) = reflog.get(0) else { return Ok(()) };
+    let Some(entry) = reflog.get(0) else { return Ok(false) };
     let Some(message) = entry.message().ok().flatten().and_then(|m| m.strip_prefix("checkout: moving from "))
     else {
-        return Ok(());
+        return Ok(false);
     };
-    let Some((from, to)) = message.split_once(" to ") else { return Ok(()) };
+    let Some((from, to)) = message.split_once(" to ") else { return Ok(false) };
     if from == to {
-        return Ok(());
+        return Ok(false);
     }
     let lock = state.lock()?;
     let mut left = state.left_branches()?;
+    let before = left.clone();
     let from_ref = format!("refs/heads/{from}");
     if state.local_grants()?.values().any(|g| g.branch == from_ref) {
         left.insert(from_ref, super::now());
     }
     left.remove(&format!("refs/heads/{to}"));
+    if left == before {
+        return Ok(false);
+    }
     state.set_left_branches(&lock, &left)?;
-    Ok(())
+    Ok(true)
 }

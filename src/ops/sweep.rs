@@ -273,6 +273,13 @@ fn update_index(
         .map(|g| (g.grant_id.to_string(), LocalGrant { branch: g.branch.clone(), expires_at: g.expires_at }))
         .collect();
     state.set_local_grants(&lock, &open)?;
+    // Abandonment clocks of branches that no longer hold a grant have nothing left to time.
+    let mut left = state.left_branches()?;
+    let before = left.len();
+    left.retain(|branch, _| open.values().any(|g| &g.branch == branch));
+    if left.len() != before {
+        state.set_left_branches(&lock, &left)?;
+    }
     Ok(())
 }
 

@@ -135,3 +135,86 @@ fn a_foreign_hook_keeps_running_and_uninstall_restores_it() {
     env.tpa(&dir).arg("uninstall").run().success();
     assert_eq!(std::fs::read_to_string(&hook).unwrap(), script);
 }
+
+#[test]
+fn fast_forward_and_cherry_pick_merges_revoke_once() {
+    let aws = AwsRepo::new();
+    let fast = grant(&aws);
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    aws.env.git(&aws.dir, &["merge", "-q", "--ff-only", "hotfix/INC-4211"]);
+    assert_eq!(state(&aws, &fast), ("revoked".into(), Some("merged".into())));
+
+    aws.env.git(&aws.dir, &["switch", "-q", "-c", "hotfix/picked", "HEAD~1"]);
+    std::fs::write(aws.dir.join("picked.txt"), "picked\n").unwrap();
+    aws.env.git(&aws.dir, &["add", "picked.txt"]);
+    aws.env.git(&aws.dir, &["commit", "-q", "-m", "a fix to cherry-pick"]);
+    let picked = grant(&aws);
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    aws.env.git(&aws.dir, &["cherry-pick", "hotfix/picked"]);
+    assert_eq!(state(&aws, &picked), ("revoked".into(), Some("merged".into())));
+    assert_eq!(revokes(&aws), 2);
+}
+
+#[test]
+fn a_grant_at_the_branch_point_is_not_merged_by_ancestry() {
+    let aws = AwsRepo::new();
+    aws.env.git(&aws.dir, &["switch", "-q", "-c", "hotfix/fresh", "main"]);
+    let grant_id = grant(&aws);
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    aws.env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "main moves on"]);
+    aws.tpa().arg("sweep").run().success();
+    assert_eq!(state(&aws, &grant_id).0, "active");
+}
+
+#[test]
+fn a_merge_done_on_the_server_revokes_at_the_next_pull() {
+    let aws = AwsRepo::new();
+    std::fs::write(aws.dir.join("fix.txt"), "fix\n").unwrap();
+    aws.env.git(&aws.dir, &["add", "fix.txt"]);
+    aws.env.git(&aws.dir, &["commit", "-q", "-m", "fix"]);
+    aws.env.git(&aws.dir, &["push", "-q", "origin", "hotfix/INC-4211"]);
+    let grant_id = grant(&aws);
+    // A teammate (or the server's merge button) merges it in another clone.
+    let origin = aws.env.path("work-origin.git");
+    let other = aws.env.path("teammate");
+    aws.env.git(aws.env.root.path(), &["clone", "-q", origin.to_str().unwrap(), other.to_str().unwrap()]);
+    aws.env.git(&other, &["config", "user.email", "bob@example.com"]);
+    aws.env.git(&other, &["config", "user.name", "Bob"]);
+    aws.env.git(&other, &["merge", "-q", "--no-ff", "-m", "merge on the server", "origin/hotfix/INC-4211"]);
+    aws.env.git(&other, &["push", "-q", "origin", "main"]);
+    assert_eq!(state(&aws, &grant_id).0, "active");
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    aws.env.git(&aws.dir, &["pull", "-q", "--no-rebase", "origin", "main"]);
+    assert_eq!(state(&aws, &grant_id), ("revoked".into(), Some("merged".into())));
+}
+
+#[test]
+fn pull_rebase_is_not_leaving_the_branch() {
+    let aws = AwsRepo::with_policy_parts("abandon_after = \"10m\"", "");
+    let grant_id = grant(&aws);
+    aws.env.git(&aws.dir, &["push", "-q", "origin", "hotfix/INC-4211"]);
+    let origin = aws.env.path("work-origin.git");
+    let other = aws.env.path("teammate");
+    aws.env.git(aws.env.root.path(), &["clone", "-q", origin.to_str().unwrap(), other.to_str().unwrap()]);
+    aws.env.git(&other, &["config", "user.email", "bob@example.com"]);
+    aws.env.git(&other, &["config", "user.name", "Bob"]);
+    aws.env.git(&other, &["commit", "-q", "--allow-empty", "-m", "main moves"]);
+    aws.env.git(&other, &["push", "-q", "origin", "main"]);
+    aws.env.git(&aws.dir, &["pull", "-q", "--rebase", "origin", "main"]);
+    let later = (chrono::Utc::now() + chrono::Duration::minutes(15)).to_rfc3339();
+    aws.tpa().arg("sweep").env("TPA_TEST_NOW", &later).run().success();
+    assert_eq!(state(&aws, &grant_id).0, "active", "a rebase's detached checkouts are not leaving");
+}
+
+#[test]
+fn a_hostile_branch_name_is_revoked_like_any_other() {
+    let aws = AwsRepo::new();
+    let branch = "hotfix/$(touch${IFS}pwned);`id`'\"";
+    aws.env.git(&aws.dir, &["switch", "-q", "-c", branch]);
+    aws.env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "work"]);
+    let grant_id = grant(&aws);
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    aws.env.git(&aws.dir, &["merge", "-q", "--no-ff", "-m", "merge", branch]);
+    assert_eq!(state(&aws, &grant_id), ("revoked".into(), Some("merged".into())));
+    assert!(!aws.dir.join("pwned").exists());
+}
