@@ -137,9 +137,11 @@ pub fn revoke_grants(
         return outcomes;
     }
     let iam = AwsIam::new(spec.profile.as_deref(), spec.timeout);
+    let expiries = known_expiries(repo, now);
     for (role_arn, grants) in to_deny {
-        let denied = RevocationTarget::for_role(&role_arn)
-            .and_then(|target| iam.deny(&target, &session_names(grants.iter().map(|g| &g.grant_id))));
+        let denied = RevocationTarget::for_role(&role_arn).and_then(|target| {
+            iam.deny(&target, &session_names(grants.iter().map(|g| &g.grant_id)), &expiries)
+        });
         for grant in grants {
             let (result, error) = match &denied {
                 Ok(()) => (RevokeResult::Done, None),
@@ -197,4 +199,13 @@ fn revoke_record(
         error,
         ..base.clone()
     }
+}
+
+/// Session name -> expiry of every issued grant in the ledger: what lets a deny entry be pruned.
+pub fn known_expiries(repo: &Repository, now: DateTime<Utc>) -> BTreeMap<String, DateTime<Utc>> {
+    grants::list(repo, now)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|g| g.expires_at.map(|e| (g.grant_id.session_name(), e)))
+        .collect()
 }

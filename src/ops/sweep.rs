@@ -208,7 +208,7 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
         }
     }
 
-    reassert(&all, options, now, &mut report);
+    reassert(repo, &all, options, now, &mut report);
     update_index(repo, &state, &me, now)?;
     Ok(report)
 }
@@ -238,7 +238,13 @@ pub fn backoff(attempts: usize) -> chrono::Duration {
 }
 
 /// Every revoked grant that has not expired keeps its deny entry: write back any that went missing.
-fn reassert(all: &[GrantView], options: &SweepOptions, now: DateTime<Utc>, report: &mut SweepReport) {
+fn reassert(
+    repo: &Repository,
+    all: &[GrantView],
+    options: &SweepOptions,
+    now: DateTime<Utc>,
+    report: &mut SweepReport,
+) {
     let mut by_role: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for grant in
         all.iter().filter(|g| g.state == GrantState::Revoked && g.expires_at.is_some_and(|e| e > now))
@@ -249,8 +255,9 @@ fn reassert(all: &[GrantView], options: &SweepOptions, now: DateTime<Utc>, repor
         return;
     }
     let iam = AwsIam::new(options.profile.as_deref(), options.timeout);
+    let expiries = revoke::known_expiries(repo, now);
     for (role_arn, sessions) in by_role {
-        match RevocationTarget::for_role(role_arn).and_then(|t| iam.deny(&t, &sessions)) {
+        match RevocationTarget::for_role(role_arn).and_then(|t| iam.deny(&t, &sessions, &expiries)) {
             Ok(()) => report.reasserted += sessions.len(),
             Err(e) => report.reassert_errors.push(format!("{role_arn}: {e}")),
         }

@@ -5,7 +5,9 @@
 //! permissions boundary) never widen, where `iam:PutRolePolicy` could grant the role anything.
 //! IAM has no compare-and-swap, so every write is read back and retried until the entry is there.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -20,6 +22,8 @@ pub const POLICY_MAX_CHARS: usize = 6144;
 /// IAM keeps at most this many versions of a managed policy.
 pub const MAX_VERSIONS: usize = 5;
 const ATTEMPTS: usize = 6;
+/// An entry is pruned once AWS's clock is this far past its grant's expiry.
+const PRUNE_MARGIN_MINUTES: i64 = 10;
 /// A session name no grant has (ids are 26 characters): IAM refuses an empty condition list.
 const PLACEHOLDER: &str = "tpa-none";
 
@@ -264,6 +268,11 @@ impl AwsIam {
                 out.policy_version().and_then(|v| v.document()).map(percent_decode).unwrap_or_default();
             let sessions = denied_sessions(&text);
             versions.union.extend(sessions.iter().cloned());
+            if let Some(created) =
+                version.create_date().and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), 0))
+            {
+                versions.aws_now = versions.aws_now.max(Some(created));
+            }
             if version.is_default_version() {
                 versions.default = sessions;
             } else {
@@ -282,13 +291,27 @@ impl AwsIam {
     /// of *all* versions (a raced version survives as a non-default one), deletes only a version
     /// whose entries it has merged, and after writing reads everything back, rewriting until the
     /// default holds the union: whoever writes last repairs what it overwrote.
-    pub fn deny(&self, target: &RevocationTarget, deny: &BTreeSet<String>) -> Result<(), RevokeError> {
+    ///
+    /// Entries of grants in `expiries` that expired by AWS's clock (the newest version's CreateDate,
+    /// never this machine's clock) more than a margin ago are left out of what is written.
+    pub fn deny(
+        &self,
+        target: &RevocationTarget,
+        deny: &BTreeSet<String>,
+        expiries: &BTreeMap<String, DateTime<Utc>>,
+    ) -> Result<(), RevokeError> {
         for _ in 0..ATTEMPTS {
             let Some(versions) = self.versions(target)? else {
                 self.set_up(target)?;
                 continue;
             };
-            let wanted: BTreeSet<String> = versions.union.union(deny).cloned().collect();
+            let margin = chrono::Duration::minutes(PRUNE_MARGIN_MINUTES);
+            let expired = |session: &String| {
+                !deny.contains(session)
+                    && matches!((expiries.get(session), versions.aws_now), (Some(e), Some(now)) if *e + margin < now)
+            };
+            let wanted: BTreeSet<String> =
+                versions.union.union(deny).filter(|s| !expired(s)).cloned().collect();
             if wanted.is_subset(&versions.default) {
                 return Ok(());
             }
@@ -366,6 +389,8 @@ struct Versions {
     /// Non-default versions: (created, number, id), so the oldest sorts first.
     others: Vec<(i64, u64, String)>,
     count: usize,
+    /// The newest version's CreateDate: AWS's clock was at least this at the last write.
+    aws_now: Option<DateTime<Utc>>,
 }
 
 fn version_number(id: Option<&str>) -> u64 {

@@ -144,3 +144,48 @@ fn setup_aws_creates_and_attaches_the_revocation_policy_once() {
     assert_eq!(second["changed"], false);
     assert!(denied(&aws.role_name).is_empty());
 }
+
+#[test]
+fn entries_of_grants_expired_by_aws_clock_are_pruned_at_the_next_revocation() {
+    let aws = AwsRepo::new();
+    let live = grant(&aws);
+    // A grant of long ago, in the ledger and still in the role's revocation policy.
+    let old = "01HZZZZZZZZZZZZZZZZZZZZZZZ";
+    let head = aws.head();
+    let mut intent = crate::ledger::intent_json(&head, old, "2026-01-01T00:00:00Z");
+    intent["branch"] = serde_json::json!("refs/heads/hotfix/INC-4211");
+    intent["provider"] = serde_json::json!("aws-sts");
+    intent["target"] = serde_json::json!(aws.role_arn);
+    let sha = aws.tpa().args(["debug", "append"]).stdin(intent.to_string()).run().success().json()["payload_sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut issued = intent.clone();
+    issued["kind"] = serde_json::json!("grant");
+    issued["issued_at"] = serde_json::json!("2026-01-01T00:00:01Z");
+    issued["expires_at"] = serde_json::json!("2026-01-01T00:30:00Z");
+    issued["credential_fingerprint"] = serde_json::json!("sha256:0011223344556677");
+    issued["intent_sha256"] = serde_json::json!(sha);
+    aws.tpa().args(["debug", "append"]).stdin(issued.to_string()).run().success();
+    aws.tpa().args(["setup-aws", "--role", "prod-readonly"]).run().success();
+    let arn = format!("{POLICY_PREFIX}{}", aws.role_name);
+    let names: BTreeSet<String> = [format!("tpa-{old}")].into();
+    let document = tpa::provider::aws_iam::document(&names);
+    let (status, body) = moto().call(
+        "iam",
+        &[
+            ("Action", "CreatePolicyVersion"),
+            ("Version", "2010-05-08"),
+            ("PolicyArn", &arn),
+            ("PolicyDocument", &document),
+            ("SetAsDefault", "true"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(denied(&aws.role_name).contains(&format!("tpa-{old}")));
+
+    aws.tpa().args(["revoke", &live]).run().success();
+    let now_denied = denied(&aws.role_name);
+    assert!(now_denied.contains(&format!("tpa-{live}")));
+    assert!(!now_denied.contains(&format!("tpa-{old}")), "expired entry kept: {now_denied:?}");
+}
