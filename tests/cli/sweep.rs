@@ -218,3 +218,44 @@ fn a_hostile_branch_name_is_revoked_like_any_other() {
     assert_eq!(state(&aws, &grant_id), ("revoked".into(), Some("merged".into())));
     assert!(!aws.dir.join("pwned").exists());
 }
+
+#[test]
+fn access_denied_until_the_last_retry_makes_the_grant_irrevocable() {
+    let aws = AwsRepo::with_policy_parts("", "");
+    let policy = crate::request::policy(&aws.role_arn, "").replace("max_ttl = \"1h\"", "max_ttl = \"4h\"");
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    std::fs::write(aws.dir.join(".tpa/policy.toml"), policy).unwrap();
+    aws.env.git(&aws.dir, &["commit", "-q", "-am", "longer grants"]);
+    aws.env.git(&aws.dir, &["push", "-q", "origin", "main"]);
+    aws.env.git(&aws.dir, &["switch", "-q", "hotfix/INC-4211"]);
+    let grant_id = aws.request().args(["--ttl", "4h", "--json"]).run().success().json()["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    aws.proxy.set_mode(Mode::Respond {
+        status: 403,
+        content_type: "text/xml",
+        body: "<ErrorResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><Error><Type>Sender</Type>\
+               <Code>AccessDenied</Code><Message>not authorized to perform: iam:CreatePolicyVersion</Message>\
+               </Error><RequestId>1</RequestId></ErrorResponse>"
+            .into(),
+    });
+    aws.tpa().args(["revoke", &grant_id]).run().code(2);
+    assert_eq!(state(&aws, &grant_id).0, "pending");
+    // Each sweep comes just after the longest backoff (+20% jitter) of the attempt before.
+    let mut at = chrono::Utc::now();
+    for attempt in 1..8u32 {
+        at += chrono::Duration::seconds((30i64 << attempt).min(3600) * 6 / 5 + 5);
+        aws.tpa().arg("sweep").env("TPA_TEST_NOW", at.to_rfc3339()).run().code(2);
+    }
+    assert_eq!(state(&aws, &grant_id).0, "irrevocable");
+    let status =
+        aws.tpa().args(["status", "--json"]).env("TPA_TEST_NOW", at.to_rfc3339()).run().success().json();
+    assert_eq!(status[0]["state"], "irrevocable");
+    let attempts = aws.kinds().iter().filter(|k| *k == "revoke").count();
+    assert_eq!(attempts, 8);
+    // An operator with the right permissions resolves it.
+    aws.proxy.set_mode(Mode::Forward);
+    aws.tpa().args(["revoke", &grant_id]).env("TPA_TEST_NOW", at.to_rfc3339()).run().success();
+    assert_eq!(state(&aws, &grant_id).0, "revoked");
+}
