@@ -16,7 +16,9 @@ fi
 cargo build --release --locked
 mkdir -p "$prefix/bin"
 install -m 0755 target/release/tpa "$prefix/bin/tpa"
-echo "installed $prefix/bin/tpa"
+# The git hooks' fast path (links no AWS SDK); `tpa init` points the hooks at it when it sits beside tpa.
+install -m 0755 target/release/tpa-hook "$prefix/bin/tpa-hook"
+echo "installed $prefix/bin/tpa and $prefix/bin/tpa-hook"
 case ":$PATH:" in
   *":$prefix/bin:"*) ;;
   *) echo "note: $prefix/bin is not on your PATH; add it to use tpa" ;;

@@ -1052,3 +1052,41 @@ mod tests {
         assert_eq!(a.as_bytes(), b.as_slice());
     }
 }
+
+/// The fast path's question: must the full tpa run for this hook? No when this clone holds no open
+/// grant, and for a post-checkout that neither leaves nor returns to a branch holding one while no
+/// abandonment clock runs. Anything unreadable answers yes: the full tpa then decides.
+pub fn needs_tpa(repo: &Repository, name: &str, args: &[OsString]) -> bool {
+    let Ok(state) = crate::state::StateDir::open(repo) else { return true };
+    let Ok(grants) = state.local_grants() else { return true };
+    if grants.is_empty() {
+        return false;
+    }
+    if name != "post-checkout" {
+        return true;
+    }
+    let Ok(left) = state.left_branches() else { return true };
+    if !left.is_empty() {
+        return true;
+    }
+    if args.get(2).is_none_or(|flag| flag != "1") {
+        return false;
+    }
+    match checkout_move(repo) {
+        Some((from, to)) => {
+            let holds = |branch: &str| grants.values().any(|g| g.branch == format!("refs/heads/{branch}"));
+            from != to && (holds(&from) || holds(&to))
+        }
+        None => false,
+    }
+}
+
+/// The branch switch HEAD's reflog records last (`checkout: moving from A to B`), as short names.
+/// A rebase's detached checkouts record something else, and so are no switch.
+pub fn checkout_move(repo: &Repository) -> Option<(String, String)> {
+    let reflog = repo.reflog("HEAD").ok()?;
+    let entry = reflog.get(0)?;
+    let message = entry.message().ok().flatten()?.strip_prefix("checkout: moving from ")?;
+    let (from, to) = message.split_once(" to ")?;
+    Some((from.to_owned(), to.to_owned()))
+}

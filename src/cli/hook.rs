@@ -32,7 +32,11 @@ pub fn run(ctx: &Ctx, args: HookArgs) -> anyhow::Result<u8> {
     let dir = std::env::var_os(hooks::HOOKS_DIR_ENV)
         .map(PathBuf::from)
         .or_else(|| repo.as_ref().and_then(|r| hooks::hooks_dir(r).ok()).map(|d| d.dir));
-    let status = dir.and_then(|d| hooks::run_original(&d, &args.name, &args.args, &stdin).ok().flatten());
+    // tpa-hook (the fast path) may already have run the original and handed over the rest.
+    let original_done = std::env::var("TPA_HOOK_ORIGINAL_DONE").is_ok_and(|v| v == "1");
+    let status = dir
+        .filter(|_| !original_done)
+        .and_then(|d| hooks::run_original(&d, &args.name, &args.args, &stdin).ok().flatten());
     if let Some(repo) = &repo
         && let Err(e) = tpa_part(repo, &args)
     {
@@ -85,13 +89,7 @@ fn tpa_part(repo: &git2::Repository, args: &HookArgs) -> anyhow::Result<()> {
 /// git's reflog says `checkout: moving from A to B`; a rebase's detached checkouts say otherwise
 /// and so are not "leaving".
 fn track_branch_switch(repo: &git2::Repository, state: &StateDir) -> anyhow::Result<bool> {
-    let reflog = repo.reflog("HEAD")?;
-    let Some(entry) = reflog.get(0) else { return Ok(false) };
-    let Some(message) = entry.message().ok().flatten().and_then(|m| m.strip_prefix("checkout: moving from "))
-    else {
-        return Ok(false);
-    };
-    let Some((from, to)) = message.split_once(" to ") else { return Ok(false) };
+    let Some((from, to)) = hooks::checkout_move(repo) else { return Ok(false) };
     if from == to {
         return Ok(false);
     }

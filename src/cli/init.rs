@@ -26,7 +26,7 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<u8> {
     let options = InitOptions {
         signing_key: args.signing_key,
         env_signing_key: std::env::var_os("TPA_SIGNING_KEY").filter(|p| !p.is_empty()).map(PathBuf::from),
-        tpa_path: Some(std::env::current_exe()?),
+        tpa_path: Some(hook_binary()?),
     };
     let report = init(&repo, &options)?;
     if args.json {
@@ -114,4 +114,12 @@ fn print_human(r: &InitReport) -> std::io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// What the git hooks run: `tpa-hook` beside this binary (no AWS SDK, fast start) when installed,
+/// else tpa itself.
+pub fn hook_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let fast = me.with_file_name(format!("tpa-hook{}", std::env::consts::EXE_SUFFIX));
+    Ok(if fast.exists() { fast } else { me })
 }

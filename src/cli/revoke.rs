@@ -62,8 +62,11 @@ pub fn run(ctx: &Ctx, args: RevokeArgs) -> anyhow::Result<u8> {
         for o in &outcomes {
             let what = o.role.clone().unwrap_or_default();
             match (o.result, &o.note) {
-                (Some(RevokeResult::Done), _) => {
-                    writeln!(out, "revoked {} ({what}, {})", o.grant_id, render::branch(&o.branch))?
+                (Some(RevokeResult::Done), note) => {
+                    writeln!(out, "revoked {} ({what}, {})", o.grant_id, render::branch(&o.branch))?;
+                    if let Some(note) = note {
+                        eprintln!("WARNING: {}", crate::escape::controls(note));
+                    }
                 }
                 (Some(result), Some(note)) => writeln!(
                     out,

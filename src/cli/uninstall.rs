@@ -16,7 +16,7 @@ pub struct UninstallArgs {
 
 pub fn run(ctx: &Ctx, args: UninstallArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
-    let outcome = hooks::uninstall(&repo, &std::env::current_exe()?)?;
+    let outcome = hooks::uninstall(&repo, &super::init::hook_binary()?)?;
     if args.json {
         print_json(&outcome)?;
         return Ok(exit::OK);

@@ -14,7 +14,7 @@ use crate::ledger::{self, LedgerError};
 use crate::ops::context::{self, ContextError};
 use crate::ops::grants::{self, GrantView};
 use crate::ops::ledger::InspectError;
-use crate::provider::aws_iam::{AwsIam, RevocationTarget, session_names};
+use crate::provider::aws_iam::{AwsIam, Denied, RevocationTarget, session_names};
 use crate::secrets;
 
 #[derive(Clone, Debug)]
@@ -144,7 +144,15 @@ pub fn revoke_grants(
         });
         for grant in grants {
             let (result, error) = match &denied {
-                Ok(()) => (RevokeResult::Done, None),
+                Ok(Denied::Listed) => (RevokeResult::Done, None),
+                Ok(Denied::CutOlderSessions(before)) => (
+                    RevokeResult::Done,
+                    Some(format!(
+                        "the revocation policy of this role is full: EVERY session of the role issued before {} \
+                         was cut, not only this grant's (see docs/revocation.md)",
+                        before.to_rfc3339()
+                    )),
+                ),
                 Err(e) if last_attempt.contains(&grant.grant_id) => {
                     (RevokeResult::Irrevocable, Some(e.to_string()))
                 }

@@ -258,7 +258,7 @@ fn reassert(
     let expiries = revoke::known_expiries(repo, now);
     for (role_arn, sessions) in by_role {
         match RevocationTarget::for_role(role_arn).and_then(|t| iam.deny(&t, &sessions, &expiries)) {
-            Ok(()) => report.reasserted += sessions.len(),
+            Ok(_) => report.reasserted += sessions.len(),
             Err(e) => report.reassert_errors.push(format!("{role_arn}: {e}")),
         }
     }

@@ -84,21 +84,40 @@ impl RevocationTarget {
 
 /// The policy document denying `sessions` (session names `tpa-<id>`).
 pub fn document(sessions: &BTreeSet<String>) -> String {
+    document_with_cut(sessions, None)
+}
+
+/// Like [`document`], plus, when `cut` is set, a deny on every session of the role issued before
+/// it (`aws:TokenIssueTime`): the fallback once the list no longer fits in IAM's size limit.
+pub fn document_with_cut(sessions: &BTreeSet<String>, cut: Option<DateTime<Utc>>) -> String {
     let mut names: Vec<&str> = sessions.iter().map(String::as_str).collect();
     if names.is_empty() {
         names.push(PLACEHOLDER);
     }
     let user_ids: Vec<String> = names.iter().map(|n| format!("*:{n}")).collect();
-    serde_json::to_string(&json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "TpaRevokedSessions", "Effect": "Deny", "Action": "*", "Resource": "*",
-             "Condition": {"StringLike": {"aws:userid": user_ids}}},
-            {"Sid": "TpaRevokedSourceIdentities", "Effect": "Deny", "Action": "*", "Resource": "*",
-             "Condition": {"StringLike": {"aws:SourceIdentity": names}}}
-        ]
-    }))
-    .expect("JSON serializes")
+    let mut statements = vec![
+        json!({"Sid": "TpaRevokedSessions", "Effect": "Deny", "Action": "*", "Resource": "*",
+               "Condition": {"StringLike": {"aws:userid": user_ids}}}),
+        json!({"Sid": "TpaRevokedSourceIdentities", "Effect": "Deny", "Action": "*", "Resource": "*",
+               "Condition": {"StringLike": {"aws:SourceIdentity": names}}}),
+    ];
+    if let Some(cut) = cut {
+        statements.push(json!({"Sid": "TpaCutOlderSessions", "Effect": "Deny", "Action": "*", "Resource": "*",
+            "Condition": {"DateLessThan": {"aws:TokenIssueTime": cut.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}}}));
+    }
+    serde_json::to_string(&json!({"Version": "2012-10-17", "Statement": statements}))
+        .expect("JSON serializes")
+}
+
+/// The `aws:TokenIssueTime` cut a document carries, if any.
+pub fn cut_of(document: &str) -> Option<DateTime<Utc>> {
+    let value: serde_json::Value = serde_json::from_str(document).ok()?;
+    let statements = value.get("Statement")?.as_array()?.clone();
+    statements
+        .iter()
+        .filter_map(|s| s.pointer("/Condition/DateLessThan/aws:TokenIssueTime")?.as_str())
+        .filter_map(|t| DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc)))
+        .max()
 }
 
 /// The session names a document denies (from either statement).
@@ -267,20 +286,15 @@ impl AwsIam {
             let text =
                 out.policy_version().and_then(|v| v.document()).map(percent_decode).unwrap_or_default();
             let sessions = denied_sessions(&text);
-            versions.union.extend(sessions.iter().cloned());
-            if let Some(created) =
-                version.create_date().and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), 0))
-            {
-                versions.aws_now = versions.aws_now.max(Some(created));
-            }
+            let created = version.create_date().and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), 0));
+            versions.aws_now = versions.aws_now.max(created);
+            versions.cut = versions.cut.max(cut_of(&text));
+            versions.entries.push((created, sessions.clone()));
             if version.is_default_version() {
                 versions.default = sessions;
-            } else {
-                let created = version.create_date().map(|d| d.secs()).unwrap_or(i64::MAX);
-                versions.others.push((created, version_number(Some(id)), id.to_owned()));
+                versions.default_cut = cut_of(&text);
             }
         }
-        versions.count = listed.versions().len();
         Ok(Some(versions))
     }
 
@@ -299,7 +313,8 @@ impl AwsIam {
         target: &RevocationTarget,
         deny: &BTreeSet<String>,
         expiries: &BTreeMap<String, DateTime<Utc>>,
-    ) -> Result<(), RevokeError> {
+    ) -> Result<Denied, RevokeError> {
+        let mut outcome = Denied::Listed;
         for _ in 0..ATTEMPTS {
             let Some(versions) = self.versions(target)? else {
                 self.set_up(target)?;
@@ -310,34 +325,28 @@ impl AwsIam {
                 !deny.contains(session)
                     && matches!((expiries.get(session), versions.aws_now), (Some(e), Some(now)) if *e + margin < now)
             };
+            let cut = versions.active_cut();
             let wanted: BTreeSet<String> =
-                versions.union.union(deny).filter(|s| !expired(s)).cloned().collect();
-            if wanted.is_subset(&versions.default) {
-                return Ok(());
+                versions.union().union(deny).filter(|s| !expired(s)).cloned().collect();
+            if wanted.is_subset(&versions.default) && versions.default_cut >= cut {
+                return Ok(outcome);
             }
-            let text = document(&wanted);
+            let mut text = document_with_cut(&wanted, cut);
             if text.chars().count() > POLICY_MAX_CHARS {
-                return Err(RevokeError::TooLarge {
-                    role: target.role_name.clone(),
-                    length: text.chars().count(),
-                });
-            }
-            if versions.count >= MAX_VERSIONS
-                && let Some((_, _, oldest)) = versions.others.iter().min()
-            {
-                let deleted = self.runtime.block_on(
-                    self.client
-                        .delete_policy_version()
-                        .policy_arn(&target.policy_arn)
-                        .version_id(oldest)
-                        .send(),
-                );
-                match deleted {
-                    Ok(_) => {}
-                    Err(e) if code_of(&e) == "NoSuchEntity" => {}
-                    Err(e) => return Err(self.classify(target, e)),
+                // The list is full: deny every session of the role issued before AWS's now. That cuts
+                // sessions nobody asked to revoke, and the caller says so loudly.
+                let now = self.aws_clock(target, &versions)?;
+                let new_cut = now + chrono::Duration::seconds(1);
+                text = document_with_cut(deny, Some(new_cut));
+                if text.chars().count() > POLICY_MAX_CHARS {
+                    return Err(RevokeError::TooLarge {
+                        role: target.role_name.clone(),
+                        length: text.chars().count(),
+                    });
                 }
+                outcome = Denied::CutOlderSessions(new_cut);
             }
+            self.make_room(target)?;
             let created = self.runtime.block_on(
                 self.client
                     .create_policy_version()
@@ -354,6 +363,63 @@ impl AwsIam {
             }
         }
         Err(RevokeError::Contended { role: target.role_name.clone() })
+    }
+
+    /// AWS's clock now: the CreateDate of a version written for the purpose (not made the default,
+    /// so it changes nothing). Never this machine's clock.
+    fn aws_clock(
+        &self,
+        target: &RevocationTarget,
+        versions: &Versions,
+    ) -> Result<DateTime<Utc>, RevokeError> {
+        self.make_room(target)?;
+        let unchanged = document_with_cut(&versions.default, versions.default_cut);
+        let created = self
+            .runtime
+            .block_on(
+                self.client
+                    .create_policy_version()
+                    .policy_arn(&target.policy_arn)
+                    .policy_document(unchanged)
+                    .set_as_default(false)
+                    .send(),
+            )
+            .map_err(|e| self.classify(target, e))?;
+        created
+            .policy_version()
+            .and_then(|v| v.create_date())
+            .and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), 0))
+            .or(versions.aws_now)
+            .ok_or_else(|| RevokeError::Iam {
+                code: "NoCreateDate".into(),
+                message: "IAM gave no version date".into(),
+            })
+    }
+
+    /// Deletes the oldest non-default version when the policy has IAM's maximum. Whoever deletes a
+    /// version has folded its entries into what it writes next (or a cut covers them).
+    fn make_room(&self, target: &RevocationTarget) -> Result<(), RevokeError> {
+        let listed = self
+            .runtime
+            .block_on(self.client.list_policy_versions().policy_arn(&target.policy_arn).send())
+            .map_err(|e| self.classify(target, e))?;
+        if listed.versions().len() < MAX_VERSIONS {
+            return Ok(());
+        }
+        let oldest = listed.versions().iter().filter(|v| !v.is_default_version()).min_by_key(|v| {
+            (v.create_date().map(|d| d.secs()).unwrap_or(i64::MAX), version_number(v.version_id()))
+        });
+        if let Some(id) = oldest.and_then(|v| v.version_id()) {
+            let deleted = self.runtime.block_on(
+                self.client.delete_policy_version().policy_arn(&target.policy_arn).version_id(id).send(),
+            );
+            match deleted {
+                Ok(_) => {}
+                Err(e) if code_of(&e) == "NoSuchEntity" => {} // a concurrent writer deleted it
+                Err(e) => return Err(self.classify(target, e)),
+            }
+        }
+        Ok(())
     }
 
     fn classify<E, R>(&self, target: &RevocationTarget, error: SdkError<E, R>) -> RevokeError
@@ -385,12 +451,44 @@ impl AwsIam {
 #[derive(Default)]
 struct Versions {
     default: BTreeSet<String>,
-    union: BTreeSet<String>,
-    /// Non-default versions: (created, number, id), so the oldest sorts first.
-    others: Vec<(i64, u64, String)>,
-    count: usize,
+
     /// The newest version's CreateDate: AWS's clock was at least this at the last write.
     aws_now: Option<DateTime<Utc>>,
+    /// The latest `aws:TokenIssueTime` cut any version carries, and the default version's.
+    cut: Option<DateTime<Utc>>,
+    default_cut: Option<DateTime<Utc>>,
+    /// Each version's CreateDate and the sessions it denies.
+    entries: Vec<(Option<DateTime<Utc>>, BTreeSet<String>)>,
+}
+
+impl Versions {
+    /// A cut stays while a session issued before it could still be alive (STS's 12-hour maximum).
+    fn active_cut(&self) -> Option<DateTime<Utc>> {
+        self.cut.filter(|cut| self.aws_now.is_none_or(|now| now < *cut + chrono::Duration::hours(12)))
+    }
+
+    /// Every entry of every version, except those of versions written before the active cut: the
+    /// cut already denies the sessions they name.
+    fn union(&self) -> BTreeSet<String> {
+        let cut = self.active_cut();
+        self.entries
+            .iter()
+            .filter(|(created, _)| match (cut, created) {
+                (Some(cut), Some(created)) => *created >= cut,
+                _ => true,
+            })
+            .flat_map(|(_, sessions)| sessions.iter().cloned())
+            .collect()
+    }
+}
+
+/// How a deny was made to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// The sessions are on the role's deny list.
+    Listed,
+    /// The list was full: every session of the role issued before this instant is denied.
+    CutOlderSessions(DateTime<Utc>),
 }
 
 fn version_number(id: Option<&str>) -> u64 {

@@ -17,13 +17,13 @@ fn unescape_xml(text: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// The session names the role's revocation policy denies, as moto has it now.
-pub fn denied(role: &str) -> BTreeSet<String> {
+/// The role's revocation policy's default document, as moto has it now.
+fn default_document(role: &str) -> Option<String> {
     let arn = format!("{POLICY_PREFIX}{role}");
     let (status, body) =
         moto().call("iam", &[("Action", "GetPolicy"), ("Version", "2010-05-08"), ("PolicyArn", &arn)]);
     if status != 200 {
-        return BTreeSet::new();
+        return None;
     }
     let version = xml_text(&body, "DefaultVersionId").unwrap().to_owned();
     let (status, body) = moto().call(
@@ -36,9 +36,12 @@ pub fn denied(role: &str) -> BTreeSet<String> {
         ],
     );
     assert_eq!(status, 200, "{body}");
-    let document =
-        tpa::provider::aws_iam::percent_decode(&unescape_xml(xml_text(&body, "Document").unwrap()));
-    tpa::provider::aws_iam::denied_sessions(&document)
+    Some(tpa::provider::aws_iam::percent_decode(&unescape_xml(xml_text(&body, "Document").unwrap())))
+}
+
+/// The session names the role's revocation policy denies, as moto has it now.
+pub fn denied(role: &str) -> BTreeSet<String> {
+    default_document(role).map(|d| tpa::provider::aws_iam::denied_sessions(&d)).unwrap_or_default()
 }
 
 fn grant(aws: &AwsRepo) -> String {
@@ -188,4 +191,49 @@ fn entries_of_grants_expired_by_aws_clock_are_pruned_at_the_next_revocation() {
     let now_denied = denied(&aws.role_name);
     assert!(now_denied.contains(&format!("tpa-{live}")));
     assert!(!now_denied.contains(&format!("tpa-{old}")), "expired entry kept: {now_denied:?}");
+}
+
+#[test]
+fn a_full_revocation_policy_falls_back_to_cutting_every_older_session_loudly() {
+    let aws = AwsRepo::new();
+    let first = grant(&aws);
+    let second = grant(&aws);
+    aws.tpa().args(["setup-aws", "--role", "prod-readonly"]).run().success();
+    // 86 revoked grants of other clones (no expiry known here, so nothing can be pruned): full.
+    let others: BTreeSet<String> = (0..86).map(|i| format!("tpa-01HQ{i:022}")).collect();
+    let document = tpa::provider::aws_iam::document(&others);
+    assert!(document.len() <= 6144);
+    let arn = format!("{POLICY_PREFIX}{}", aws.role_name);
+    let (status, body) = moto().call(
+        "iam",
+        &[
+            ("Action", "CreatePolicyVersion"),
+            ("Version", "2010-05-08"),
+            ("PolicyArn", &arn),
+            ("PolicyDocument", &document),
+            ("SetAsDefault", "true"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let out = aws.tpa().args(["revoke", &first]).run().success();
+    assert!(
+        out.stderr.contains("WARNING") && out.stderr.contains("EVERY session"),
+        "{}\n{}\n{:?}",
+        out.stdout,
+        out.stderr,
+        denied(&aws.role_name).len()
+    );
+    let document = default_document(&aws.role_name).unwrap();
+    let cut = tpa::provider::aws_iam::cut_of(&document).expect("an aws:TokenIssueTime cut");
+    assert!(cut <= chrono::Utc::now() + chrono::Duration::minutes(1), "the cut is AWS's now: {cut}");
+    assert!(document.len() <= 6144);
+    assert!(denied(&aws.role_name).contains(&format!("tpa-{first}")));
+
+    // The cut is carried forward by later revocations, which list normally again.
+    let out = aws.tpa().args(["revoke", &second]).run().success();
+    assert!(!out.stderr.contains("WARNING"), "{}", out.stderr);
+    let document = default_document(&aws.role_name).unwrap();
+    assert_eq!(tpa::provider::aws_iam::cut_of(&document), Some(cut));
+    assert!(denied(&aws.role_name).contains(&format!("tpa-{second}")));
 }

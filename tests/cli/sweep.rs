@@ -126,7 +126,12 @@ fn a_foreign_hook_keeps_running_and_uninstall_restores_it() {
     std::fs::write(&hook, &script).unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     env.tpa(&dir).arg("init").run().success();
-    assert!(std::fs::read_to_string(&hook).unwrap().contains("tpa-managed-hook"));
+    let installed = std::fs::read_to_string(&hook).unwrap();
+    assert!(installed.contains("tpa-managed-hook"));
+    assert!(
+        installed.contains("/tpa-hook' hook post-checkout \"$@\""),
+        "the fast path binary runs: {installed}"
+    );
     env.git(&dir, &["switch", "-q", "-c", "hotfix/x"]);
     assert!(
         std::fs::read_to_string(&log).unwrap().ends_with(" 1\n"),
