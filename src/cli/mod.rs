@@ -176,3 +176,17 @@ pub(crate) fn interactive() -> bool {
         && std::io::stderr().is_terminal()
         && std::env::var("TPA_NONINTERACTIVE").map_or(true, |v| v.is_empty() || v == "0")
 }
+
+/// After writing records, let git pack loose objects when it would after its own commands: every
+/// append writes a blob, two trees and a commit with libgit2, which never runs `git gc --auto`.
+/// Detached and silent; it does nothing below git's threshold.
+pub(crate) fn housekeeping(repo: &git2::Repository) {
+    let dir = repo.workdir().unwrap_or_else(|| repo.path());
+    let _ = std::process::Command::new("git")
+        .args(["gc", "--auto", "--quiet"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+}

@@ -52,6 +52,7 @@ pub fn run(ctx: &Ctx, args: RevokeArgs) -> anyhow::Result<u8> {
     let outcomes = revoke::revoke(&repo, &spec, &signer, super::now());
     drop(spinner);
     let outcomes = outcomes?;
+    super::housekeeping(&repo);
     let complete = outcomes
         .iter()
         .all(|o| matches!(o.result, None | Some(RevokeResult::Done)) && o.record_error.is_none());

@@ -31,6 +31,7 @@ pub fn run(ctx: &Ctx, args: SweepArgs) -> anyhow::Result<u8> {
         now: super::now(),
     };
     let report = sweep::sweep(&repo, &signer, &options)?;
+    super::housekeeping(&repo);
     if args.json {
         print_json(&report)?;
     } else {
