@@ -190,3 +190,20 @@ pub(crate) fn housekeeping(repo: &git2::Repository) {
         .stderr(std::process::Stdio::null())
         .spawn();
 }
+
+/// How to reach IAM, for the commands that write revocation policies.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct IamArgs {
+    /// The AWS profile whose credentials may write the revocation policies (default: the standard chain).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// How long to wait for IAM before giving up.
+    #[arg(long, value_parser = crate::grant::parse_duration, default_value = "20s")]
+    pub timeout: u64,
+}
+
+impl IamArgs {
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout)
+    }
+}

@@ -3,7 +3,7 @@ use std::io::Write;
 use clap::Args;
 
 use super::{Ctx, exit, print_json, render};
-use crate::grant::{GrantId, RevokeResult, RevokeTrigger, parse_duration};
+use crate::grant::{GrantId, RevokeResult, RevokeTrigger};
 use crate::ops::revoke::{self, RevokeSelector, RevokeSpec};
 
 /// End access now: deny the grant's AWS session through the role's revocation policy (read back to
@@ -22,12 +22,8 @@ pub struct RevokeArgs {
     /// Why (recorded in the revoke record).
     #[arg(long)]
     reason: Option<String>,
-    /// The AWS profile whose credentials may write the revocation policy.
-    #[arg(long)]
-    profile: Option<String>,
-    /// How long to wait for IAM before giving up.
-    #[arg(long, value_parser = parse_duration, default_value = "20s")]
-    timeout: u64,
+    #[command(flatten)]
+    iam: super::IamArgs,
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
@@ -44,8 +40,8 @@ pub fn run(ctx: &Ctx, args: RevokeArgs) -> anyhow::Result<u8> {
         selector,
         reason: args.reason,
         trigger: RevokeTrigger::Manual,
-        profile: args.profile,
-        timeout: std::time::Duration::from_secs(args.timeout),
+        timeout: args.iam.timeout(),
+        profile: args.iam.profile,
     };
     let signer = ctx.signer(&repo)?;
     let spinner = render::Spinner::start("revoking");

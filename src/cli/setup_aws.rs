@@ -4,7 +4,6 @@ use clap::Args;
 use serde_json::json;
 
 use super::{Ctx, exit, print_json};
-use crate::grant::parse_duration;
 use crate::ops::request;
 use crate::provider::aws_iam::{AwsIam, RevocationTarget};
 use crate::trust::TrustRef;
@@ -17,11 +16,8 @@ pub struct SetupAwsArgs {
     /// The role, as named in .tpa/policy.toml.
     #[arg(long)]
     role: String,
-    /// The AWS profile with IAM rights.
-    #[arg(long)]
-    profile: Option<String>,
-    #[arg(long, value_parser = parse_duration, default_value = "20s")]
-    timeout: u64,
+    #[command(flatten)]
+    iam: super::IamArgs,
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
@@ -33,7 +29,7 @@ pub fn run(ctx: &Ctx, args: SetupAwsArgs) -> anyhow::Result<u8> {
     let (policy, _) = request::load_policy(&repo, &trust)?;
     let role = policy.role(&args.role)?;
     let target = RevocationTarget::for_role(&role.arn)?;
-    let iam = AwsIam::new(args.profile.as_deref(), std::time::Duration::from_secs(args.timeout));
+    let iam = AwsIam::new(args.iam.profile.as_deref(), args.iam.timeout());
     let changed = iam.set_up(&target)?;
     if args.json {
         print_json(&json!({ "role": args.role, "policy_arn": target.policy_arn, "changed": changed }))?;

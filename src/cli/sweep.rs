@@ -4,7 +4,6 @@ use clap::Args;
 
 use super::{Ctx, exit, print_json};
 use crate::escape;
-use crate::grant::parse_duration;
 use crate::ops::sweep::{self, SweepOptions};
 
 /// Reconcile: revoke every open grant whose branch was merged or abandoned, retry pending
@@ -12,11 +11,8 @@ use crate::ops::sweep::{self, SweepOptions};
 /// of revoked grants. Run by the git hooks, and by CI on every push to the protected branch.
 #[derive(Args)]
 pub struct SweepArgs {
-    /// The AWS profile whose credentials may write the revocation policies.
-    #[arg(long)]
-    profile: Option<String>,
-    #[arg(long, value_parser = parse_duration, default_value = "20s")]
-    timeout: u64,
+    #[command(flatten)]
+    iam: super::IamArgs,
     /// Print the decisions as JSON.
     #[arg(long)]
     json: bool,
@@ -25,11 +21,7 @@ pub struct SweepArgs {
 pub fn run(ctx: &Ctx, args: SweepArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
     let signer = ctx.signer(&repo)?;
-    let options = SweepOptions {
-        profile: args.profile,
-        timeout: std::time::Duration::from_secs(args.timeout),
-        now: super::now(),
-    };
+    let options = SweepOptions { timeout: args.iam.timeout(), profile: args.iam.profile, now: super::now() };
     let report = sweep::sweep(&repo, &signer, &options)?;
     super::housekeeping(&repo);
     if args.json {

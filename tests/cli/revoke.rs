@@ -44,6 +44,22 @@ pub fn denied(role: &str) -> BTreeSet<String> {
     default_document(role).map(|d| tpa::provider::aws_iam::denied_sessions(&d)).unwrap_or_default()
 }
 
+/// Makes `document` the default version of the role's revocation policy, behind tpa's back.
+fn seed_policy(role: &str, document: &str) {
+    let arn = format!("{POLICY_PREFIX}{role}");
+    let (status, body) = moto().call(
+        "iam",
+        &[
+            ("Action", "CreatePolicyVersion"),
+            ("Version", "2010-05-08"),
+            ("PolicyArn", &arn),
+            ("PolicyDocument", document),
+            ("SetAsDefault", "true"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
 fn grant(aws: &AwsRepo) -> String {
     aws.request().arg("--json").run().success().json()["grant_id"].as_str().unwrap().to_owned()
 }
@@ -171,20 +187,8 @@ fn entries_of_grants_expired_by_aws_clock_are_pruned_at_the_next_revocation() {
     issued["intent_sha256"] = serde_json::json!(sha);
     aws.tpa().args(["debug", "append"]).stdin(issued.to_string()).run().success();
     aws.tpa().args(["setup-aws", "--role", "prod-readonly"]).run().success();
-    let arn = format!("{POLICY_PREFIX}{}", aws.role_name);
     let names: BTreeSet<String> = [format!("tpa-{old}")].into();
-    let document = tpa::provider::aws_iam::document(&names);
-    let (status, body) = moto().call(
-        "iam",
-        &[
-            ("Action", "CreatePolicyVersion"),
-            ("Version", "2010-05-08"),
-            ("PolicyArn", &arn),
-            ("PolicyDocument", &document),
-            ("SetAsDefault", "true"),
-        ],
-    );
-    assert_eq!(status, 200, "{body}");
+    seed_policy(&aws.role_name, &tpa::provider::aws_iam::document(&names));
     assert!(denied(&aws.role_name).contains(&format!("tpa-{old}")));
 
     aws.tpa().args(["revoke", &live]).run().success();
@@ -203,18 +207,7 @@ fn a_full_revocation_policy_falls_back_to_cutting_every_older_session_loudly() {
     let others: BTreeSet<String> = (0..86).map(|i| format!("tpa-01HQ{i:022}")).collect();
     let document = tpa::provider::aws_iam::document(&others);
     assert!(document.len() <= 6144);
-    let arn = format!("{POLICY_PREFIX}{}", aws.role_name);
-    let (status, body) = moto().call(
-        "iam",
-        &[
-            ("Action", "CreatePolicyVersion"),
-            ("Version", "2010-05-08"),
-            ("PolicyArn", &arn),
-            ("PolicyDocument", &document),
-            ("SetAsDefault", "true"),
-        ],
-    );
-    assert_eq!(status, 200, "{body}");
+    seed_policy(&aws.role_name, &document);
 
     let out = aws.tpa().args(["revoke", &first]).run().success();
     assert!(
