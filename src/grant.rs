@@ -311,6 +311,14 @@ pub enum GrantState {
 }
 
 impl GrantState {
+    /// Not ended yet: what revocation and the hooks still have to look after.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            GrantState::Active | GrantState::Pending | GrantState::Irrevocable | GrantState::Incomplete
+        )
+    }
+
     /// Derives the state from one grant's records, in any order.
     pub fn of<'a>(records: impl IntoIterator<Item = &'a Record>, now: DateTime<Utc>) -> GrantState {
         let mut records: Vec<&Record> = records.into_iter().collect();

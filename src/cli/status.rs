@@ -28,16 +28,7 @@ pub fn run(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<u8> {
     let shown: Vec<_> = grants::list(&repo, now)?
         .into_iter()
         .filter(|g| args.all || g.principal == me)
-        .filter(|g| {
-            args.history
-                || matches!(
-                    g.state,
-                    GrantState::Active
-                        | GrantState::Pending
-                        | GrantState::Irrevocable
-                        | GrantState::Incomplete
-                )
-        })
+        .filter(|g| args.history || g.state.is_open())
         .collect();
     if args.json {
         print_json(&shown)?;

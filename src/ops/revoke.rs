@@ -61,13 +61,6 @@ pub struct Revoked {
     pub record_error: Option<String>,
 }
 
-fn is_open(state: GrantState) -> bool {
-    matches!(
-        state,
-        GrantState::Active | GrantState::Pending | GrantState::Irrevocable | GrantState::Incomplete
-    )
-}
-
 pub fn revoke(
     repo: &Repository,
     spec: &RevokeSpec,
@@ -76,6 +69,7 @@ pub fn revoke(
 ) -> Result<Vec<Revoked>, RevokeOpError> {
     let me = context::principal(repo)?;
     let all = grants::list(repo, now)?;
+    let expiries = known_expiries(&all);
     let chosen: Vec<GrantView> = match &spec.selector {
         RevokeSelector::Grant(id) => {
             vec![
@@ -87,7 +81,7 @@ pub fn revoke(
         RevokeSelector::Branch(branch) => {
             let full =
                 if branch.starts_with("refs/") { branch.clone() } else { format!("refs/heads/{branch}") };
-            let open: Vec<_> = all.into_iter().filter(|g| g.branch == full && is_open(g.state)).collect();
+            let open: Vec<_> = all.into_iter().filter(|g| g.branch == full && g.state.is_open()).collect();
             if open.is_empty() {
                 return Err(RevokeOpError::NothingToRevoke(format!(
                     " on branch {}",
@@ -98,7 +92,7 @@ pub fn revoke(
         }
         RevokeSelector::Mine => {
             let open: Vec<_> =
-                all.into_iter().filter(|g| g.principal == me.email && is_open(g.state)).collect();
+                all.into_iter().filter(|g| g.principal == me.email && g.state.is_open()).collect();
             if open.is_empty() {
                 return Err(RevokeOpError::NothingToRevoke(" of yours in this repository".into()));
             }
@@ -106,19 +100,27 @@ pub fn revoke(
         }
     };
 
-    Ok(revoke_grants(repo, chosen, spec, signer, &me, now, &HashSet::new()))
+    let author = Author { signer, principal: &me, now };
+    Ok(revoke_grants(repo, chosen, spec, &author, &HashSet::new(), &expiries))
+}
+
+/// Who writes the revoke records, and when.
+pub struct Author<'a> {
+    pub signer: &'a Signer,
+    pub principal: &'a crate::grant::Principal,
+    pub now: DateTime<Utc>,
 }
 
 /// Revokes the given grants: one IAM deny per role, then one signed revoke record per grant. A
 /// grant in `last_attempt` whose deny fails is recorded `irrevocable` instead of `pending`.
+/// `expiries` ([`known_expiries`] of the ledger) lets expired deny entries be pruned.
 pub fn revoke_grants(
     repo: &Repository,
     chosen: Vec<GrantView>,
     spec: &RevokeSpec,
-    signer: &Signer,
-    me: &crate::grant::Principal,
-    now: DateTime<Utc>,
+    author: &Author,
     last_attempt: &HashSet<GrantId>,
+    expiries: &BTreeMap<String, DateTime<Utc>>,
 ) -> Vec<Revoked> {
     let mut outcomes = Vec::new();
     let mut to_deny: BTreeMap<String, Vec<GrantView>> = BTreeMap::new();
@@ -137,10 +139,9 @@ pub fn revoke_grants(
         return outcomes;
     }
     let iam = AwsIam::new(spec.profile.as_deref(), spec.timeout);
-    let expiries = known_expiries(repo, now);
     for (role_arn, grants) in to_deny {
         let denied = RevocationTarget::for_role(&role_arn).and_then(|target| {
-            iam.deny(&target, &session_names(grants.iter().map(|g| &g.grant_id)), &expiries)
+            iam.deny(&target, &session_names(grants.iter().map(|g| &g.grant_id)), expiries)
         });
         for grant in grants {
             let (result, error) = match &denied {
@@ -160,9 +161,9 @@ pub fn revoke_grants(
             };
             // The keyring copy goes whatever IAM said: tpa hands out nothing for a grant being revoked.
             let _ = secrets::delete_credentials(&grant.grant_id);
-            let record = revoke_record(&grant, me, spec, result, error.clone(), now);
+            let record = revoke_record(&grant, author.principal, spec, result, error.clone(), author.now);
             let record_error =
-                ledger::append(repo, &record, signer).err().map(|e: LedgerError| e.to_string());
+                ledger::append(repo, &record, author.signer).err().map(|e: LedgerError| e.to_string());
             outcomes.push(Revoked {
                 grant_id: grant.grant_id.clone(),
                 role: grant.role.clone(),
@@ -209,11 +210,8 @@ fn revoke_record(
     }
 }
 
-/// Session name -> expiry of every issued grant in the ledger: what lets a deny entry be pruned.
-pub fn known_expiries(repo: &Repository, now: DateTime<Utc>) -> BTreeMap<String, DateTime<Utc>> {
-    grants::list(repo, now)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|g| g.expires_at.map(|e| (g.grant_id.session_name(), e)))
-        .collect()
+/// Session name -> expiry of every issued grant in `all` (the ledger's grants): what lets a deny
+/// entry be pruned.
+pub fn known_expiries(all: &[GrantView]) -> BTreeMap<String, DateTime<Utc>> {
+    all.iter().filter_map(|g| g.expires_at.map(|e| (g.grant_id.session_name(), e))).collect()
 }

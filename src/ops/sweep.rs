@@ -105,10 +105,11 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
     let head_branch =
         repo.find_reference("HEAD").ok().and_then(|h| h.symbolic_target().ok().flatten().map(str::to_owned));
     let all = grants::list(repo, now)?;
+    let expiries = revoke::known_expiries(&all);
 
     let mut to_revoke: Vec<(&'static str, RevokeTrigger, Option<String>, GrantView)> = Vec::new();
     let mut last_attempt: HashSet<GrantId> = HashSet::new();
-    for grant in all.iter().filter(|g| is_open(g.state)) {
+    for grant in all.iter().filter(|g| g.state.is_open()) {
         let holds = grant.intent.principal.email == me.email && grant.intent.principal.host == me.host;
         let mut facts = match GrantFacts::from_record(grant.issued.as_ref().unwrap_or(&grant.intent)) {
             Ok(facts) => facts,
@@ -188,6 +189,7 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
         }
     }
 
+    let author = revoke::Author { signer, principal: &me, now };
     let mut by_trigger: BTreeMap<&'static str, (RevokeTrigger, Vec<GrantView>)> = BTreeMap::new();
     for (decision, trigger, detail, grant) in to_revoke {
         report.items.push(item(&grant, decision, detail));
@@ -201,23 +203,16 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
             profile: options.profile.clone(),
             timeout: options.timeout,
         };
-        for outcome in revoke::revoke_grants(repo, grants, &spec, signer, &me, now, &last_attempt) {
+        for outcome in revoke::revoke_grants(repo, grants, &spec, &author, &last_attempt, &expiries) {
             if let Some(item) = report.items.iter_mut().find(|i| i.grant_id == outcome.grant_id) {
                 item.outcome = Some(outcome);
             }
         }
     }
 
-    reassert(repo, &all, options, now, &mut report);
+    reassert(&all, &expiries, options, now, &mut report);
     update_index(repo, &state, &me, now)?;
     Ok(report)
-}
-
-fn is_open(state: GrantState) -> bool {
-    matches!(
-        state,
-        GrantState::Active | GrantState::Pending | GrantState::Irrevocable | GrantState::Incomplete
-    )
 }
 
 fn item(grant: &GrantView, decision: &'static str, detail: Option<String>) -> SweepItem {
@@ -239,8 +234,8 @@ pub fn backoff(attempts: usize) -> chrono::Duration {
 
 /// Every revoked grant that has not expired keeps its deny entry: write back any that went missing.
 fn reassert(
-    repo: &Repository,
     all: &[GrantView],
+    expiries: &BTreeMap<String, DateTime<Utc>>,
     options: &SweepOptions,
     now: DateTime<Utc>,
     report: &mut SweepReport,
@@ -255,9 +250,8 @@ fn reassert(
         return;
     }
     let iam = AwsIam::new(options.profile.as_deref(), options.timeout);
-    let expiries = revoke::known_expiries(repo, now);
     for (role_arn, sessions) in by_role {
-        match RevocationTarget::for_role(role_arn).and_then(|t| iam.deny(&t, &sessions, &expiries)) {
+        match RevocationTarget::for_role(role_arn).and_then(|t| iam.deny(&t, &sessions, expiries)) {
             Ok(_) => report.reasserted += sessions.len(),
             Err(e) => report.reassert_errors.push(format!("{role_arn}: {e}")),
         }
@@ -275,7 +269,7 @@ fn update_index(
     let open: LocalGrants = grants::list(repo, now)?
         .into_iter()
         .filter(|g| {
-            is_open(g.state) && g.intent.principal.email == me.email && g.intent.principal.host == me.host
+            g.state.is_open() && g.intent.principal.email == me.email && g.intent.principal.host == me.host
         })
         .map(|g| (g.grant_id.to_string(), LocalGrant { branch: g.branch.clone(), expires_at: g.expires_at }))
         .collect();
