@@ -3,6 +3,7 @@
 
 pub mod aws_iam;
 pub mod aws_sts;
+pub mod postgres;
 
 use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;

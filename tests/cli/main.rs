@@ -5,6 +5,7 @@ mod common;
 mod fixtures;
 mod init;
 mod ledger;
+mod postgres;
 mod request;
 mod revoke;
 mod sweep;

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod moto;
+pub mod postgres;
 pub mod proxy;
 
 use std::ffi::OsStr;
