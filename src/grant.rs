@@ -157,6 +157,9 @@ pub struct Record {
     pub target: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// `[databases.NAME]` for database grants (providers `rds-iam` and `postgres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     pub scope: Option<Scope>,
     /// For an intent, the expiry asked for; for a grant, the provider's own expiry.
     pub expires_at: Option<DateTime<Utc>>,
@@ -405,6 +408,7 @@ mod tests {
             scope: None,
             expires_at: None,
             credential_fingerprint: None,
+            database: None,
             intent_sha256: None,
             trigger: None,
             result: None,

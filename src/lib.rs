@@ -1,6 +1,7 @@
 //! tpa: temporary production access, recorded as signed git notes and revoked by git events.
 //! See docs/ for the user guide and DESIGN-level notes; `cli` is the only module that prints.
 
+pub mod audit;
 pub mod cli;
 pub mod escape;
 pub mod grant;

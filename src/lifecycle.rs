@@ -1090,6 +1090,7 @@ mod tests {
             scope: None,
             expires_at: Some(now()),
             credential_fingerprint: None,
+            database: None,
             intent_sha256: None,
             trigger: None,
             result: None,

@@ -93,6 +93,9 @@ pub struct DatabasePolicy {
     pub grant_roles: Vec<String>,
     /// postgres: `CONNECTION LIMIT` of the per-grant login role.
     pub connection_limit: Option<u32>,
+    /// The database to connect to (default `postgres`): where tpa's admin connection creates and
+    /// drops the login roles, and what `tpa exec --db` sets as PGDATABASE.
+    pub dbname: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -411,6 +414,7 @@ const DATABASE_KEYS: &[&str] = &[
     "max_ttl",
     "grant_roles",
     "connection_limit",
+    "dbname",
 ];
 const NOTIFY_KEYS: &[&str] = &["url", "events", "format", "required"];
 
@@ -441,6 +445,7 @@ fn example(key: &str) -> &'static str {
         "role" => r#"role = "prod-readonly""#,
         "grant_roles" => r#"grant_roles = ["app_readonly"]"#,
         "connection_limit" => "connection_limit = 5",
+        "dbname" => r#"dbname = "app""#,
         "url" => r#"url = "https://hooks.example.com/tpa""#,
         "events" => r#"events = ["grant", "revoke", "irrevocable", "audit"]"#,
         "format" => r#"format = "json" (or "slack")"#,
@@ -997,6 +1002,12 @@ fn parse_database(
     let max_ttl = s.duration("max_ttl", STS_MIN_TTL, Some(STS_MAX_TTL))?;
     let grant_roles = s.strings("grant_roles")?;
     let connection_limit = s.integer("connection_limit", 1, i64::from(i32::MAX))?;
+    let dbname = s.string("dbname")?;
+    if let Some(name) = &dbname
+        && (name.get_ref().is_empty() || name.get_ref().chars().any(char::is_control))
+    {
+        return Err(s.bad("dbname", name.span(), "must be a database name"));
+    }
 
     // Keys only one provider uses: refused on the other, so nobody believes they take effect.
     let only_for = |key: &str, span: Range<usize>, which: DbProvider, why: &str| {
@@ -1116,6 +1127,7 @@ fn parse_database(
         max_ttl,
         grant_roles,
         connection_limit: connection_limit.map(|n| n.into_inner() as u32),
+        dbname: dbname.map(|d| d.into_inner()).unwrap_or_else(|| "postgres".to_owned()),
     })
 }
 
@@ -1357,6 +1369,7 @@ required = false
                 max_ttl: 3600,
                 grant_roles: vec![],
                 connection_limit: None,
+                dbname: "postgres".to_owned(),
             }
         );
         assert_eq!(

@@ -29,7 +29,18 @@ enum DebugCommand {
     Append,
     /// Append one intent per commit listed on stdin (one id a line), each as its own notes
     /// commit, in one process: builds large ledgers for the benchmarks.
-    Bulk,
+    Bulk {
+        /// Complete, ended grants instead: intent, grant and revoke (merged, done) records per
+        /// line `COMMIT [BRANCH-REFNAME]` (no branch: HEAD's), three notes commits each.
+        #[arg(long)]
+        grants: bool,
+        /// With --grants: the role's name in the policy.
+        #[arg(long, default_value = "bench", requires = "grants")]
+        role: String,
+        /// With --grants: the role's ARN.
+        #[arg(long, default_value = "arn:aws:iam::123456789012:role/bench", requires = "grants")]
+        target: String,
+    },
 }
 
 pub fn run(ctx: &Ctx, args: DebugArgs) -> anyhow::Result<u8> {
@@ -53,12 +64,25 @@ pub fn run(ctx: &Ctx, args: DebugArgs) -> anyhow::Result<u8> {
             let appended = record::append_record(&repo, &signer, &record)?;
             print_json(&json!({ "payload_sha256": appended.payload_sha256 }))?;
         }
-        DebugCommand::Bulk => {
+        DebugCommand::Bulk { grants: false, .. } => {
             let mut input = String::new();
             std::io::stdin().read_to_string(&mut input)?;
             let commits: Vec<&str> = input.split_whitespace().collect();
             let count = record::bulk_intents(&repo, &signer, &commits)?;
             print_json(&json!({ "appended": count }))?;
+        }
+        DebugCommand::Bulk { grants: true, role, target } => {
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input)?;
+            let targets: Vec<record::BulkTarget> = input
+                .lines()
+                .filter_map(|line| {
+                    let mut words = line.split_whitespace();
+                    Some(record::BulkTarget { commit: words.next()?, branch: words.next() })
+                })
+                .collect();
+            let count = record::bulk_grants(&repo, &signer, &targets, &role, &target, chrono::Utc::now())?;
+            print_json(&json!({ "grants": count, "appended": count * 3 }))?;
         }
     }
     Ok(exit::OK)

@@ -6,6 +6,7 @@ use clap::Args;
 use super::Ctx;
 use crate::grant::GrantId;
 use crate::ops::context;
+use crate::ops::database::{self, DbSelector};
 use crate::ops::deliver::{self, Selector};
 
 /// The variable tpa sets in the child, so that a nested `tpa exec` can refuse.
@@ -18,6 +19,11 @@ pub struct ExecArgs {
     /// Your newest active grant for this role.
     #[arg(long)]
     role: Option<String>,
+    /// Connect to this database ([databases.NAME]) instead: the child gets the client's variables
+    /// (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD = a fresh IAM token, PGSSLMODE=require; or
+    /// MySQL's) and no AWS credentials.
+    #[arg(long, value_name = "NAME", conflicts_with = "role")]
+    db: Option<String>,
     /// The grant, then `--`, then the command: `tpa exec [GRANT] -- CMD ARGS...`.
     #[arg(required = true, num_args = 1.., allow_hyphen_values = true, value_name = "[GRANT] -- CMD")]
     command: Vec<OsString>,
@@ -33,6 +39,25 @@ pub fn run(ctx: &Ctx, args: ExecArgs) -> anyhow::Result<u8> {
     let (grant, command) = split_grant(args.command)?;
     let repo = ctx.repo()?;
     let me = context::principal(&repo)?.email;
+    if let Some(db) = args.db {
+        let selector = match grant {
+            Some(id) => DbSelector::Grant(id),
+            None => DbSelector::Database(db),
+        };
+        let login = database::login(&repo, &selector, &me, super::now())?;
+        let (program, rest) = command.split_first().expect("clap requires a command");
+        let mut child = Command::new(program);
+        child.args(rest).env(NESTED_MARKER, login.grant_id.as_str());
+        for (key, value) in login.client_environment() {
+            child.env(key, value);
+        }
+        // The grant's AWS credentials are not this child's business; a stray profile neither.
+        for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"] {
+            child.env_remove(key);
+        }
+        drop(login);
+        return run_child(child, program);
+    }
     let selector = match (grant, args.role) {
         (Some(_), Some(_)) => anyhow::bail!("give a grant id or --role, not both"),
         (Some(id), None) => Selector::Grant(id),

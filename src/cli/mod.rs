@@ -1,7 +1,9 @@
 //! The command line: one file per command that parses, calls an op and renders. The only code
 //! that prints, and the one place that decides how errors look and which exit code they get.
 
+mod audit;
 mod credential_process;
+mod db_token;
 #[cfg(feature = "testing")]
 mod debug;
 mod env;
@@ -58,6 +60,7 @@ enum Command {
     Status(status::StatusArgs),
     Exec(exec::ExecArgs),
     Env(env::EnvArgs),
+    DbToken(db_token::DbTokenArgs),
     CredentialProcess(credential_process::CredentialProcessArgs),
     SetupAws(setup_aws::SetupAwsArgs),
     Uninstall(uninstall::UninstallArgs),
@@ -66,6 +69,7 @@ enum Command {
     Log(log::LogArgs),
     Show(show::ShowArgs),
     Verify(verify::VerifyArgs),
+    Audit(audit::AuditArgs),
     #[cfg(feature = "testing")]
     #[command(hide = true)]
     Debug(debug::DebugArgs),
@@ -104,10 +108,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => status::run(&ctx, args),
         Command::Exec(args) => exec::run(&ctx, args),
         Command::Env(args) => env::run(&ctx, args),
+        Command::DbToken(args) => db_token::run(&ctx, args),
         Command::CredentialProcess(args) => credential_process::run(&ctx, args),
         Command::Log(args) => log::run(&ctx, args),
         Command::Show(args) => show::run(&ctx, args),
         Command::Verify(args) => verify::run(&ctx, args),
+        Command::Audit(args) => audit::run(&ctx, args),
         #[cfg(feature = "testing")]
         Command::Debug(args) => debug::run(&ctx, args),
     }

@@ -17,8 +17,12 @@ use crate::provider::aws_sts::StsOptions;
 #[derive(Args)]
 pub struct RequestArgs {
     /// The role, as named in .tpa/policy.toml ([roles.NAME]).
-    #[arg(long)]
-    role: String,
+    #[arg(long, required_unless_present = "db", conflicts_with = "db")]
+    role: Option<String>,
+    /// A database of provider rds-iam ([databases.NAME]): the grant is its role's STS session;
+    /// `tpa db-token` and `tpa exec --db` turn it into IAM auth tokens.
+    #[arg(long, value_name = "NAME")]
+    db: Option<String>,
     /// Why: the incident and what you will do (asked for interactively when missing on a terminal).
     #[arg(long)]
     reason: Option<String>,
@@ -52,7 +56,8 @@ pub enum SecretFormat {
 pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
     let mut spec = RequestSpec {
-        role: args.role.clone(),
+        role: args.role.clone().unwrap_or_default(),
+        database: args.db.clone(),
         reason: args.reason.clone(),
         ttl_seconds: args.ttl,
         mfa_code: args.mfa_code.clone(),
@@ -84,7 +89,7 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     let planned = started.elapsed();
     let signer = ctx.signer(&repo)?;
     let signer_ready = started.elapsed();
-    let spinner = render::Spinner::start(&format!("asking AWS STS for {}", args.role));
+    let spinner = render::Spinner::start(&format!("asking AWS STS for {}", plan.role.name));
     let granted = request::execute(&repo, plan, &signer, &spec.sts, &faults());
     drop(spinner);
     let granted = granted?;
@@ -129,13 +134,21 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
             "branch": record.branch,
             "commit": record.commit,
             "role": record.role,
+            "database": record.database,
             "target": record.target,
             "policy_commit": granted.policy_commit,
         }))?,
         (None, false) => {
             let expires = record.expires_at.expect("a grant record has an expiry");
             let minutes = (expires - super::now()).num_minutes();
-            writeln!(out, "granted {} until {} ({minutes} min left)", args.role, render::time(expires))?;
+            writeln!(
+                out,
+                "granted {} until {} ({minutes} min left)",
+                args.db
+                    .as_deref()
+                    .map_or_else(|| granted.record.target.clone(), |db| format!("database {db}")),
+                render::time(expires)
+            )?;
             writeln!(out, "  grant   {}", record.grant_id)?;
             writeln!(
                 out,

@@ -59,7 +59,7 @@ pub fn capture(repo: &Repository, trust: Option<&TrustRef>) -> Result<GitContext
     Ok(GitContext { principal, repo_url: repo_url(repo), branch, commit, base })
 }
 
-fn repo_url(repo: &Repository) -> String {
+pub fn repo_url(repo: &Repository) -> String {
     if let Ok(remote) = repo.find_remote("origin")
         && let Ok(url) = remote.url()
     {

@@ -59,16 +59,20 @@ fn authentic(checked: &CheckedRecord) -> bool {
 }
 
 pub fn list(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<GrantView>, InspectError> {
-    let view = ledger::records_lenient(repo)?;
+    Ok(from_records(&ledger::records_lenient(repo)?.report.records, now))
+}
+
+/// The grants of records already read and checked, newest first.
+pub fn from_records(records: &[CheckedRecord], now: DateTime<Utc>) -> Vec<GrantView> {
     let mut by_grant: BTreeMap<GrantId, Vec<&CheckedRecord>> = BTreeMap::new();
-    for checked in view.report.records.iter().filter(|c| authentic(c)) {
+    for checked in records.iter().filter(|c| authentic(c)) {
         let record = checked.record.as_ref().expect("authentic records parse");
         by_grant.entry(record.grant_id.clone()).or_default().push(checked);
     }
     let mut grants: Vec<GrantView> =
         by_grant.into_iter().filter_map(|(grant_id, checked)| summarise(grant_id, &checked, now)).collect();
     grants.sort_by_key(|g| std::cmp::Reverse(g.requested_at));
-    Ok(grants)
+    grants
 }
 
 fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) -> Option<GrantView> {

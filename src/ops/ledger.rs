@@ -90,6 +90,16 @@ fn records_at(repo: &Repository, tip: Option<git2::Oid>) -> Result<LedgerView, I
 /// passes the rewrite check becomes the new witness; `accept_rewrite` re-anchors it after an
 /// operator has looked into a rewrite.
 pub fn verify(repo: &Repository, accept_rewrite: bool) -> Result<LedgerView, InspectError> {
+    check(repo, Some(accept_rewrite))
+}
+
+/// The checks of [`verify`] without moving the witness: for `tpa audit`, which only reads.
+pub fn verify_read_only(repo: &Repository) -> Result<LedgerView, InspectError> {
+    check(repo, None)
+}
+
+/// `update_witness`: None leaves the witness alone; Some(accept_rewrite) as in [`verify`].
+fn check(repo: &Repository, update_witness: Option<bool>) -> Result<LedgerView, InspectError> {
     let tip = notes::tip(repo)?;
     // The history walk and the record checks are independent: run them side by side, on one
     // fixed tip. The walk gets its own handle, since a Repository is not shared across threads.
@@ -107,6 +117,11 @@ pub fn verify(repo: &Repository, accept_rewrite: bool) -> Result<LedgerView, Ins
     let mut view = view?;
     view.report.ledger_findings.extend(history?);
     let state = StateDir::open(repo)?;
+    let Some(accept_rewrite) = update_witness else {
+        let rewritten = verify::check_witness(repo, tip, state.witness()?);
+        view.report.ledger_findings.extend(rewritten);
+        return Ok(view);
+    };
     let lock = state.lock()?;
     let witness = state.witness()?;
     let rewritten = verify::check_witness(repo, tip, witness);

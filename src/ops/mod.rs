@@ -1,6 +1,8 @@
 //! The flows, one function each, called by the CLI (and later the hooks). They never print.
 
+pub mod audit;
 pub mod context;
+pub mod database;
 pub mod deliver;
 pub mod grants;
 pub mod init;

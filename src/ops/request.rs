@@ -9,7 +9,7 @@ use crate::grant::{self, GrantId, RECORD_VERSION, Record, RecordKind, Scope, sha
 use crate::ledger::signing::Signer;
 use crate::ledger::{self, LedgerError};
 use crate::ops::context::{self, ContextError, GitContext};
-use crate::policy::{Policy, PolicyError, PolicyRefusal, RolePolicy};
+use crate::policy::{DatabasePolicy, DbProvider, Policy, PolicyError, PolicyRefusal, RolePolicy};
 use crate::provider::aws_sts::{AwsSts, StsOptions};
 use crate::provider::{Credentials, MintError, MintRequest};
 use crate::secrets::{self, SecretsError};
@@ -26,6 +26,9 @@ const TAG_VALUE_MAX: usize = 256;
 #[derive(Clone, Debug, Default)]
 pub struct RequestSpec {
     pub role: String,
+    /// `[databases.NAME]` of provider rds-iam: the grant is its role's STS session, recorded as a
+    /// database grant. (`role` is then ignored.)
+    pub database: Option<String>,
     pub reason: Option<String>,
     pub ttl_seconds: Option<u64>,
     pub mfa_code: Option<String>,
@@ -62,6 +65,11 @@ pub enum RequestError {
     SessionPolicyTooLong { role: String, path: String, length: usize },
     #[error("{count} session tags is more than STS's limit of {MAX_SESSION_TAGS}")]
     TooManyTags { count: usize },
+    #[error(
+        "database {database} is provider = \"postgres\": its grants are PostgreSQL roles, asked for with \
+         `tpa request --db {database}` once that provider is wired in (see docs/databases.md)"
+    )]
+    NotRdsIam { database: String },
     #[error(transparent)]
     Context(#[from] ContextError),
     #[error("cannot write the intent record, so nothing was asked of AWS: {0}")]
@@ -107,6 +115,7 @@ pub struct Plan {
     pub ctx: GitContext,
     pub trust: TrustRef,
     pub role: RolePolicy,
+    pub database: Option<DatabasePolicy>,
     pub reason: String,
     pub ttl_seconds: u64,
     pub mint: MintRequest,
@@ -122,9 +131,24 @@ pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result
     let ctx = context::capture(repo, Some(&trust))?;
     let reason = spec.reason.clone().unwrap_or_default();
     policy.check_reason(&reason)?;
-    let role = policy.role(&spec.role)?.clone();
-    let ttl_seconds = spec.ttl_seconds.unwrap_or_else(|| policy.default_ttl_within(role.max_ttl));
+    let database = match &spec.database {
+        Some(name) => {
+            let database = policy.database(name)?.clone();
+            if database.provider != DbProvider::RdsIam {
+                return Err(RequestError::NotRdsIam { database: name.clone() });
+            }
+            Some(database)
+        }
+        None => None,
+    };
+    let role_name = database.as_ref().and_then(|d| d.role.clone()).unwrap_or_else(|| spec.role.clone());
+    let role = policy.role(&role_name)?.clone();
+    let max_ttl = database.as_ref().map_or(role.max_ttl, |d| d.max_ttl.min(role.max_ttl));
+    let ttl_seconds = spec.ttl_seconds.unwrap_or_else(|| policy.default_ttl_within(max_ttl));
     role.check_ttl(ttl_seconds)?;
+    if let Some(database) = &database {
+        database.check_ttl(ttl_seconds)?;
+    }
     policy.check_branch(&ctx.branch)?;
     let mfa = if role.require_mfa {
         let code =
@@ -153,7 +177,7 @@ pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result
         mfa,
         external_id: role.external_id.clone(),
     };
-    Ok(Plan { ctx, trust, role, reason, ttl_seconds, mint, scope, grant_id, now })
+    Ok(Plan { ctx, trust, role, database, reason, ttl_seconds, mint, scope, grant_id, now })
 }
 
 pub fn load_policy(repo: &Repository, trust: &TrustRef) -> Result<(Policy, String), RequestError> {
@@ -249,12 +273,13 @@ fn record(plan: &Plan, kind: RecordKind, issued_at: DateTime<Utc>) -> Record {
         commit: plan.ctx.commit.to_string(),
         base: plan.ctx.base.map(|b| b.to_string()),
         policy_commit: Some(plan.trust.commit.to_string()),
-        provider: "aws-sts".to_owned(),
+        provider: if plan.database.is_some() { "rds-iam" } else { "aws-sts" }.to_owned(),
         target: plan.role.arn.clone(),
         role: Some(plan.role.name.clone()),
         scope: plan.scope.clone(),
         expires_at: Some(plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64)),
         credential_fingerprint: None,
+        database: plan.database.as_ref().map(|d| d.name.clone()),
         intent_sha256: None,
         trigger: None,
         result: None,

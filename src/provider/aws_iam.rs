@@ -169,6 +169,20 @@ pub fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The deny in force for a role: sessions listed by name, and every session issued before `cut`.
+#[derive(Clone, Debug, Default)]
+pub struct InForce {
+    pub sessions: BTreeSet<String>,
+    pub cut: Option<DateTime<Utc>>,
+}
+
+impl InForce {
+    /// Whether a session of this name, issued at `issued_at`, is denied.
+    pub fn denies(&self, session_name: &str, issued_at: DateTime<Utc>) -> bool {
+        self.sessions.contains(session_name) || self.cut.is_some_and(|cut| issued_at < cut)
+    }
+}
+
 pub struct AwsIam {
     runtime: tokio::runtime::Runtime,
     client: aws_sdk_iam::Client,
@@ -259,6 +273,21 @@ impl AwsIam {
             .map_err(|e| self.classify(target, e))?;
         let text = out.policy_version().and_then(|v| v.document()).map(percent_decode).unwrap_or_default();
         Ok(Some(denied_sessions(&text)))
+    }
+
+    /// What the role's revocation policy denies in force now (its default version): the listed
+    /// sessions and the `aws:TokenIssueTime` cut. None when the policy is missing.
+    pub fn in_force(&self, target: &RevocationTarget) -> Result<Option<InForce>, RevokeError> {
+        Ok(self.versions(target)?.map(|v| InForce { sessions: v.default, cut: v.default_cut }))
+    }
+
+    /// Whether the IAM role exists (GetRole).
+    pub fn role_exists(&self, target: &RevocationTarget) -> Result<bool, RevokeError> {
+        match self.runtime.block_on(self.client.get_role().role_name(&target.role_name).send()) {
+            Ok(_) => Ok(true),
+            Err(e) if code_of(&e) == "NoSuchEntity" => Ok(false),
+            Err(e) => Err(self.classify(target, e)),
+        }
     }
 
     /// Every version of the role's revocation policy: what the default denies, and the union of

@@ -3,7 +3,9 @@
 
 pub mod aws_iam;
 pub mod aws_sts;
+pub mod cloudtrail;
 pub mod postgres;
+pub mod rds_token;
 
 use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;

@@ -1,7 +1,10 @@
 //! End-to-end tests: the real `tpa` binary against real git, ssh-keygen and the OS keyring.
 //! One test binary, so everything links once.
 
+mod audit;
 mod common;
+mod database;
+mod db_token;
 mod fixtures;
 mod init;
 mod ledger;

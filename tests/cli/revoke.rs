@@ -18,7 +18,7 @@ fn unescape_xml(text: &str) -> String {
 }
 
 /// The role's revocation policy's default document, as moto has it now.
-fn default_document(role: &str) -> Option<String> {
+pub fn default_document(role: &str) -> Option<String> {
     let arn = format!("{POLICY_PREFIX}{role}");
     let (status, body) =
         moto().call("iam", &[("Action", "GetPolicy"), ("Version", "2010-05-08"), ("PolicyArn", &arn)]);
@@ -45,7 +45,7 @@ pub fn denied(role: &str) -> BTreeSet<String> {
 }
 
 /// Makes `document` the default version of the role's revocation policy, behind tpa's back.
-fn seed_policy(role: &str, document: &str) {
+pub fn seed_policy(role: &str, document: &str) {
     let arn = format!("{POLICY_PREFIX}{role}");
     let (status, body) = moto().call(
         "iam",

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod cloudtrail;
 pub mod moto;
 pub mod postgres;
 pub mod proxy;

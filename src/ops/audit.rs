@@ -1,0 +1,655 @@
+//! `tpa audit`: every grant of a period checked against git history, the ledger's integrity, the
+//! policy it was taken under and the provider's state. Only reads: nothing is revoked or recorded,
+//! not even the verify witness moves.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use git2::{Oid, Repository};
+use serde::Serialize;
+
+use crate::audit::{self, Category, Finding, GrantFacts, Severity};
+use crate::grant::{GrantState, RevokeResult};
+use crate::lifecycle::{self, AbandonReason, Situation, Verdict};
+use crate::ops::context;
+use crate::ops::grants::{self, GrantView};
+use crate::ops::ledger::{self, InspectError};
+use crate::ops::request::POLICY_PATH;
+use crate::policy::Policy;
+use crate::provider::aws_iam::{AwsIam, InForce, RevocationTarget};
+use crate::provider::cloudtrail::{AssumeRoleEvent, CloudTrail};
+use crate::state::StateDir;
+use crate::trust::{TrustOrigin, TrustRef};
+
+/// An intent younger than this may still be waiting on STS in another process.
+const INCOMPLETE_GRACE_SECONDS: i64 = 300;
+/// How far back CloudTrail's event history goes.
+const CLOUDTRAIL_DAYS: i64 = 90;
+
+#[derive(Clone, Debug)]
+pub struct AuditOptions {
+    /// Grants that ended before this are left out (None: since the first record).
+    pub from: Option<DateTime<Utc>>,
+    /// Grants requested after this are left out.
+    pub to: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+    /// None: the provider is not asked (`--offline`).
+    pub aws: Option<AwsAccess>,
+    /// Read CloudTrail's AssumeRole events for sessions with no record.
+    pub cloudtrail: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct AwsAccess {
+    pub profile: Option<String>,
+    pub region: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    #[error("git error: {0}")]
+    Git(#[from] git2::Error),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("--cloudtrail needs the provider: drop --offline")]
+    CloudTrailOffline,
+}
+
+/// One grant as the report tells it: who, why, on which change, for how long.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditedGrant {
+    pub grant_id: crate::grant::GrantId,
+    pub state: GrantState,
+    pub principal: String,
+    pub provider: String,
+    pub role: Option<String>,
+    pub target: String,
+    pub branch: String,
+    pub commit: String,
+    pub reason: String,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When access ended (revoked, expired, failed); None while it lasts.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `merged`, `abandoned`, `manual`, ... for revocations; `expiry`; `failed`.
+    pub ended_by: Option<String>,
+    /// How long credentials were (or have been) usable, in seconds; None when none were issued.
+    pub duration_seconds: Option<i64>,
+    pub verified: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckRun {
+    pub name: &'static str,
+    /// `ran`, `skipped` or `failed`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditReport {
+    pub schema: u32,
+    pub generated_at: DateTime<Utc>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: DateTime<Utc>,
+    pub repo: String,
+    pub ledger_tip: Option<String>,
+    pub trust_ref: Option<String>,
+    pub trust_commit: Option<String>,
+    pub records: usize,
+    pub grants: Vec<AuditedGrant>,
+    pub findings: Vec<Finding>,
+    pub checks: Vec<CheckRun>,
+}
+
+impl AuditReport {
+    pub fn count(&self, severity: Severity) -> usize {
+        self.findings.iter().filter(|f| f.severity == severity).count()
+    }
+
+    pub fn worst(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+}
+
+pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, AuditError> {
+    if options.cloudtrail && options.aws.is_none() {
+        return Err(AuditError::CloudTrailOffline);
+    }
+    let now = options.now;
+    let view = ledger::verify_read_only(repo)?;
+    let mut findings: Vec<Finding> = view.report.all_findings().map(integrity_finding).collect();
+    let mut checks = vec![CheckRun { name: "ledger", status: "ran", detail: None }];
+    let all = grants::from_records(&view.report.records, now);
+
+    let trust = view.trust.clone().or_else(|| TrustRef::resolve(repo).ok());
+    let policy_now = trust.as_ref().map(|t| crate::ops::request::load_policy(repo, t));
+    let policy_now = match policy_now {
+        Some(Ok((policy, _))) => Some(policy),
+        Some(Err(e)) => {
+            findings.push(Finding::new(
+                Severity::Warning,
+                Category::Coverage,
+                "policy_unreadable",
+                format!("the policy at the trust ref cannot be read: {e}"),
+                "fix .tpa/policy.toml on the protected branch; the branch checks used main and master",
+            ));
+            None
+        }
+        None => None,
+    };
+    if trust.as_ref().is_some_and(|t| t.origin == TrustOrigin::LocalNoRemote) && !all.is_empty() {
+        findings.push(Finding::new(
+            Severity::Info,
+            Category::Coverage,
+            "unreviewed_trust_ref",
+            "no remote: signers and policy commits were checked against the local protected branch, \
+             which nobody reviewed"
+                .into(),
+            "run the audit in CI on a clone of the server's repository",
+        ));
+    }
+    let fallback = Policy::parse("", "defaults").expect("the empty policy is valid");
+    let current = policy_now.as_ref().unwrap_or(&fallback);
+
+    let in_period: Vec<&GrantView> = all.iter().filter(|g| overlaps(g, options, now)).collect();
+    let me = context::principal(repo).ok();
+    let state = StateDir::open(repo)?;
+    let left = state.left_branches()?;
+    let head_branch =
+        repo.find_reference("HEAD").ok().and_then(|h| h.symbolic_target().ok().flatten().map(str::to_owned));
+    let mut policies = PolicyCache::default();
+
+    for grant in &in_period {
+        let facts = facts_of(grant);
+        let issued = grant.issued.is_some();
+        match grant.state {
+            GrantState::Incomplete
+                if (now - grant.requested_at).num_seconds() >= INCOMPLETE_GRACE_SECONDS =>
+            {
+                findings.push(
+                    Finding::new(
+                        Severity::Error,
+                        Category::Integrity,
+                        "intent_without_outcome",
+                        "an intent with no grant or failed record: tpa stopped mid-request, so a session \
+                         may exist with no record"
+                            .into(),
+                        "run `tpa sweep` (it denies the session), then `tpa audit --cloudtrail` to see \
+                         whether the session was used",
+                    )
+                    .about(&facts),
+                );
+            }
+            GrantState::Pending | GrantState::Irrevocable => {
+                let attempts = grant.revokes.iter().filter(|r| r.result != Some(RevokeResult::Done)).count();
+                let last_error = grant.revokes.last().and_then(|r| r.error.clone()).unwrap_or_default();
+                findings.push(
+                    Finding::new(
+                        Severity::Error,
+                        Category::Revocation,
+                        "revocation_stuck",
+                        format!(
+                            "revocation {} after {attempts} attempt(s): {}",
+                            grant.state,
+                            crate::escape::text(&last_error)
+                        ),
+                        "fix what the error says (IAM rights, network), then `tpa revoke GRANT`",
+                    )
+                    .about(&facts),
+                );
+            }
+            GrantState::Active => {
+                if let Some(finding) =
+                    dangling(repo, grant, &facts, current, &left, &head_branch, me.as_ref(), now)
+                {
+                    findings.push(finding);
+                }
+            }
+            _ => {}
+        }
+        if issued || grant.state == GrantState::Incomplete {
+            history_findings(repo, grant, &facts, trust.as_ref(), &mut policies, current, &mut findings);
+        }
+    }
+
+    match &options.aws {
+        Some(aws) => provider_checks(&all, aws, options, &mut findings, &mut checks, now),
+        None => checks.push(CheckRun {
+            name: "aws",
+            status: "skipped",
+            detail: Some("--offline: IAM and CloudTrail were not asked".into()),
+        }),
+    }
+
+    audit::sort(&mut findings);
+    Ok(AuditReport {
+        schema: 1,
+        generated_at: now,
+        from: options.from,
+        to: options.to,
+        repo: context::repo_url(repo),
+        ledger_tip: view.report.tip.map(|t| t.to_string()),
+        trust_ref: trust.as_ref().map(|t| t.refname.clone()),
+        trust_commit: trust.as_ref().map(|t| t.commit.to_string()),
+        records: view.report.records.len(),
+        grants: in_period.iter().map(|g| audited(g, now)).collect(),
+        findings,
+        checks,
+    })
+}
+
+/// Whether a grant's life touches the period.
+fn overlaps(grant: &GrantView, options: &AuditOptions, now: DateTime<Utc>) -> bool {
+    let (ended_at, _) = ending(grant);
+    grant.requested_at <= options.to && options.from.is_none_or(|from| ended_at.unwrap_or(now) >= from)
+}
+
+/// When and how a grant's access ended.
+fn ending(grant: &GrantView) -> (Option<DateTime<Utc>>, Option<String>) {
+    let revoked = grant.revokes.iter().find(|r| r.result == Some(RevokeResult::Done));
+    match grant.state {
+        GrantState::Revoked => {
+            let trigger = revoked.and_then(|r| r.trigger).map(|t| {
+                serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            });
+            let at = revoked.map(|r| r.issued_at);
+            // A grant that expired before anyone revoked it ended at its expiry.
+            match (at, grant.expires_at) {
+                (Some(at), Some(expiry)) if expiry < at => (Some(expiry), Some("expiry".into())),
+                _ => (at, trigger),
+            }
+        }
+        GrantState::Expired => (grant.expires_at, Some("expiry".into())),
+        GrantState::Failed => (Some(grant.requested_at), Some("failed".into())),
+        _ => (None, None),
+    }
+}
+
+fn audited(grant: &GrantView, now: DateTime<Utc>) -> AuditedGrant {
+    let (ended_at, ended_by) = ending(grant);
+    let duration_seconds = grant.issued.as_ref().map(|issued| {
+        let end = ended_at.unwrap_or(now).min(grant.expires_at.unwrap_or(now));
+        (end - issued.issued_at.min(end)).num_seconds()
+    });
+    AuditedGrant {
+        grant_id: grant.grant_id.clone(),
+        state: grant.state,
+        principal: grant.principal.clone(),
+        provider: grant.provider.clone(),
+        role: grant.role.clone(),
+        target: grant.target.clone(),
+        branch: grant.branch.clone(),
+        commit: grant.commit.clone(),
+        reason: grant.reason.clone(),
+        requested_at: grant.requested_at,
+        expires_at: grant.expires_at,
+        ended_at,
+        ended_by,
+        duration_seconds,
+        verified: grant.verified,
+    }
+}
+
+fn facts_of(grant: &GrantView) -> GrantFacts {
+    GrantFacts {
+        grant_id: grant.grant_id.clone(),
+        principal: grant.principal.clone(),
+        branch: grant.branch.clone(),
+        reason: grant.reason.clone(),
+        role: grant.role.clone(),
+        requested_at: grant.requested_at,
+        expires_at: grant.expires_at,
+    }
+}
+
+fn integrity_finding(f: &crate::ledger::verify::Finding) -> Finding {
+    let kind =
+        serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let place = match (&f.commit, f.line) {
+        (Some(c), Some(l)) => format!(" (note of {}, line {l})", &c[..c.len().min(12)]),
+        (Some(c), None) => format!(" (note of {})", &c[..c.len().min(12)]),
+        _ => String::new(),
+    };
+    let mut finding = Finding::new(
+        Severity::Error,
+        Category::Integrity,
+        &kind,
+        format!("{}{place}", f.message),
+        "see docs/verify.md for this finding; the ledger's records cannot be trusted until it is resolved",
+    );
+    finding.grant_id = f.grant_id.clone();
+    finding
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dangling(
+    repo: &Repository,
+    grant: &GrantView,
+    facts: &GrantFacts,
+    policy: &Policy,
+    left: &crate::state::LeftBranches,
+    head_branch: &Option<String>,
+    me: Option<&crate::grant::Principal>,
+    now: DateTime<Utc>,
+) -> Option<Finding> {
+    let holds = me
+        .is_some_and(|me| grant.intent.principal.email == me.email && grant.intent.principal.host == me.host);
+    let mut lifecycle_facts =
+        lifecycle::GrantFacts::from_record(grant.issued.as_ref().unwrap_or(&grant.intent)).ok()?;
+    lifecycle_facts.expires_at = grant.expires_at;
+    let situation = Situation {
+        protected: &policy.protected_branches,
+        abandon_after: chrono::Duration::seconds(policy.abandon_after as i64),
+        now,
+        holds_grant: holds,
+        left_at: left.get(&grant.branch).copied(),
+        head_branch: head_branch.clone(),
+    };
+    let why = match lifecycle::decide(repo, &lifecycle_facts, &situation).ok()? {
+        Verdict::Merged { into, how } => format!(
+            "its branch is merged into {} ({}) but the grant is still active",
+            crate::escape::text(&into),
+            match how {
+                lifecycle::MergeKind::Ancestry => "merge or fast-forward",
+                lifecycle::MergeKind::PatchEquivalent => "squash, rebase or cherry-pick",
+            }
+        ),
+        Verdict::Abandoned(AbandonReason::BranchGone) => {
+            "its branch is gone but the grant is still active".to_owned()
+        }
+        Verdict::Abandoned(AbandonReason::LeftTooLong { since }) => {
+            format!("its branch was left at {} and the grant is still active", since.to_rfc3339())
+        }
+        Verdict::Keep | Verdict::Expired => return None,
+    };
+    Some(
+        Finding::new(
+            Severity::Error,
+            Category::Dangling,
+            "dangling",
+            why,
+            "run `tpa sweep` (or `tpa revoke GRANT`), and check why the hooks and the CI sweep missed it",
+        )
+        .about(facts),
+    )
+}
+
+/// The policy file as of a commit, parsed once per commit.
+#[derive(Default)]
+struct PolicyCache {
+    by_commit: HashMap<Oid, Option<Policy>>,
+    reviewed: HashMap<Oid, bool>,
+}
+
+impl PolicyCache {
+    fn policy_at(&mut self, repo: &Repository, commit: Oid) -> Option<&Policy> {
+        self.by_commit
+            .entry(commit)
+            .or_insert_with(|| {
+                let tree = repo.find_commit(commit).ok()?.tree().ok()?;
+                let entry = tree.get_path(std::path::Path::new(POLICY_PATH)).ok()?;
+                let blob = repo.find_blob(entry.id()).ok()?;
+                Policy::parse(&String::from_utf8_lossy(blob.content()), &format!("{commit}:{POLICY_PATH}"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    fn is_reviewed(&mut self, repo: &Repository, trust: Oid, commit: Oid) -> bool {
+        *self
+            .reviewed
+            .entry(commit)
+            .or_insert_with(|| commit == trust || repo.graph_descendant_of(trust, commit).unwrap_or(false))
+    }
+}
+
+fn history_findings(
+    repo: &Repository,
+    grant: &GrantView,
+    facts: &GrantFacts,
+    trust: Option<&TrustRef>,
+    policies: &mut PolicyCache,
+    current: &Policy,
+    findings: &mut Vec<Finding>,
+) {
+    let commit_known = Oid::from_str(&grant.commit).ok().is_some_and(|oid| repo.find_commit(oid).is_ok());
+    if !commit_known {
+        findings.push(
+            Finding::new(
+                Severity::Warning,
+                Category::History,
+                "commit_missing",
+                format!(
+                    "the grant's commit {} is not in this repository (force-push, rebase or gc)",
+                    crate::escape::text(&grant.commit)
+                ),
+                "fetch every branch (`git fetch --all`); if it is still missing, ask the grantee what the \
+                 change was and attach it to the audit ticket",
+            )
+            .about(facts),
+        );
+    }
+    let policy_commit = grant.intent.policy_commit.as_deref().and_then(|c| Oid::from_str(c).ok());
+    let then = match (policy_commit, trust) {
+        (Some(pc), Some(trust)) => {
+            if !policies.is_reviewed(repo, trust.commit, pc) {
+                findings.push(
+                    Finding::new(
+                        Severity::Error,
+                        Category::Integrity,
+                        "policy_commit_unreviewed",
+                        format!(
+                            "the policy commit it was checked against, {}, is not on {}",
+                            &pc.to_string()[..12],
+                            crate::escape::text(&trust.refname)
+                        ),
+                        "find out where that policy came from: a grant must be checked against the \
+                         reviewed policy of the protected branch",
+                    )
+                    .about(facts),
+                );
+            }
+            policies.policy_at(repo, pc).cloned()
+        }
+        (None, _) => {
+            findings.push(
+                Finding::new(
+                    Severity::Error,
+                    Category::Integrity,
+                    "policy_commit_unreviewed",
+                    "the grant records no policy commit: it was not checked against a reviewed policy".into(),
+                    "find out how the grant was made",
+                )
+                .about(facts),
+            );
+            None
+        }
+        (Some(_), None) => None,
+    };
+    if grant.issued.is_some() {
+        findings.extend(audit::policy_deviations(facts, then.as_ref(), current));
+    }
+}
+
+/// Everything that asks AWS: revocations in force, roles that still exist, and CloudTrail.
+fn provider_checks(
+    all: &[GrantView],
+    aws: &AwsAccess,
+    options: &AuditOptions,
+    findings: &mut Vec<Finding>,
+    checks: &mut Vec<CheckRun>,
+    now: DateTime<Utc>,
+) {
+    let sts_grant = |g: &&GrantView| g.provider == "aws-sts" || g.provider == "rds-iam";
+    let unexpired = |g: &GrantView| g.expires_at.or(g.intent.expires_at).is_some_and(|at| at > now);
+    // Revoked but still within their lifetime: the deny must be in force.
+    let revoked: Vec<&GrantView> =
+        all.iter().filter(sts_grant).filter(|g| g.state == GrantState::Revoked && unexpired(g)).collect();
+    let open: Vec<&GrantView> = all
+        .iter()
+        .filter(sts_grant)
+        .filter(|g| matches!(g.state, GrantState::Active | GrantState::Pending | GrantState::Irrevocable))
+        .collect();
+    if revoked.is_empty() && open.is_empty() && !options.cloudtrail {
+        checks.push(CheckRun { name: "iam", status: "skipped", detail: Some("no grant needed it".into()) });
+        return;
+    }
+    let iam = AwsIam::new(aws.profile.as_deref(), aws.timeout);
+    let mut failed = Vec::new();
+    let mut by_role: BTreeMap<&str, Vec<&GrantView>> = BTreeMap::new();
+    for g in &revoked {
+        by_role.entry(g.target.as_str()).or_default().push(g);
+    }
+    for (role_arn, grants) in by_role {
+        let in_force = RevocationTarget::for_role(role_arn).and_then(|t| iam.in_force(&t).map(|f| (t, f)));
+        let (target, in_force) = match in_force {
+            Ok(found) => found,
+            Err(e) => {
+                failed.push(format!("{role_arn}: {e}"));
+                continue;
+            }
+        };
+        let in_force: InForce = in_force.unwrap_or_default();
+        for g in grants {
+            let issued_at = g.issued.as_ref().map(|r| r.issued_at).unwrap_or(g.requested_at);
+            if !in_force.denies(&g.grant_id.session_name(), issued_at) {
+                findings.push(
+                    Finding::new(
+                        Severity::Error,
+                        Category::Revocation,
+                        "revocation_not_effective",
+                        format!(
+                            "revoked in the ledger, unexpired, but {} does not deny its session {}",
+                            target.policy_arn,
+                            g.grant_id.session_name()
+                        ),
+                        "run `tpa sweep` now (it re-asserts every deny entry), then find out who edited \
+                         the revocation policy",
+                    )
+                    .about(&facts_of(g)),
+                );
+            }
+        }
+    }
+    let roles: BTreeSet<&str> = open.iter().map(|g| g.target.as_str()).collect();
+    for role_arn in roles {
+        let exists = RevocationTarget::for_role(role_arn).and_then(|t| iam.role_exists(&t));
+        match exists {
+            Ok(true) => {}
+            Ok(false) => {
+                for g in open.iter().filter(|g| g.target == role_arn) {
+                    findings.push(
+                        Finding::new(
+                            Severity::Error,
+                            Category::Drift,
+                            "role_missing",
+                            format!(
+                                "recorded as {} but the role {role_arn} no longer exists in IAM",
+                                g.state
+                            ),
+                            "find out who deleted the role; revoke the grant (`tpa revoke GRANT`) so the \
+                             ledger says it ended",
+                        )
+                        .about(&facts_of(g)),
+                    );
+                }
+            }
+            Err(e) => failed.push(format!("{role_arn}: {e}")),
+        }
+    }
+    checks.push(match failed.is_empty() {
+        true => CheckRun { name: "iam", status: "ran", detail: None },
+        false => {
+            findings.push(Finding::new(
+                Severity::Error,
+                Category::Coverage,
+                "check_failed",
+                format!("IAM could not be read, so revocations were not all checked: {}", failed.join("; ")),
+                "give the auditor iam:GetPolicy, iam:ListPolicyVersions, iam:GetPolicyVersion and \
+                 iam:GetRole, or run with --offline to audit the ledger alone",
+            ));
+            CheckRun { name: "iam", status: "failed", detail: Some(failed.join("; ")) }
+        }
+    });
+
+    if options.cloudtrail {
+        cloudtrail_check(all, aws, options, findings, checks, now);
+    }
+}
+
+fn cloudtrail_check(
+    all: &[GrantView],
+    aws: &AwsAccess,
+    options: &AuditOptions,
+    findings: &mut Vec<Finding>,
+    checks: &mut Vec<CheckRun>,
+    now: DateTime<Utc>,
+) {
+    let from = options.from.unwrap_or(now - chrono::Duration::days(CLOUDTRAIL_DAYS));
+    let trail = CloudTrail::new(aws.profile.as_deref(), aws.region.as_deref(), aws.timeout);
+    let events = match trail.assume_role_events(from, options.to) {
+        Ok(events) => events,
+        Err(e) => {
+            findings.push(Finding::new(
+                Severity::Error,
+                Category::Coverage,
+                "check_failed",
+                format!("CloudTrail could not be read: {e}"),
+                "give the auditor cloudtrail:LookupEvents in the roles' region (--region)",
+            ));
+            checks.push(CheckRun { name: "cloudtrail", status: "failed", detail: Some(e.to_string()) });
+            return;
+        }
+    };
+    // The roles tpa manages: every role a grant was ever for.
+    let roles: BTreeSet<&str> = all
+        .iter()
+        .filter(|g| g.provider == "aws-sts" || g.provider == "rds-iam")
+        .map(|g| g.target.as_str())
+        .collect();
+    let recorded: BTreeSet<String> = all.iter().map(|g| g.grant_id.session_name()).collect();
+    let mut unrecorded = 0;
+    for event in events.iter().filter(|e| roles.contains(e.role_arn.as_str())) {
+        if recorded.contains(&event.session_name) {
+            continue;
+        }
+        unrecorded += 1;
+        findings.push(unrecorded_finding(event));
+    }
+    checks.push(CheckRun {
+        name: "cloudtrail",
+        status: "ran",
+        detail: Some(format!("{} AssumeRole events, {unrecorded} with no record", events.len())),
+    });
+}
+
+fn unrecorded_finding(event: &AssumeRoleEvent) -> Finding {
+    let mut finding = Finding::new(
+        Severity::Error,
+        Category::Drift,
+        "unrecorded_session",
+        format!(
+            "{} assumed {} as session `{}`{} and the ledger has no record of it (event {})",
+            crate::escape::text(&event.caller),
+            crate::escape::text(&event.role_arn),
+            crate::escape::text(&event.session_name),
+            event
+                .source_ip
+                .as_deref()
+                .map(|ip| format!(" from {}", crate::escape::text(ip)))
+                .unwrap_or_default(),
+            crate::escape::text(&event.event_id),
+        ),
+        "find out who bypassed tpa (or which record was lost), and apply templates/trust-policy.json to \
+         the role so that only tpa-* sessions with a tpa-grant tag can assume it",
+    );
+    finding.principal = Some(event.caller.clone());
+    finding.at = Some(event.at);
+    finding
+}
