@@ -66,8 +66,8 @@ pub enum RequestError {
     #[error("{count} session tags is more than STS's limit of {MAX_SESSION_TAGS}")]
     TooManyTags { count: usize },
     #[error(
-        "database {database} is provider = \"postgres\": its grants are PostgreSQL roles, asked for with \
-         `tpa request --db {database}` once that provider is wired in (see docs/databases.md)"
+        "database {database} is provider = \"postgres\": this tpa cannot grant PostgreSQL roles from the \
+         command line yet (docs/databases.md); use an rds-iam database or ask an administrator"
     )]
     NotRdsIam { database: String },
     #[error(transparent)]
