@@ -33,7 +33,7 @@ pub fn run(ctx: &Ctx, args: DbTokenArgs) -> anyhow::Result<u8> {
         (None, Some(db)) => DbSelector::Database(db),
         (None, None) => unreachable!("clap requires one"),
     };
-    let login = database::login(&repo, &selector, &me, super::now())?;
+    let login = database::login(&repo, &selector, &me, super::now(), false)?;
     if args.json {
         print_json(&json!({
             "grant_id": login.grant_id,

@@ -44,7 +44,7 @@ pub fn run(ctx: &Ctx, args: ExecArgs) -> anyhow::Result<u8> {
             Some(id) => DbSelector::Grant(id),
             None => DbSelector::Database(db),
         };
-        let login = database::login(&repo, &selector, &me, super::now())?;
+        let login = database::login(&repo, &selector, &me, super::now(), true)?;
         let (program, rest) = command.split_first().expect("clap requires a command");
         let mut child = Command::new(program);
         child.args(rest).env(NESTED_MARKER, login.grant_id.as_str());

@@ -7,7 +7,7 @@ use super::{Ctx, exit, print_json, render};
 use crate::grant::parse_duration;
 use crate::ops::context;
 use crate::ops::deliver;
-use crate::ops::request::{self, Faults, RequestError, RequestSpec};
+use crate::ops::request::{self, Faults, Planned, RequestError, RequestSpec};
 use crate::policy::PolicyRefusal;
 use crate::provider::aws_sts::StsOptions;
 
@@ -70,7 +70,7 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     let now = super::now();
     let started = std::time::Instant::now();
     let plan = loop {
-        match request::plan(&repo, &spec, now) {
+        match request::plan_request(&repo, &spec, now) {
             Err(RequestError::Refused(
                 refusal @ (PolicyRefusal::ReasonMissing | PolicyRefusal::ReasonTooShort { .. }),
             )) if super::interactive() => {
@@ -80,18 +80,37 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
             other => break other?,
         }
     };
-    if plan.trust.origin == crate::trust::TrustOrigin::LocalNoRemote {
+    let trust = match &plan {
+        Planned::Sts(p) => &p.trust,
+        Planned::Postgres(p) => &p.trust,
+    };
+    if matches!(plan, Planned::Postgres(_)) && args.format.is_some() {
+        anyhow::bail!(
+            "--format prints AWS credentials, and a postgres database grant has none: connect with \
+             `tpa exec --db {} -- psql`",
+            args.db.as_deref().unwrap_or_default()
+        );
+    }
+    if trust.origin == crate::trust::TrustOrigin::LocalNoRemote {
         eprintln!(
             "note: no remote: policy was read from the local branch {}, which nobody reviewed",
-            render::branch(&plan.trust.refname)
+            render::branch(&trust.refname)
         );
     }
     let planned = started.elapsed();
     let signer = ctx.signer(&repo)?;
     let signer_ready = started.elapsed();
-    let spinner = render::Spinner::start(&format!("asking AWS STS for {}", plan.role.name));
-    let granted = request::execute(&repo, plan, &signer, &spec.sts, &faults());
-    drop(spinner);
+    let granted = match plan {
+        Planned::Sts(plan) => {
+            let _spinner = render::Spinner::start(&format!("asking AWS STS for {}", plan.role.name));
+            request::execute(&repo, *plan, &signer, &spec.sts, &faults())
+        }
+        Planned::Postgres(plan) => {
+            let _spinner =
+                render::Spinner::start(&format!("creating a login role on {}", plan.database.name));
+            request::execute_postgres(&repo, *plan, &signer)
+        }
+    };
     let granted = granted?;
     let executed = started.elapsed();
     let record = &granted.record;

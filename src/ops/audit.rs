@@ -218,6 +218,9 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
         }
     }
 
+    if let (Some(aws), Some(policy)) = (&options.aws, &policy_now) {
+        postgres_checks(&all, policy, aws.timeout, &mut findings, &mut checks);
+    }
     match &options.aws {
         Some(aws) => provider_checks(&all, aws, options, &mut findings, &mut checks, now),
         None => checks.push(CheckRun {
@@ -652,4 +655,96 @@ fn unrecorded_finding(event: &AssumeRoleEvent) -> Finding {
     finding.principal = Some(event.caller.clone());
     finding.at = Some(event.at);
     finding
+}
+
+/// For each postgres database of the policy: tpa's login roles on the server against the ledger.
+/// A role with no open grant is an orphan (made outside tpa, or a revocation that never finished);
+/// an open grant whose role is gone was ended behind the ledger's back.
+fn postgres_checks(
+    all: &[GrantView],
+    policy: &Policy,
+    timeout: Duration,
+    findings: &mut Vec<Finding>,
+    checks: &mut Vec<CheckRun>,
+) {
+    for database in policy.databases.values().filter(|d| d.provider == crate::policy::DbProvider::Postgres) {
+        let open: Vec<&GrantView> = all
+            .iter()
+            .filter(|g| {
+                g.provider == "postgres" && g.intent.database.as_deref() == Some(database.name.as_str())
+            })
+            .filter(|g| {
+                matches!(
+                    g.state,
+                    GrantState::Active
+                        | GrantState::Pending
+                        | GrantState::Irrevocable
+                        | GrantState::Incomplete
+                        | GrantState::Expired
+                )
+            })
+            .collect();
+        let roles = crate::ops::database::pg_admin(database, timeout).and_then(|mut pg| Ok(pg.tpa_roles()?));
+        let roles = match roles {
+            Ok(roles) => roles,
+            Err(crate::ops::database::DbAdminError::NoAdmin { variables, .. }) => {
+                checks.push(CheckRun {
+                    name: "postgres",
+                    status: "skipped",
+                    detail: Some(format!("database {}: no admin connection ({variables})", database.name)),
+                });
+                continue;
+            }
+            Err(e) => {
+                findings.push(Finding::new(
+                    Severity::Error,
+                    Category::Coverage,
+                    "check_failed",
+                    format!("database {}: the login roles could not be listed: {e}", database.name),
+                    "give the auditor an admin connection that may read pg_roles, or run with --offline",
+                ));
+                checks.push(CheckRun {
+                    name: "postgres",
+                    status: "failed",
+                    detail: Some(database.name.clone()),
+                });
+                continue;
+            }
+        };
+        let expected: BTreeMap<String, &GrantView> =
+            open.iter().map(|g| (crate::ops::database::pg_role_name(&g.grant_id), *g)).collect();
+        for role in roles.iter().filter(|r| !expected.contains_key(&r.name)) {
+            findings.push(Finding::new(
+                Severity::Error,
+                Category::Drift,
+                "orphan_role",
+                format!(
+                    "database {}: login role {} exists (can log in: {}) but no open grant in the ledger is its",
+                    database.name,
+                    crate::escape::text(&role.name),
+                    role.can_login
+                ),
+                "find out who made it; drop it (`DROP ROLE`), after `pg_terminate_backend` of its sessions",
+            ));
+        }
+        let present: BTreeSet<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+        for (name, grant) in &expected {
+            if grant.state == GrantState::Active && !present.contains(name.as_str()) {
+                findings.push(
+                    Finding::new(
+                        Severity::Error,
+                        Category::Drift,
+                        "role_missing",
+                        format!(
+                            "recorded as active but its login role {name} is gone from database {}",
+                            database.name
+                        ),
+                        "find out who dropped it; `tpa revoke GRANT` so the ledger says it ended",
+                    )
+                    .about(&facts_of(grant)),
+                );
+            }
+        }
+        checks.push(CheckRun { name: "postgres", status: "ran", detail: Some(database.name.clone()) });
+    }
 }

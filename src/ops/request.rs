@@ -9,6 +9,7 @@ use crate::grant::{self, GrantId, RECORD_VERSION, Record, RecordKind, Scope, sha
 use crate::ledger::signing::Signer;
 use crate::ledger::{self, LedgerError};
 use crate::ops::context::{self, ContextError, GitContext};
+use crate::ops::database;
 use crate::policy::{DatabasePolicy, DbProvider, Policy, PolicyError, PolicyRefusal, RolePolicy};
 use crate::provider::aws_sts::{AwsSts, StsOptions};
 use crate::provider::{Credentials, MintError, MintRequest};
@@ -66,10 +67,11 @@ pub enum RequestError {
     #[error("{count} session tags is more than STS's limit of {MAX_SESSION_TAGS}")]
     TooManyTags { count: usize },
     #[error(
-        "database {database} is provider = \"postgres\": this tpa cannot grant PostgreSQL roles from the \
-         command line yet (docs/databases.md); use an rds-iam database or ask an administrator"
+        "database {database} is provider = \"postgres\": its grants are asked for with `tpa request --db`"
     )]
     NotRdsIam { database: String },
+    #[error("{error}\n(recorded as failed grant {grant_id})")]
+    DbMint { grant_id: GrantId, error: crate::ops::database::DbAdminError },
     #[error(transparent)]
     Context(#[from] ContextError),
     #[error("cannot write the intent record, so nothing was asked of AWS: {0}")]
@@ -381,6 +383,150 @@ pub fn tag_value(text: &str) -> String {
         out.push_str(&encoded);
     }
     out
+}
+
+/// What a request turned into, before anything is written: an STS session (roles and rds-iam
+/// databases), or a PostgreSQL login role.
+pub enum Planned {
+    Sts(Box<Plan>),
+    Postgres(Box<PgPlan>),
+}
+
+/// A request for a `provider = "postgres"` database, checked against the policy.
+pub struct PgPlan {
+    pub ctx: GitContext,
+    pub trust: TrustRef,
+    pub database: DatabasePolicy,
+    pub reason: String,
+    pub ttl_seconds: u64,
+    pub grant_id: GrantId,
+    pub now: DateTime<Utc>,
+    pub timeout: std::time::Duration,
+}
+
+/// Plans any request: postgres databases get a [`PgPlan`], everything else an STS [`Plan`].
+pub fn plan_request(
+    repo: &Repository,
+    spec: &RequestSpec,
+    now: DateTime<Utc>,
+) -> Result<Planned, RequestError> {
+    if let Some(name) = &spec.database {
+        let trust = TrustRef::resolve(repo)?;
+        let (policy, _) = load_policy(repo, &trust)?;
+        let database = policy.database(name)?.clone();
+        if database.provider == DbProvider::Postgres {
+            let ctx = context::capture(repo, Some(&trust))?;
+            let reason = spec.reason.clone().unwrap_or_default();
+            policy.check_reason(&reason)?;
+            let ttl_seconds = spec.ttl_seconds.unwrap_or_else(|| policy.default_ttl_within(database.max_ttl));
+            database.check_ttl(ttl_seconds)?;
+            policy.check_branch(&ctx.branch)?;
+            return Ok(Planned::Postgres(Box::new(PgPlan {
+                ctx,
+                trust,
+                database,
+                reason,
+                ttl_seconds,
+                grant_id: GrantId::generate(now),
+                now,
+                timeout: spec.sts.timeout,
+            })));
+        }
+    }
+    plan(repo, spec, now).map(|plan| Planned::Sts(Box::new(plan)))
+}
+
+/// Executes a postgres plan: intent, a login role made by the admin connection, grant record,
+/// keyring. The keyring entry holds the role name as its key id and the password as its secret.
+pub fn execute_postgres(repo: &Repository, plan: PgPlan, signer: &Signer) -> Result<Granted, RequestError> {
+    let intent = pg_record(&plan, RecordKind::Intent, plan.now);
+    let intent_sha256 = ledger::append(repo, &intent, signer).map_err(RequestError::Intent)?.payload_sha256;
+    let valid_until = plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64);
+    let role = database::pg_role_name(&plan.grant_id);
+    let started = std::time::Instant::now();
+    let mut admin = None;
+    let created = database::pg_admin(&plan.database, plan.timeout).and_then(|mut pg| {
+        let password =
+            pg.create_login(&role, valid_until, &plan.database.grant_roles, plan.database.connection_limit)?;
+        admin = Some(pg);
+        Ok(password)
+    });
+    let elapsed = started.elapsed();
+    let now = Utc::now().max(plan.now);
+    let password = match created {
+        Ok(password) => password,
+        Err(error) => {
+            let mut failed = pg_record(&plan, RecordKind::Failed, now);
+            failed.intent_sha256 = Some(intent_sha256);
+            failed.error = Some(error.to_string());
+            let _ = ledger::append(repo, &failed, signer);
+            return Err(RequestError::DbMint { grant_id: plan.grant_id, error });
+        }
+    };
+    let mut granted = pg_record(&plan, RecordKind::Grant, now);
+    granted.intent_sha256 = Some(intent_sha256);
+    granted.expires_at = Some(valid_until);
+    granted.credential_fingerprint = Some(grant::credential_fingerprint(&role));
+    if let Err(source) = ledger::append(repo, &granted, signer) {
+        // Unrecorded access must not exist: the role goes again (VALID UNTIL ends it otherwise).
+        if let Some(pg) = admin.as_mut() {
+            let _ = pg.revoke_login(&role);
+        }
+        return Err(RequestError::GrantRecord { grant_id: plan.grant_id, expires_at: valid_until, source });
+    }
+    let _ = crate::ops::sweep::index_grant(
+        repo,
+        &plan.grant_id,
+        crate::state::LocalGrant { branch: plan.ctx.branch.clone(), expires_at: Some(valid_until) },
+    );
+    let credentials = Credentials {
+        access_key_id: role,
+        secret_access_key: password,
+        session_token: zeroize::Zeroizing::new(String::new()),
+        expiration: valid_until,
+    };
+    let started = std::time::Instant::now();
+    secrets::store_credentials(&plan.grant_id, &credentials)
+        .map_err(|source| RequestError::Keyring { grant_id: plan.grant_id.clone(), source })?;
+    Ok(Granted {
+        record: granted,
+        credentials,
+        policy_commit: plan.trust.commit.to_string(),
+        sts_elapsed: elapsed,
+        keyring_elapsed: started.elapsed(),
+    })
+}
+
+/// Where a postgres grant's role lives, as recorded: never with credentials.
+pub fn pg_target(database: &DatabasePolicy) -> String {
+    format!("postgresql://{}:{}/{}", database.host, database.port, database.dbname)
+}
+
+fn pg_record(plan: &PgPlan, kind: RecordKind, issued_at: DateTime<Utc>) -> Record {
+    Record {
+        version: RECORD_VERSION,
+        kind,
+        grant_id: plan.grant_id.clone(),
+        issued_at,
+        principal: plan.ctx.principal.clone(),
+        reason: plan.reason.clone(),
+        repo: plan.ctx.repo_url.clone(),
+        branch: plan.ctx.branch.clone(),
+        commit: plan.ctx.commit.to_string(),
+        base: plan.ctx.base.map(|b| b.to_string()),
+        policy_commit: Some(plan.trust.commit.to_string()),
+        provider: "postgres".to_owned(),
+        target: pg_target(&plan.database),
+        role: None,
+        database: Some(plan.database.name.clone()),
+        scope: None,
+        expires_at: Some(plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64)),
+        credential_fingerprint: None,
+        intent_sha256: None,
+        trigger: None,
+        result: None,
+        error: None,
+    }
 }
 
 #[cfg(test)]

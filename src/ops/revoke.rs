@@ -12,6 +12,7 @@ use crate::grant::{GrantId, GrantState, Record, RecordKind, RevokeResult, Revoke
 use crate::ledger::signing::Signer;
 use crate::ledger::{self, LedgerError};
 use crate::ops::context::{self, ContextError};
+use crate::ops::database;
 use crate::ops::grants::{self, GrantView};
 use crate::ops::ledger::InspectError;
 use crate::provider::aws_iam::{AwsIam, Denied, RevocationTarget, session_names};
@@ -124,8 +125,19 @@ pub fn revoke_grants(
 ) -> Vec<Revoked> {
     let mut outcomes = Vec::new();
     let mut to_deny: BTreeMap<String, Vec<GrantView>> = BTreeMap::new();
+    let mut to_drop: Vec<GrantView> = Vec::new();
     for grant in chosen {
         match grant.state {
+            // A login role outlives its VALID UNTIL (and so may its open sessions): drop it.
+            GrantState::Expired
+            | GrantState::Active
+            | GrantState::Pending
+            | GrantState::Irrevocable
+            | GrantState::Incomplete
+                if grant.provider == "postgres" =>
+            {
+                to_drop.push(grant)
+            }
             GrantState::Revoked => outcomes.push(skipped(&grant, "already revoked")),
             GrantState::Expired => {
                 let _ = secrets::delete_credentials(&grant.grant_id);
@@ -134,6 +146,15 @@ pub fn revoke_grants(
             GrantState::Failed => outcomes.push(skipped(&grant, "never issued (AWS refused it)")),
             _ => to_deny.entry(grant.target.clone()).or_default().push(grant),
         }
+    }
+    for grant in to_drop {
+        let dropped = drop_login(repo, &grant, spec.timeout);
+        let (result, error) = match dropped {
+            Ok(note) => (RevokeResult::Done, note),
+            Err(e) if last_attempt.contains(&grant.grant_id) => (RevokeResult::Irrevocable, Some(e)),
+            Err(e) => (RevokeResult::Pending, Some(e)),
+        };
+        outcomes.push(record_outcome(repo, &grant, spec, author, result, error));
     }
     if to_deny.is_empty() {
         return outcomes;
@@ -159,22 +180,52 @@ pub fn revoke_grants(
                 }
                 Err(e) => (RevokeResult::Pending, Some(e.to_string())),
             };
-            // The keyring copy goes whatever IAM said: tpa hands out nothing for a grant being revoked.
-            let _ = secrets::delete_credentials(&grant.grant_id);
-            let record = revoke_record(&grant, author.principal, spec, result, error.clone(), author.now);
-            let record_error =
-                ledger::append(repo, &record, author.signer).err().map(|e: LedgerError| e.to_string());
-            outcomes.push(Revoked {
-                grant_id: grant.grant_id.clone(),
-                role: grant.role.clone(),
-                branch: grant.branch.clone(),
-                result: Some(result),
-                note: error,
-                record_error,
-            });
+            outcomes.push(record_outcome(repo, &grant, spec, author, result, error));
         }
     }
     outcomes
+}
+
+/// Drops the keyring copy and writes the revoke record of one grant.
+fn record_outcome(
+    repo: &Repository,
+    grant: &GrantView,
+    spec: &RevokeSpec,
+    author: &Author,
+    result: RevokeResult,
+    error: Option<String>,
+) -> Revoked {
+    // The keyring copy goes whatever the provider said: tpa hands out nothing for a grant being revoked.
+    let _ = secrets::delete_credentials(&grant.grant_id);
+    let record = revoke_record(grant, author.principal, spec, result, error.clone(), author.now);
+    let record_error = ledger::append(repo, &record, author.signer).err().map(|e: LedgerError| e.to_string());
+    Revoked {
+        grant_id: grant.grant_id.clone(),
+        role: grant.role.clone(),
+        branch: grant.branch.clone(),
+        result: Some(result),
+        note: error,
+        record_error,
+    }
+}
+
+/// Ends a postgres grant's login role: no more logins, its sessions terminated, the role dropped.
+/// The database's connection details come from the policy at the trust ref now.
+fn drop_login(repo: &Repository, grant: &GrantView, timeout: Duration) -> Result<Option<String>, String> {
+    let name = grant.intent.database.clone().ok_or("the grant records no database")?;
+    let trust = crate::trust::TrustRef::resolve(repo).map_err(|e| e.to_string())?;
+    let (policy, _) = crate::ops::request::load_policy(repo, &trust).map_err(|e| e.to_string())?;
+    let database = policy
+        .databases
+        .get(&name)
+        .ok_or_else(|| format!("database {name} is no longer in the policy at {}", trust.refname))?;
+    let mut pg = database::pg_admin(database, timeout).map_err(|e| e.to_string())?;
+    let outcome = pg.revoke_login(&database::pg_role_name(&grant.grant_id)).map_err(|e| e.to_string())?;
+    Ok(match (outcome.existed, outcome.terminated) {
+        (false, _) => Some("the login role was already gone".to_owned()),
+        (true, 0) => None,
+        (true, n) => Some(format!("{n} open session(s) terminated")),
+    })
 }
 
 fn skipped(grant: &GrantView, why: &str) -> Revoked {

@@ -109,7 +109,10 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
 
     let mut to_revoke: Vec<(&'static str, RevokeTrigger, Option<String>, GrantView)> = Vec::new();
     let mut last_attempt: HashSet<GrantId> = HashSet::new();
-    for grant in all.iter().filter(|g| g.state.is_open()) {
+    // An expired postgres grant still has a login role (and maybe open sessions) until dropped.
+    let needs_sweep =
+        |g: &&GrantView| g.state.is_open() || (g.provider == "postgres" && g.state == GrantState::Expired);
+    for grant in all.iter().filter(needs_sweep) {
         let holds = grant.intent.principal.email == me.email && grant.intent.principal.host == me.host;
         let mut facts = match GrantFacts::from_record(grant.issued.as_ref().unwrap_or(&grant.intent)) {
             Ok(facts) => facts,
@@ -138,6 +141,10 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
             to_revoke.push((decision, trigger, detail, grant.clone()));
         };
         match (verdict, grant.state) {
+            // PostgreSQL refuses new logins after VALID UNTIL but keeps open sessions: end them.
+            (Verdict::Expired, _) if grant.provider == "postgres" => {
+                queue("expired", RevokeTrigger::Expired, Some("the login role and its sessions end".into()))
+            }
             (Verdict::Expired, _) => {
                 // AWS ended it; nothing to deny. Only the local copy of the secret goes.
                 let _ = secrets::delete_credentials(&grant.grant_id);
@@ -241,9 +248,9 @@ fn reassert(
     report: &mut SweepReport,
 ) {
     let mut by_role: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    for grant in
-        all.iter().filter(|g| g.state == GrantState::Revoked && g.expires_at.is_some_and(|e| e > now))
-    {
+    for grant in all.iter().filter(|g| {
+        g.state == GrantState::Revoked && g.provider != "postgres" && g.expires_at.is_some_and(|e| e > now)
+    }) {
         by_role.entry(grant.target.as_str()).or_default().extend(session_names([&grant.grant_id]));
     }
     if by_role.is_empty() {

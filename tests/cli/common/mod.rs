@@ -247,6 +247,12 @@ impl Run {
         self.cmd.spawn().unwrap()
     }
 
+    /// Spawns with stdin, stdout and stderr piped: for a session the test talks to.
+    pub fn spawn_piped(mut self) -> Child {
+        self.cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.cmd.spawn().unwrap()
+    }
+
     pub fn run(mut self) -> Done {
         let what = format!("{:?}", self.cmd);
         self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
