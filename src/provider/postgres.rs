@@ -132,12 +132,12 @@ pub enum PgError {
     InvalidTarget(&'static str),
     #[error(
         "cannot set up TLS for {target}: {message}\nhint: install the system's CA certificates \
-         (ca-certificates), or name the server's CA bundle as the database's ca_file"
+         (ca-certificates), or point TPA_DB_<NAME>_CA_FILE at the server's CA bundle"
     )]
     TlsSetup { target: String, message: String },
     #[error(
         "TLS with {target} failed: {message}\nhint: tpa verifies the server's certificate and host name; \
-         if the server uses a private CA (RDS does), name its CA bundle as the database's ca_file, and \
+         if the server uses a private CA (RDS does), point TPA_DB_<NAME>_CA_FILE at its CA bundle, and \
          connect by the name the certificate carries"
     )]
     Tls { target: String, message: String },
