@@ -18,8 +18,10 @@ mod setup_aws;
 mod show;
 mod status;
 mod sweep;
+mod sync;
 mod uninstall;
 mod verify;
+mod who;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -57,7 +59,9 @@ enum Command {
     Request(request::RequestArgs),
     Revoke(revoke::RevokeArgs),
     Sweep(sweep::SweepArgs),
+    Sync(sync::SyncArgs),
     Status(status::StatusArgs),
+    Who(who::WhoArgs),
     Exec(exec::ExecArgs),
     Env(env::EnvArgs),
     DbToken(db_token::DbTokenArgs),
@@ -102,10 +106,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Request(args) => request::run(&ctx, args),
         Command::Revoke(args) => revoke::run(&ctx, args),
         Command::Sweep(args) => sweep::run(&ctx, args),
+        Command::Sync(args) => sync::run(&ctx, args),
         Command::Uninstall(args) => uninstall::run(&ctx, args),
         Command::Hook(args) => hook::run(&ctx, args),
         Command::SetupAws(args) => setup_aws::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),
+        Command::Who(args) => who::run(&ctx, args),
         Command::Exec(args) => exec::run(&ctx, args),
         Command::Env(args) => env::run(&ctx, args),
         Command::DbToken(args) => db_token::run(&ctx, args),
@@ -211,5 +217,21 @@ pub(crate) struct IamArgs {
 impl IamArgs {
     pub fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.timeout)
+    }
+}
+
+/// After a command wrote records: push the ledger when the policy says `sync = "push"`. Never fails
+/// the command: what cannot be pushed now stays in the local ledger for the next `tpa sync`.
+pub(crate) fn share(repo: &git2::Repository) {
+    let Some(results) = crate::ops::sync::push_if_policy_says(repo, std::time::Duration::from_secs(15))
+    else {
+        return;
+    };
+    for r in results.iter().filter(|r| !r.pushed) {
+        eprintln!(
+            "note: the ledger was not pushed to {} ({}): it is kept here and goes with the next `tpa sync`",
+            crate::escape::text(&r.remote),
+            crate::escape::text(r.error.as_deref().unwrap_or("unknown error"))
+        );
     }
 }

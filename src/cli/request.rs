@@ -117,6 +117,7 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     let me = context::principal(&repo)?.email;
     deliver::forget_ended(&repo, &me, super::now());
     super::housekeeping(&repo);
+    super::share(&repo);
     #[cfg(feature = "testing")]
     if std::env::var_os("TPA_TEST_TIMING").is_some() {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;

@@ -49,6 +49,7 @@ pub fn run(ctx: &Ctx, args: RevokeArgs) -> anyhow::Result<u8> {
     drop(spinner);
     let outcomes = outcomes?;
     super::housekeeping(&repo);
+    super::share(&repo);
     let complete = outcomes
         .iter()
         .all(|o| matches!(o.result, None | Some(RevokeResult::Done)) && o.record_error.is_none());

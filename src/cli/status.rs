@@ -19,9 +19,34 @@ pub struct StatusArgs {
     /// Print the grants as a JSON array.
     #[arg(long)]
     json: bool,
+    /// Refresh every few seconds until interrupted (after `tpa sync`, the whole team's grants).
+    #[arg(long, conflicts_with = "json")]
+    watch: bool,
+    /// How often --watch refreshes.
+    #[arg(long, value_parser = crate::grant::parse_duration, default_value = "5s", requires = "watch")]
+    interval: u64,
 }
 
 pub fn run(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<u8> {
+    if !args.watch {
+        return run_once(ctx, &args);
+    }
+    use std::io::IsTerminal;
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        if terminal {
+            // Clear the screen and go home: a live view, not a scrolling log.
+            print!("\x1b[2J\x1b[H");
+        } else {
+            println!("--- {}", render::time(super::now()));
+        }
+        run_once(ctx, &args)?;
+        std::io::stdout().flush()?;
+        std::thread::sleep(std::time::Duration::from_secs(args.interval.max(1)));
+    }
+}
+
+fn run_once(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
     let me = context::principal(&repo)?.email;
     let now = super::now();

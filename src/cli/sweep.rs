@@ -24,6 +24,9 @@ pub fn run(ctx: &Ctx, args: SweepArgs) -> anyhow::Result<u8> {
     let options = SweepOptions { timeout: args.iam.timeout(), profile: args.iam.profile, now: super::now() };
     let report = sweep::sweep(&repo, &signer, &options)?;
     super::housekeeping(&repo);
+    if report.items.iter().any(|i| i.outcome.is_some()) {
+        super::share(&repo);
+    }
     if args.json {
         print_json(&report)?;
     } else {

@@ -87,6 +87,97 @@ pub fn append_line(repo: &Repository, annotated: Oid, line: &str) -> Result<Oid,
     Err(NotesError::Contended)
 }
 
+/// What merging another clone's ledger did to the local one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merged {
+    /// Theirs held nothing the local ledger lacks.
+    UpToDate,
+    /// The local ledger had nothing of its own: it now points at theirs.
+    FastForward(Oid),
+    /// A merge commit whose notes are the union of both, line by line.
+    Union(Oid),
+}
+
+/// Merges the notes commit `theirs` (another clone's ledger, fetched) into `refs/notes/tpa`. Notes
+/// are merged per annotated object at the level of lines, which are whole signed records: every
+/// line of either side is kept, identical lines once, local lines first. Nothing is ever dropped,
+/// not even a line that fails verification (that is `tpa verify`'s finding to report). The ref moves
+/// by compare-and-swap, retried against concurrent appends.
+pub fn merge(repo: &Repository, theirs: Oid) -> Result<Merged, NotesError> {
+    let their_commit = repo.find_commit(theirs).map_err(|_| NotesError::NotACommit)?;
+    let their_tree = their_commit.tree()?;
+    for attempt in 0..MAX_ATTEMPTS {
+        let local = tip(repo)?;
+        let outcome = match local {
+            Some(local) if local == theirs || repo.graph_descendant_of(local, theirs)? => {
+                return Ok(Merged::UpToDate);
+            }
+            None => Merged::FastForward(theirs),
+            Some(local) if repo.graph_descendant_of(theirs, local)? => Merged::FastForward(theirs),
+            Some(local) => {
+                let local_commit = repo.find_commit(local).map_err(|_| NotesError::NotACommit)?;
+                let local_tree = local_commit.tree()?;
+                let mut differing = Vec::new();
+                changed_notes(repo, Some(&local_tree), &their_tree, "", &mut differing)?;
+                let mut tree = local_tree.id();
+                for note in differing {
+                    let current = repo.find_tree(tree)?;
+                    let hex = note.annotated.to_string();
+                    let existing = find_note(repo, &current, &hex)?;
+                    let mut content = match existing {
+                        Some((_, blob)) => repo.find_blob(blob)?.content().to_vec(),
+                        None => Vec::new(),
+                    };
+                    let theirs_blob = repo.find_blob(note.blob)?;
+                    let mut lines: std::collections::HashSet<Vec<u8>> = content
+                        .split(|b| *b == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .map(<[u8]>::to_vec)
+                        .collect();
+                    let before = content.len();
+                    for line in theirs_blob.content().split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                        if lines.insert(line.to_vec()) {
+                            if !content.is_empty() && !content.ends_with(b"\n") {
+                                content.push(b'\n');
+                            }
+                            content.extend_from_slice(line);
+                            content.push(b'\n');
+                        }
+                    }
+                    if content.len() == before && existing.is_some() {
+                        continue;
+                    }
+                    let blob = repo.blob(&content)?;
+                    let path = existing.map(|(path, _)| path).unwrap_or_else(|| fanout_path(&hex));
+                    tree = write_path(repo, Some(&current), &path, blob)?;
+                }
+                let signature = notes_signature(repo)?;
+                let message = "tpa: merge records from another clone\n";
+                let merged = repo.commit(
+                    None,
+                    &signature,
+                    &signature,
+                    message,
+                    &repo.find_tree(tree)?,
+                    &[&local_commit, &their_commit],
+                )?;
+                Merged::Union(merged)
+            }
+        };
+        let new = match outcome {
+            Merged::FastForward(oid) | Merged::Union(oid) => oid,
+            Merged::UpToDate => unreachable!("returned above"),
+        };
+        let expected = local.unwrap_or(Oid::ZERO_SHA1);
+        match repo.reference_matching(NOTES_REF, new, true, expected, "tpa: merge") {
+            Ok(_) => return Ok(outcome),
+            Err(e) if is_lost_race(&e) => back_off(attempt),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(NotesError::Contended)
+}
+
 /// Jittered, growing pause between lost races so that many writers spread out instead of
 /// rebuilding the same commit in lockstep.
 fn back_off(attempt: usize) {

@@ -12,3 +12,4 @@ pub mod record;
 pub mod request;
 pub mod revoke;
 pub mod sweep;
+pub mod sync;

@@ -12,4 +12,5 @@ mod postgres;
 mod request;
 mod revoke;
 mod sweep;
+mod sync;
 mod tamper;

@@ -1,0 +1,217 @@
+//! `tpa sync`: share the ledger through the repository's remotes. For each remote: fetch its
+//! `refs/notes/tpa` into `refs/notes/remotes/<remote>/tpa`, merge it into the local ledger at the
+//! level of records (notes::merge: the union, nothing lost), and push the result with
+//! compare-and-swap (`--force-with-lease` on the tip just merged), fetching and merging again when
+//! another clone pushed first. git does the transport, so every remote, URL and credential helper
+//! that works for `git push` works here; nothing is built from strings a shell would read.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use git2::{Oid, Repository};
+use serde::Serialize;
+
+use crate::ledger::notes::{self, Merged, NOTES_REF, NotesError};
+use crate::policy::SyncMode;
+
+/// Rounds of fetch, merge and push against one remote before giving up: each lost round means
+/// another clone pushed in between, so this bounds contention, not correctness.
+const MAX_ROUNDS: usize = 12;
+
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Only these remotes (default: every remote).
+    pub remotes: Option<Vec<String>>,
+    /// Bounds each git fetch and push.
+    pub timeout: Duration,
+    /// May git ask for credentials on the terminal?
+    pub interactive: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("git error: {0}")]
+    Git(#[from] git2::Error),
+    #[error(transparent)]
+    Notes(#[from] NotesError),
+    #[error("this repository has no remote to share the ledger with: add one with `git remote add`")]
+    NoRemote,
+    #[error("no remote named {0}")]
+    UnknownRemote(String),
+}
+
+/// What happened with one remote.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteSync {
+    pub remote: String,
+    /// `up-to-date`, `fast-forward`, `merged`, or `none` (the remote has no ledger yet).
+    pub merged: &'static str,
+    /// The remote now has every local record.
+    pub pushed: bool,
+    /// Fetch-merge-push rounds it took (more than one: another clone pushed meanwhile).
+    pub rounds: usize,
+    pub error: Option<String>,
+}
+
+pub fn sync(repo: &Repository, options: &SyncOptions) -> Result<Vec<RemoteSync>, SyncError> {
+    let all: Vec<String> = repo.remotes()?.iter().flatten().flatten().map(str::to_owned).collect();
+    if all.is_empty() {
+        return Err(SyncError::NoRemote);
+    }
+    let chosen = match &options.remotes {
+        Some(names) => {
+            for name in names {
+                if !all.contains(name) {
+                    return Err(SyncError::UnknownRemote(crate::escape::text(name)));
+                }
+            }
+            names.clone()
+        }
+        None => all,
+    };
+    let mut out = Vec::new();
+    for remote in chosen {
+        out.push(sync_remote(repo, &remote, options)?);
+    }
+    Ok(out)
+}
+
+/// Pushes the ledger when the policy says `sync = "push"`: for `tpa request`, `tpa revoke` and the
+/// sweep. None when the policy does not ask for it (or cannot be read, or there is no remote).
+pub fn push_if_policy_says(repo: &Repository, timeout: Duration) -> Option<Vec<RemoteSync>> {
+    let trust = crate::trust::TrustRef::resolve(repo).ok()?;
+    let (policy, _) = crate::ops::request::load_policy(repo, &trust).ok()?;
+    if policy.sync != SyncMode::Push || repo.remotes().ok()?.is_empty() {
+        return None;
+    }
+    sync(repo, &SyncOptions { remotes: None, timeout, interactive: false }).ok()
+}
+
+fn tracking_ref(remote: &str) -> String {
+    format!("refs/notes/remotes/{remote}/tpa")
+}
+
+fn sync_remote(repo: &Repository, remote: &str, options: &SyncOptions) -> Result<RemoteSync, SyncError> {
+    let mut report =
+        RemoteSync { remote: remote.to_owned(), merged: "none", pushed: false, rounds: 0, error: None };
+    for round in 0..MAX_ROUNDS {
+        report.rounds = round + 1;
+        let refspec = format!("+{NOTES_REF}*:refs/notes/remotes/{remote}/tpa*");
+        if let Err(e) =
+            git(repo, options, &["fetch", "--no-tags", "--quiet", "--no-write-fetch-head", remote, &refspec])
+        {
+            report.error = Some(format!("fetch: {e}"));
+            return Ok(report);
+        }
+        let theirs = repo.refname_to_id(&tracking_ref(remote)).ok();
+        if let Some(theirs) = theirs {
+            let merged = notes::merge(repo, theirs)?;
+            // The first round's merge is what this sync brought in; later rounds only catch up.
+            if round == 0 || report.merged == "up-to-date" {
+                report.merged = match merged {
+                    Merged::UpToDate => "up-to-date",
+                    Merged::FastForward(_) => "fast-forward",
+                    Merged::Union(_) => "merged",
+                };
+            }
+        }
+        let Some(local) = notes::tip(repo)? else {
+            report.pushed = true; // nothing to share
+            return Ok(report);
+        };
+        if Some(local) == theirs {
+            report.pushed = true;
+            return Ok(report);
+        }
+        let lease =
+            format!("--force-with-lease={NOTES_REF}:{}", theirs.map(|t| t.to_string()).unwrap_or_default());
+        let refspec = format!("{local}:{NOTES_REF}");
+        match git(repo, options, &["push", "--quiet", "--porcelain", &lease, remote, &refspec]) {
+            Ok(_) => {
+                // What the remote has now, so the next sync's lease starts from it.
+                repo.reference(&tracking_ref(remote), local, true, "tpa sync: pushed")?;
+                report.pushed = true;
+                report.error = None;
+                return Ok(report);
+            }
+            Err(GitFailure::Failed(text)) if is_lost_lease(&text) => {
+                report.error = Some("another clone pushed first".into());
+                pause(round);
+            }
+            Err(e) => {
+                report.error = Some(format!("push: {e}"));
+                return Ok(report);
+            }
+        }
+    }
+    report.error =
+        Some(format!("other clones kept pushing: gave up after {MAX_ROUNDS} rounds; run `tpa sync` again"));
+    Ok(report)
+}
+
+fn is_lost_lease(output: &str) -> bool {
+    ["stale info", "fetch first", "non-fast-forward", "rejected", "cannot lock ref", "failed to update ref"]
+        .iter()
+        .any(|s| output.contains(s))
+}
+
+fn pause(round: usize) {
+    use rand_core::RngCore;
+    let cap = 50u64 << round.min(5);
+    std::thread::sleep(Duration::from_millis(rand_core::OsRng.next_u64() % cap + 10));
+}
+
+#[derive(Debug)]
+enum GitFailure {
+    Start(std::io::Error),
+    TimedOut(Duration),
+    Failed(String),
+}
+
+impl std::fmt::Display for GitFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GitFailure::Start(e) => write!(f, "cannot run git: {e}"),
+            GitFailure::TimedOut(d) => write!(f, "git did not finish within {} s (offline?)", d.as_secs()),
+            GitFailure::Failed(text) => f.write_str(text.trim()),
+        }
+    }
+}
+
+/// Runs git in the repository with a deadline; its stderr and stdout are the failure's text.
+fn git(repo: &Repository, options: &SyncOptions, args: &[&str]) -> Result<(), GitFailure> {
+    let dir: PathBuf = repo.workdir().unwrap_or_else(|| repo.path()).to_owned();
+    let mut command = Command::new("git");
+    command.arg("-C").arg(&dir).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if !options.interactive {
+        command.env("GIT_TERMINAL_PROMPT", "0");
+    }
+    let mut child = command.spawn().map_err(GitFailure::Start)?;
+    let deadline = Instant::now() + options.timeout;
+    loop {
+        match child.try_wait().map_err(GitFailure::Start)? {
+            Some(status) => {
+                let output = child.wait_with_output().map_err(GitFailure::Start)?;
+                if status.success() {
+                    return Ok(());
+                }
+                let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+                text.push_str(&String::from_utf8_lossy(&output.stdout));
+                return Err(GitFailure::Failed(crate::escape::controls(&text)));
+            }
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(GitFailure::TimedOut(options.timeout));
+            }
+            // A deadline on a child process: std has no wait-with-timeout.
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// The tracking ref's tip for `remote`, if fetched.
+pub fn remote_tip(repo: &Repository, remote: &str) -> Option<Oid> {
+    repo.refname_to_id(&tracking_ref(remote)).ok()
+}
