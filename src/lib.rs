@@ -8,6 +8,7 @@ pub mod grant;
 pub mod hooks;
 pub mod ledger;
 pub mod lifecycle;
+pub mod notify;
 pub mod ops;
 pub mod policy;
 pub mod provider;

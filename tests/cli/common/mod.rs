@@ -9,6 +9,7 @@ pub mod cloudtrail;
 pub mod moto;
 pub mod postgres;
 pub mod proxy;
+pub mod webhook;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
