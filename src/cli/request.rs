@@ -5,9 +5,13 @@ use serde_json::json;
 
 use super::{Ctx, exit, print_json, render};
 use crate::grant::parse_duration;
+use crate::grant::{RevokeResult, RevokeTrigger};
 use crate::ops::context;
 use crate::ops::deliver;
+use crate::ops::notifications;
 use crate::ops::request::{self, Faults, Planned, RequestError, RequestSpec};
+use crate::ops::revoke::{self, RevokeSelector, RevokeSpec};
+use crate::policy::NotifyEvent;
 use crate::policy::PolicyRefusal;
 use crate::provider::aws_sts::StsOptions;
 
@@ -112,6 +116,34 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
         }
     };
     let granted = granted?;
+    if let Err(failed) = notifications::required(&repo, &granted.record) {
+        // Fail closed: a grant that the required webhooks do not know of is ended, and recorded so.
+        let revoke_spec = RevokeSpec {
+            selector: RevokeSelector::Grant(granted.record.grant_id.clone()),
+            reason: Some("a required notification could not be delivered".into()),
+            trigger: RevokeTrigger::NotifyFailed,
+            profile: spec.sts.profile.clone(),
+            timeout: spec.sts.timeout,
+        };
+        let revoked = revoke::revoke(&repo, &revoke_spec, &signer, super::now());
+        super::share(&repo);
+        let ended = match &revoked {
+            Ok(outcomes) if outcomes.iter().all(|o| o.result == Some(RevokeResult::Done)) => {
+                "revoked".to_owned()
+            }
+            Ok(_) => "recorded for revocation (pending: `tpa sweep` retries)".to_owned(),
+            Err(e) => format!("NOT revoked ({e}): run `tpa revoke {}`", granted.record.grant_id),
+        };
+        anyhow::bail!(
+            "grant {} was {ended} and not handed out: a required notification could not be delivered ({})",
+            granted.record.grant_id,
+            failed.failures.join("; ")
+        );
+    }
+    let queued = notifications::tell(&repo, &granted.record, NotifyEvent::Grant, None, super::now());
+    if !queued.is_empty() {
+        eprintln!("note: notification to {} failed; queued for retry", queued.join(", "));
+    }
     let executed = started.elapsed();
     let record = &granted.record;
     let me = context::principal(&repo)?.email;

@@ -50,6 +50,10 @@ pub fn run(ctx: &Ctx, args: RevokeArgs) -> anyhow::Result<u8> {
     let outcomes = outcomes?;
     super::housekeeping(&repo);
     super::share(&repo);
+    let queued = crate::ops::notifications::tell_revoked(&repo, &outcomes, super::now());
+    if !queued.is_empty() {
+        eprintln!("note: notification to {} failed; queued for retry", queued.join(", "));
+    }
     let complete = outcomes
         .iter()
         .all(|o| matches!(o.result, None | Some(RevokeResult::Done)) && o.record_error.is_none());

@@ -26,7 +26,11 @@ pub fn run(ctx: &Ctx, args: SweepArgs) -> anyhow::Result<u8> {
     super::housekeeping(&repo);
     if report.items.iter().any(|i| i.outcome.is_some()) {
         super::share(&repo);
+        let outcomes: Vec<_> = report.items.iter().filter_map(|i| i.outcome.clone()).collect();
+        crate::ops::notifications::tell_revoked(&repo, &outcomes, super::now());
     }
+    // Notifications that failed earlier (queued) go out when due.
+    crate::ops::notifications::retry_queued(&repo, super::now());
     if args.json {
         print_json(&report)?;
     } else {

@@ -7,6 +7,7 @@ pub mod deliver;
 pub mod grants;
 pub mod init;
 pub mod ledger;
+pub mod notifications;
 #[cfg(feature = "testing")]
 pub mod record;
 pub mod request;

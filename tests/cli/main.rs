@@ -8,6 +8,7 @@ mod db_token;
 mod fixtures;
 mod init;
 mod ledger;
+mod notify_flow;
 mod notify;
 mod postgres;
 mod request;
