@@ -7,6 +7,7 @@ mod database;
 mod db_token;
 mod fixtures;
 mod init;
+mod install;
 mod ledger;
 mod notify_flow;
 mod notify;
