@@ -2,15 +2,18 @@
 //! that prints, and the one place that decides how errors look and which exit code they get.
 
 mod audit;
+mod completions;
 mod credential_process;
 mod db_token;
 #[cfg(feature = "testing")]
 mod debug;
+mod doctor;
 mod env;
 mod exec;
 mod hook;
 mod init;
 mod log;
+mod man;
 mod render;
 mod request;
 mod revoke;
@@ -44,7 +47,12 @@ pub mod exit {
 
 /// Temporary production access, recorded as signed git notes and revoked by git events.
 #[derive(Parser)]
-#[command(name = "tpa", version, about, max_term_width = 100)]
+#[command(
+    name = "tpa",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TPA_BUILD_COMMIT"), ")"),
+    about,
+    max_term_width = 100
+)]
 struct Cli {
     /// Run as if tpa was started in PATH (like `git -C`).
     #[arg(short = 'C', global = true, value_name = "PATH")]
@@ -74,6 +82,9 @@ enum Command {
     Show(show::ShowArgs),
     Verify(verify::VerifyArgs),
     Audit(audit::AuditArgs),
+    Doctor(doctor::DoctorArgs),
+    Completions(completions::CompletionsArgs),
+    Man(man::ManArgs),
     #[cfg(feature = "testing")]
     #[command(hide = true)]
     Debug(debug::DebugArgs),
@@ -120,6 +131,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Show(args) => show::run(&ctx, args),
         Command::Verify(args) => verify::run(&ctx, args),
         Command::Audit(args) => audit::run(&ctx, args),
+        Command::Doctor(args) => doctor::run(&ctx, args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => man::run(args),
         #[cfg(feature = "testing")]
         Command::Debug(args) => debug::run(&ctx, args),
     }

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod context;
 pub mod database;
 pub mod deliver;
+pub mod doctor;
 pub mod grants;
 pub mod init;
 pub mod ledger;

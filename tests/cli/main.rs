@@ -5,6 +5,7 @@ mod audit;
 mod common;
 mod database;
 mod db_token;
+mod firstrun;
 mod fixtures;
 mod init;
 mod install;
