@@ -4,6 +4,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::{Ctx, exit, print_json, render};
+use crate::escape;
 use crate::grant::parse_duration;
 use crate::grant::{RevokeResult, RevokeTrigger};
 use crate::ops::context;
@@ -125,6 +126,8 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
             profile: spec.sts.profile.clone(),
             timeout: spec.sts.timeout,
         };
+        // Whatever happens to the revocation, nothing of this grant stays to be handed out.
+        let _ = crate::secrets::delete_credentials(&granted.record.grant_id);
         let revoked = revoke::revoke(&repo, &revoke_spec, &signer, super::now());
         super::share(&repo);
         let ended = match &revoked {
@@ -208,8 +211,13 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
                 render::branch(&record.branch),
                 render::short(&record.commit)
             )?;
-            writeln!(out, "use it:   tpa exec -- aws sts get-caller-identity")?;
-            writeln!(out, "          eval \"$(tpa env)\"")?;
+            match &args.db {
+                Some(db) => writeln!(out, "use it:   tpa exec --db {} -- psql", escape::text(db))?,
+                None => {
+                    writeln!(out, "use it:   tpa exec -- aws sts get-caller-identity")?;
+                    writeln!(out, "          eval \"$(tpa env)\"")?;
+                }
+            }
         }
     }
     if args.format.is_some() && std::io::stdout().is_terminal() {

@@ -113,7 +113,6 @@ pub fn merge(repo: &Repository, theirs: Oid) -> Result<Merged, NotesError> {
                 return Ok(Merged::UpToDate);
             }
             None => Merged::FastForward(theirs),
-            Some(local) if repo.graph_descendant_of(theirs, local)? => Merged::FastForward(theirs),
             Some(local) => {
                 let local_commit = repo.find_commit(local).map_err(|_| NotesError::NotACommit)?;
                 let local_tree = local_commit.tree()?;
@@ -151,17 +150,23 @@ pub fn merge(repo: &Repository, theirs: Oid) -> Result<Merged, NotesError> {
                     let path = existing.map(|(path, _)| path).unwrap_or_else(|| fanout_path(&hex));
                     tree = write_path(repo, Some(&current), &path, blob)?;
                 }
-                let signature = notes_signature(repo)?;
-                let message = "tpa: merge records from another clone\n";
-                let merged = repo.commit(
-                    None,
-                    &signature,
-                    &signature,
-                    message,
-                    &repo.find_tree(tree)?,
-                    &[&local_commit, &their_commit],
-                )?;
-                Merged::Union(merged)
+                // A descendant of ours may still have dropped lines: fast-forward only when the
+                // union is exactly theirs, so no local record is ever lost to a sync.
+                if tree == their_tree.id() && repo.graph_descendant_of(theirs, local)? {
+                    Merged::FastForward(theirs)
+                } else {
+                    let signature = notes_signature(repo)?;
+                    let message = "tpa: merge records from another clone\n";
+                    let merged = repo.commit(
+                        None,
+                        &signature,
+                        &signature,
+                        message,
+                        &repo.find_tree(tree)?,
+                        &[&local_commit, &their_commit],
+                    )?;
+                    Merged::Union(merged)
+                }
             }
         };
         let new = match outcome {

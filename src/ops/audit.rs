@@ -458,7 +458,24 @@ fn history_findings(
                     .about(facts),
                 );
             }
-            policies.policy_at(repo, pc).cloned()
+            let then = policies.policy_at(repo, pc).cloned();
+            if then.is_none() && grant.issued.is_some() {
+                findings.push(
+                    Finding::new(
+                        Severity::Warning,
+                        Category::Coverage,
+                        "policy_unreadable_then",
+                        format!(
+                            "the policy at its policy commit {} cannot be read or parsed: its ttl and reason \
+                             were not checked",
+                            &pc.to_string()[..12]
+                        ),
+                        "fetch the protected branch's full history (`git fetch --unshallow`), then audit again",
+                    )
+                    .about(facts),
+                );
+            }
+            then
         }
         (None, _) => {
             findings.push(
@@ -574,7 +591,7 @@ fn provider_checks(
                 Category::Coverage,
                 "check_failed",
                 format!("IAM could not be read, so revocations were not all checked: {}", failed.join("; ")),
-                "give the auditor iam:GetPolicy, iam:ListPolicyVersions, iam:GetPolicyVersion and \
+                "give the auditor iam:GetPolicy, iam:ListPolicyVersions, iam:GetPolicyVersion, iam:ListAttachedRolePolicies and \
                  iam:GetRole, or run with --offline to audit the ledger alone",
             ));
             CheckRun { name: "iam", status: "failed", detail: Some(failed.join("; ")) }
@@ -729,6 +746,22 @@ fn postgres_checks(
         }
         let present: BTreeSet<&str> = roles.iter().map(|r| r.name.as_str()).collect();
         for (name, grant) in &expected {
+            if grant.state == GrantState::Expired && present.contains(name.as_str()) {
+                findings.push(
+                    Finding::new(
+                        Severity::Error,
+                        Category::Dangling,
+                        "expired_role_present",
+                        format!(
+                            "expired, but its login role {name} still exists on database {}: sessions opened \
+                             before the expiry stay open until it is dropped",
+                            database.name
+                        ),
+                        "run `tpa sweep` with the admin connection (it drops the role and ends its sessions)",
+                    )
+                    .about(&facts_of(grant)),
+                );
+            }
             if grant.state == GrantState::Active && !present.contains(name.as_str()) {
                 findings.push(
                     Finding::new(

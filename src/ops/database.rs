@@ -115,7 +115,7 @@ pub fn login(
             .map(|g| g.grant_id)
             .ok_or_else(|| DbAccessError::NoActiveGrant(name.clone()))?,
     };
-    let (grant, credentials) = deliver::credentials_for(repo, &Selector::Grant(grant_id), me, now)?;
+    let (grant, credentials) = deliver::secret_for(repo, &Selector::Grant(grant_id), me, now, true)?;
     let name = grant
         .intent
         .database

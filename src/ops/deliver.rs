@@ -38,19 +38,41 @@ pub enum DeliveryError {
          entry was removed): ask for a new grant here with `tpa request`"
     )]
     NotHere(GrantId),
+    #[error(
+        "grant {grant_id} is a PostgreSQL login for database {database}, with no AWS credentials: connect \
+         with `tpa exec --db {database} -- psql`"
+    )]
+    DatabaseGrant { grant_id: GrantId, database: String },
     #[error(transparent)]
     Keyring(SecretsError),
     #[error(transparent)]
     Inspect(#[from] InspectError),
 }
 
+/// The AWS credentials of an active grant (`tpa exec`, `tpa env`, `tpa credential-process`). A
+/// postgres grant has none: its keyring entry holds a database password, which only
+/// `tpa exec --db` hands to a database client.
 pub fn credentials_for(
     repo: &Repository,
     selector: &Selector,
     me: &str,
     now: DateTime<Utc>,
 ) -> Result<(GrantView, Credentials), DeliveryError> {
-    let all = grants::list(repo, now)?;
+    secret_for(repo, selector, me, now, false)
+}
+
+/// The keyring entry of an active grant, postgres grants included (`database::login`).
+pub fn secret_for(
+    repo: &Repository,
+    selector: &Selector,
+    me: &str,
+    now: DateTime<Utc>,
+    database_passwords: bool,
+) -> Result<(GrantView, Credentials), DeliveryError> {
+    let all: Vec<GrantView> = grants::list(repo, now)?
+        .into_iter()
+        .filter(|g| database_passwords || g.provider != "postgres" || matches!(selector, Selector::Grant(_)))
+        .collect();
     let grant = match selector {
         Selector::Grant(id) => all
             .into_iter()
@@ -67,6 +89,10 @@ pub fn credentials_for(
             .find(|g| g.state == GrantState::Active && g.principal == me)
             .ok_or(DeliveryError::NoActiveGrant { role: None })?,
     };
+    if grant.provider == "postgres" && !database_passwords {
+        let database = grant.intent.database.clone().unwrap_or_default();
+        return Err(DeliveryError::DatabaseGrant { grant_id: grant.grant_id, database });
+    }
     if grant.state != GrantState::Active {
         // A grant that ended keeps nothing in the keyring.
         let _ = secrets::delete_credentials(&grant.grant_id);

@@ -19,8 +19,12 @@ pub struct RequiredFailed {
 }
 
 fn entries(repo: &Repository) -> Vec<NotifyPolicy> {
-    let Ok(trust) = TrustRef::resolve(repo) else { return Vec::new() };
-    crate::ops::request::load_policy(repo, &trust).map(|(p, _)| p.notify).unwrap_or_default()
+    read_entries(repo).unwrap_or_default()
+}
+
+fn read_entries(repo: &Repository) -> Result<Vec<NotifyPolicy>, String> {
+    let trust = TrustRef::resolve(repo).map_err(|e| e.to_string())?;
+    crate::ops::request::load_policy(repo, &trust).map(|(p, _)| p.notify).map_err(|e| e.to_string())
 }
 
 /// The event of a record: who, what, where, why, until when. Never a secret.
@@ -45,7 +49,10 @@ pub fn event(record: &Record, kind: NotifyEvent, detail: Option<String>) -> Even
 
 /// Tells the `required = true` webhooks about a grant, before its secret is handed out.
 pub fn required(repo: &Repository, grant: &Record) -> Result<(), RequiredFailed> {
-    let entries = entries(repo);
+    // Fail closed: a policy that cannot be read now may have required webhooks.
+    let entries = read_entries(repo).map_err(|e| RequiredFailed {
+        failures: vec![format!("the policy's [[notify]] entries cannot be read: {e}")],
+    })?;
     let outcome = notify::notify(
         &entries,
         &event(grant, NotifyEvent::Grant, None),

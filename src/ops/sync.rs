@@ -72,7 +72,14 @@ pub fn sync(repo: &Repository, options: &SyncOptions) -> Result<Vec<RemoteSync>,
     };
     let mut out = Vec::new();
     for remote in chosen {
-        out.push(sync_remote(repo, &remote, options)?);
+        // One remote's trouble (a ref that is no notes commit, say) must not stop the others.
+        out.push(sync_remote(repo, &remote, options).unwrap_or_else(|e| RemoteSync {
+            remote: remote.clone(),
+            merged: "none",
+            pushed: false,
+            rounds: 1,
+            error: Some(e.to_string()),
+        }));
     }
     Ok(out)
 }
@@ -85,7 +92,15 @@ pub fn push_if_policy_says(repo: &Repository, timeout: Duration) -> Option<Vec<R
     if policy.sync != SyncMode::Push || repo.remotes().ok()?.is_empty() {
         return None;
     }
-    sync(repo, &SyncOptions { remotes: None, timeout, interactive: false }).ok()
+    Some(sync(repo, &SyncOptions { remotes: None, timeout, interactive: false }).unwrap_or_else(|e| {
+        vec![RemoteSync {
+            remote: "(all)".into(),
+            merged: "none",
+            pushed: false,
+            rounds: 0,
+            error: Some(e.to_string()),
+        }]
+    }))
 }
 
 fn tracking_ref(remote: &str) -> String {
@@ -98,9 +113,11 @@ fn sync_remote(repo: &Repository, remote: &str, options: &SyncOptions) -> Result
     for round in 0..MAX_ROUNDS {
         report.rounds = round + 1;
         let refspec = format!("+{NOTES_REF}*:refs/notes/remotes/{remote}/tpa*");
-        if let Err(e) =
-            git(repo, options, &["fetch", "--no-tags", "--quiet", "--no-write-fetch-head", remote, &refspec])
-        {
+        if let Err(e) = git(
+            repo,
+            options,
+            &["fetch", "--no-tags", "--quiet", "--prune", "--no-write-fetch-head", remote, &refspec],
+        ) {
             report.error = Some(format!("fetch: {e}"));
             return Ok(report);
         }
@@ -151,9 +168,8 @@ fn sync_remote(repo: &Repository, remote: &str, options: &SyncOptions) -> Result
 }
 
 fn is_lost_lease(output: &str) -> bool {
-    ["stale info", "fetch first", "non-fast-forward", "rejected", "cannot lock ref", "failed to update ref"]
-        .iter()
-        .any(|s| output.contains(s))
+    // Not any "rejected": a server hook or a protected ref refusing the push is no race to retry.
+    ["stale info", "fetch first", "non-fast-forward", "cannot lock ref"].iter().any(|s| output.contains(s))
 }
 
 fn pause(round: usize) {

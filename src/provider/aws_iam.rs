@@ -109,12 +109,23 @@ pub fn document_with_cut(sessions: &BTreeSet<String>, cut: Option<DateTime<Utc>>
         .expect("JSON serializes")
 }
 
+/// `"Effect": "Deny"` on every action and resource.
+fn denies_everything(statement: &serde_json::Value) -> bool {
+    let star = |key: &str| match statement.get(key) {
+        Some(serde_json::Value::String(s)) => s == "*",
+        Some(serde_json::Value::Array(items)) => items.iter().any(|i| i == "*"),
+        _ => false,
+    };
+    statement.get("Effect").and_then(|e| e.as_str()) == Some("Deny") && star("Action") && star("Resource")
+}
+
 /// The `aws:TokenIssueTime` cut a document carries, if any.
 pub fn cut_of(document: &str) -> Option<DateTime<Utc>> {
     let value: serde_json::Value = serde_json::from_str(document).ok()?;
     let statements = value.get("Statement")?.as_array()?.clone();
     statements
         .iter()
+        .filter(|s| denies_everything(s))
         .filter_map(|s| s.pointer("/Condition/DateLessThan/aws:TokenIssueTime")?.as_str())
         .filter_map(|t| DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc)))
         .max()
@@ -130,6 +141,11 @@ pub fn denied_sessions(document: &str) -> BTreeSet<String> {
         None => Vec::new(),
     };
     for statement in statements {
+        // Only what really denies everything counts: an edited Allow, or a deny narrowed to some
+        // actions, denies nobody's session.
+        if !denies_everything(&statement) {
+            continue;
+        }
         let Some(like) = statement.pointer("/Condition/StringLike") else { continue };
         for key in ["aws:userid", "aws:SourceIdentity"] {
             let values = match like.get(key) {
@@ -277,7 +293,18 @@ impl AwsIam {
 
     /// What the role's revocation policy denies in force now (its default version): the listed
     /// sessions and the `aws:TokenIssueTime` cut. None when the policy is missing.
+    /// A policy that exists but is not attached to the role denies nothing: None too.
     pub fn in_force(&self, target: &RevocationTarget) -> Result<Option<InForce>, RevokeError> {
+        let attached = self
+            .runtime
+            .block_on(self.client.list_attached_role_policies().role_name(&target.role_name).send())
+            .map_err(|e| self.classify(target, e))?
+            .attached_policies()
+            .iter()
+            .any(|p| p.policy_arn() == Some(target.policy_arn.as_str()));
+        if !attached {
+            return Ok(None);
+        }
         Ok(self.versions(target)?.map(|v| InForce { sessions: v.default, cut: v.default_cut }))
     }
 
@@ -539,6 +566,21 @@ pub fn session_names<'a>(grants: impl IntoIterator<Item = &'a GrantId>) -> BTree
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_statements_that_deny_everything_count() {
+        let names: BTreeSet<String> = ["tpa-01JD3M5Q8Z6N2X4V7B9C1R0T5K".to_owned()].into();
+        let cut = DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z").unwrap().to_utc();
+        let real = document_with_cut(&names, Some(cut));
+        assert_eq!(denied_sessions(&real), names);
+        assert_eq!(cut_of(&real), Some(cut));
+        let allowed = real.replace("\"Deny\"", "\"Allow\"");
+        assert!(denied_sessions(&allowed).is_empty(), "an edited Allow denies nobody");
+        assert_eq!(cut_of(&allowed), None);
+        let narrowed = real.replace("\"Action\":\"*\"", "\"Action\":\"s3:ListBucket\"");
+        assert_ne!(narrowed, real);
+        assert!(denied_sessions(&narrowed).is_empty(), "a deny of some actions is not a revocation");
+    }
 
     #[test]
     fn documents_round_trip_and_stay_valid_when_empty() {

@@ -207,6 +207,14 @@ fn a_postgres_grant_is_a_login_role_used_through_exec_and_revoke_ends_its_open_s
     let password = password.trim().to_owned();
     assert!(password.len() >= 32);
     aws.tpa().args(["db-token", "--db", PG_DB]).run().code(2);
+    // The password is no AWS credential: tpa env / exec / credential-process never hand it out.
+    let env_out = aws.tpa().args(["env", &grant]).run().code(2);
+    assert!(env_out.stderr.contains("tpa exec --db"), "{}", env_out.stderr);
+    assert!(!env_out.stdout.contains(&password));
+    let newest = aws.tpa().arg("env").run();
+    assert!(!newest.stdout.contains(&password), "the newest-grant default skips database grants");
+    let exec_out = aws.tpa().args(["exec", "--", "printenv", "AWS_SECRET_ACCESS_KEY"]).run();
+    assert!(!exec_out.stdout.contains(&password));
 
     // A session held open through tpa exec, then the grant revoked.
     let mut held = aws.tpa().args(["exec", "--db", PG_DB, "--", "psql"]).args(psql).spawn_piped();

@@ -138,3 +138,41 @@ fn who_lists_everyones_active_grants_after_a_sync() {
         "{table}"
     );
 }
+
+#[test]
+fn a_remote_that_dropped_a_record_or_lost_its_ledger_takes_nothing_from_this_clone() {
+    let env = TestEnv::new();
+    let (a, b, origin) = two_clones(&env);
+    env.tpa(&a).args(["debug", "intent", "--reason", "INC-1: first"]).run().success();
+    env.tpa(&a).args(["debug", "intent", "--reason", "INC-2: second"]).run().success();
+    env.tpa(&a).args(["sync"]).run().success();
+    let all = records(&env, &a);
+    assert_eq!(all.len(), 2);
+
+    // b rewrites the note without one record, as a child of the tip, and pushes it: a descendant.
+    env.tpa(&b).args(["sync"]).run().success();
+    let head = env.git(&b, &["rev-parse", "HEAD"]);
+    let note = env.git(&b, &["notes", "--ref=tpa", "show", &head]);
+    let first_line = note.lines().next().unwrap().to_owned();
+    let shorter = env.path("shorter-note");
+    std::fs::write(&shorter, format!("{first_line}\n")).unwrap();
+    env.git(&b, &["notes", "--ref=tpa", "add", "-f", "-F", shorter.to_str().unwrap(), &head]);
+    env.git(&b, &["push", "-q", "origin", "refs/notes/tpa"]);
+
+    env.tpa(&a).args(["sync"]).run().success();
+    assert_eq!(records(&env, &a), all, "a's records survive a descendant that dropped one");
+    assert_eq!(
+        env.git(&origin, &["rev-parse", "refs/notes/tpa"]),
+        env.git(&a, &["rev-parse", "refs/notes/tpa"]),
+        "and the union went back to origin"
+    );
+
+    // The ledger deleted on the server: the next sync puts it back.
+    env.git(&origin, &["update-ref", "-d", "refs/notes/tpa"]);
+    let synced = env.tpa(&a).args(["sync", "--json"]).run().success().json();
+    assert_eq!(synced[0]["pushed"], true);
+    assert_eq!(
+        env.git(&origin, &["rev-parse", "refs/notes/tpa"]),
+        env.git(&a, &["rev-parse", "refs/notes/tpa"])
+    );
+}
