@@ -2,7 +2,9 @@
 
 use git2::{ErrorCode, Oid, Repository};
 
-use crate::grant::Principal;
+use chrono::{DateTime, Utc};
+
+use crate::grant::{GrantId, Principal, RECORD_VERSION, Record, RecordKind};
 use crate::trust::TrustRef;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,44 @@ pub struct GitContext {
     pub commit: Oid,
     /// Merge-base of HEAD with the trust ref, when both exist.
     pub base: Option<Oid>,
+}
+
+impl GitContext {
+    /// A record of a grant made here: who, where, why, from which policy. What depends on the
+    /// provider (provider, target, role, database, scope, expiry...) is the caller's to set.
+    pub fn record(
+        &self,
+        kind: RecordKind,
+        grant_id: &GrantId,
+        issued_at: DateTime<Utc>,
+        reason: &str,
+        policy_commit: Option<String>,
+    ) -> Record {
+        Record {
+            version: RECORD_VERSION,
+            kind,
+            grant_id: grant_id.clone(),
+            issued_at,
+            principal: self.principal.clone(),
+            reason: reason.to_owned(),
+            repo: self.repo_url.clone(),
+            branch: self.branch.clone(),
+            commit: self.commit.to_string(),
+            base: self.base.map(|b| b.to_string()),
+            policy_commit,
+            provider: String::new(),
+            target: String::new(),
+            role: None,
+            database: None,
+            scope: None,
+            expires_at: None,
+            credential_fingerprint: None,
+            intent_sha256: None,
+            trigger: None,
+            result: None,
+            error: None,
+        }
+    }
 }
 
 pub fn principal(repo: &Repository) -> Result<Principal, ContextError> {

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 use git2::Repository;
 
-use crate::grant::{self, GrantId, RECORD_VERSION, Record, RecordKind, RevokeResult, RevokeTrigger};
+use crate::grant::{self, GrantId, Record, RecordKind, RevokeResult, RevokeTrigger};
 use crate::ledger::signing::Signer;
 use crate::ledger::{self, Appended, LedgerError};
 use crate::ops::context::{self, ContextError, GitContext};
@@ -107,29 +107,11 @@ pub fn bulk_grants(
 
 fn intent(ctx: GitContext, trust: Option<&TrustRef>, reason: &str, target: &str) -> Record {
     let now = Utc::now();
+    let policy_commit = trust.map(|t| t.commit.to_string());
     Record {
-        version: RECORD_VERSION,
-        kind: RecordKind::Intent,
-        grant_id: GrantId::generate(now),
-        issued_at: now,
-        principal: ctx.principal,
-        reason: reason.to_owned(),
-        repo: ctx.repo_url,
-        branch: ctx.branch,
-        commit: ctx.commit.to_string(),
-        base: ctx.base.map(|b| b.to_string()),
-        policy_commit: trust.map(|t| t.commit.to_string()),
         provider: "test".to_owned(),
         target: target.to_owned(),
-        role: None,
-        scope: None,
-        expires_at: None,
-        credential_fingerprint: None,
-        database: None,
-        intent_sha256: None,
-        trigger: None,
-        result: None,
-        error: None,
+        ..ctx.record(RecordKind::Intent, &GrantId::generate(now), now, reason, policy_commit)
     }
 }
 

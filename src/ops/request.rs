@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use git2::Repository;
 use serde_json::json;
 
-use crate::grant::{self, GrantId, RECORD_VERSION, Record, RecordKind, Scope, sha256_hex};
+use crate::grant::{self, GrantId, Record, RecordKind, Scope, sha256_hex};
 use crate::ledger::signing::Signer;
 use crate::ledger::{self, LedgerError};
 use crate::ops::context::{self, ContextError, GitContext};
@@ -264,28 +264,13 @@ pub struct Faults {
 
 fn record(plan: &Plan, kind: RecordKind, issued_at: DateTime<Utc>) -> Record {
     Record {
-        version: RECORD_VERSION,
-        kind,
-        grant_id: plan.grant_id.clone(),
-        issued_at,
-        principal: plan.ctx.principal.clone(),
-        reason: plan.reason.clone(),
-        repo: plan.ctx.repo_url.clone(),
-        branch: plan.ctx.branch.clone(),
-        commit: plan.ctx.commit.to_string(),
-        base: plan.ctx.base.map(|b| b.to_string()),
-        policy_commit: Some(plan.trust.commit.to_string()),
         provider: if plan.database.is_some() { "rds-iam" } else { "aws-sts" }.to_owned(),
         target: plan.role.arn.clone(),
         role: Some(plan.role.name.clone()),
+        database: plan.database.as_ref().map(|d| d.name.clone()),
         scope: plan.scope.clone(),
         expires_at: Some(plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64)),
-        credential_fingerprint: None,
-        database: plan.database.as_ref().map(|d| d.name.clone()),
-        intent_sha256: None,
-        trigger: None,
-        result: None,
-        error: None,
+        ..plan.ctx.record(kind, &plan.grant_id, issued_at, &plan.reason, Some(plan.trust.commit.to_string()))
     }
 }
 
@@ -504,28 +489,11 @@ pub fn pg_target(database: &DatabasePolicy) -> String {
 
 fn pg_record(plan: &PgPlan, kind: RecordKind, issued_at: DateTime<Utc>) -> Record {
     Record {
-        version: RECORD_VERSION,
-        kind,
-        grant_id: plan.grant_id.clone(),
-        issued_at,
-        principal: plan.ctx.principal.clone(),
-        reason: plan.reason.clone(),
-        repo: plan.ctx.repo_url.clone(),
-        branch: plan.ctx.branch.clone(),
-        commit: plan.ctx.commit.to_string(),
-        base: plan.ctx.base.map(|b| b.to_string()),
-        policy_commit: Some(plan.trust.commit.to_string()),
         provider: "postgres".to_owned(),
         target: pg_target(&plan.database),
-        role: None,
         database: Some(plan.database.name.clone()),
-        scope: None,
         expires_at: Some(plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64)),
-        credential_fingerprint: None,
-        intent_sha256: None,
-        trigger: None,
-        result: None,
-        error: None,
+        ..plan.ctx.record(kind, &plan.grant_id, issued_at, &plan.reason, Some(plan.trust.commit.to_string()))
     }
 }
 
