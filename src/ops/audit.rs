@@ -497,6 +497,11 @@ fn history_findings(
     }
 }
 
+/// A grant that is an STS session on a role (rds-iam grants are too).
+fn is_sts(grant: &GrantView) -> bool {
+    grant.provider == "aws-sts" || grant.provider == "rds-iam"
+}
+
 /// Everything that asks AWS: revocations in force, roles that still exist, and CloudTrail.
 fn provider_checks(
     all: &[GrantView],
@@ -506,7 +511,7 @@ fn provider_checks(
     checks: &mut Vec<CheckRun>,
     now: DateTime<Utc>,
 ) {
-    let sts_grant = |g: &&GrantView| g.provider == "aws-sts" || g.provider == "rds-iam";
+    let sts_grant = |g: &&GrantView| is_sts(g);
     let unexpired = |g: &GrantView| g.expires_at.or(g.intent.expires_at).is_some_and(|at| at > now);
     // Revoked but still within their lifetime: the deny must be in force.
     let revoked: Vec<&GrantView> =
@@ -628,11 +633,7 @@ fn cloudtrail_check(
         }
     };
     // The roles tpa manages: every role a grant was ever for.
-    let roles: BTreeSet<&str> = all
-        .iter()
-        .filter(|g| g.provider == "aws-sts" || g.provider == "rds-iam")
-        .map(|g| g.target.as_str())
-        .collect();
+    let roles: BTreeSet<&str> = all.iter().filter(|g| is_sts(g)).map(|g| g.target.as_str()).collect();
     let recorded: BTreeSet<String> = all.iter().map(|g| g.grant_id.session_name()).collect();
     let mut unrecorded = 0;
     for event in events.iter().filter(|e| roles.contains(e.role_arn.as_str())) {

@@ -483,21 +483,14 @@ impl AwsIam {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug,
     {
-        match &error {
-            SdkError::ServiceError(context) => {
-                let code = context.err().code().unwrap_or("Unknown").to_owned();
-                let message = context.err().message().unwrap_or_default().to_owned();
-                if code.starts_with("AccessDenied") {
-                    RevokeError::AccessDenied {
-                        role: target.role_name.clone(),
-                        policy_arn: target.policy_arn.clone(),
-                        message,
-                    }
-                } else {
-                    RevokeError::Iam { code, message }
-                }
-            }
-            _ => RevokeError::Unreachable(
+        match super::service_error(&error) {
+            Some((code, message)) if code.starts_with("AccessDenied") => RevokeError::AccessDenied {
+                role: target.role_name.clone(),
+                policy_arn: target.policy_arn.clone(),
+                message,
+            },
+            Some((code, message)) => RevokeError::Iam { code, message },
+            None => RevokeError::Unreachable(
                 aws_smithy_types::error::display::DisplayErrorContext(&error).to_string(),
             ),
         }

@@ -104,12 +104,10 @@ impl AwsSts {
         R: std::fmt::Debug,
     {
         let detail = aws_smithy_types::error::display::DisplayErrorContext(&error).to_string();
+        if let Some((code, message)) = super::service_error(&error) {
+            return classify_service_error(&code, &message);
+        }
         match &error {
-            SdkError::ServiceError(context) => {
-                let code = context.err().code().unwrap_or("Unknown").to_owned();
-                let message = context.err().message().unwrap_or_default().to_owned();
-                classify_service_error(&code, &message)
-            }
             SdkError::TimeoutError(_) => MintError::TimedOut { seconds: self.timeout.as_secs() },
             SdkError::DispatchFailure(failure) if failure.is_timeout() => {
                 MintError::TimedOut { seconds: self.timeout.as_secs() }

@@ -127,17 +127,14 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
 {
-    match &error {
-        SdkError::ServiceError(context) => {
-            let code = context.err().code().unwrap_or("Unknown").to_owned();
-            let message = context.err().message().unwrap_or_default().to_owned();
-            if code.starts_with("AccessDenied") || code == "UnrecognizedClientException" {
-                CloudTrailError::AccessDenied { message }
-            } else {
-                CloudTrailError::Service { code, message }
-            }
+    match super::service_error(&error) {
+        Some((code, message))
+            if code.starts_with("AccessDenied") || code == "UnrecognizedClientException" =>
+        {
+            CloudTrailError::AccessDenied { message }
         }
-        _ => CloudTrailError::Unreachable(DisplayErrorContext(&error).to_string()),
+        Some((code, message)) => CloudTrailError::Service { code, message },
+        None => CloudTrailError::Unreachable(DisplayErrorContext(&error).to_string()),
     }
 }
 

@@ -10,6 +10,21 @@ pub mod rds_token;
 use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;
 
+/// The service's own answer inside an SDK error: its error code and message. None for failures
+/// that never got an answer (timeouts, connection errors, credential loading).
+pub(crate) fn service_error<E, R>(error: &aws_sdk_sts::error::SdkError<E, R>) -> Option<(String, String)>
+where
+    E: aws_sdk_sts::error::ProvideErrorMetadata,
+{
+    match error {
+        aws_sdk_sts::error::SdkError::ServiceError(context) => Some((
+            context.err().code().unwrap_or("Unknown").to_owned(),
+            context.err().message().unwrap_or_default().to_owned(),
+        )),
+        _ => None,
+    }
+}
+
 /// What to ask STS for, fully resolved and validated by policy beforehand.
 #[derive(Clone, Debug)]
 pub struct MintRequest {

@@ -3,12 +3,11 @@
 //! the token never printed by anything else.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 
 use serde_json::json;
 
 use crate::common::postgres::{ADMIN_PASSWORD, ADMIN_USER, GROUP_ROLE, PgServer, pg};
-use crate::db_token::{BOTOCORE, botocore_python};
+use crate::db_token::botocore;
 use crate::request::AwsRepo;
 use crate::revoke::denied;
 
@@ -37,26 +36,11 @@ fn grant_credentials(aws: &AwsRepo, grant: &str) -> (String, String, String) {
 }
 
 fn botocore_token(key: &str, secret: &str, session: &str, epoch: i64) -> String {
-    let input = json!([{
+    let case = json!({
         "host": HOST, "port": 5432, "user": "ops@example.com", "region": "us-east-1",
         "access_key_id": key, "secret_access_key": secret, "session_token": session, "epoch": epoch,
-    }]);
-    let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(botocore_python())
-        .args(["-c", BOTOCORE])
-        .env_clear()
-        .env("HOME", home.path())
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let tokens: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
-    tokens[0].clone()
+    });
+    botocore(&[case]).remove(0)
 }
 
 #[test]

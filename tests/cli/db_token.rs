@@ -13,7 +13,7 @@ use tpa::provider::rds_token::{self, TokenRequest};
 use zeroize::Zeroizing;
 
 /// Reads a JSON list of cases on stdin and prints botocore's tokens for them as a JSON list.
-pub const BOTOCORE: &str = r#"
+const BOTOCORE: &str = r#"
 import datetime, json, sys
 from unittest import mock
 import botocore.session
@@ -72,7 +72,7 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-pub fn botocore_python() -> PathBuf {
+fn botocore_python() -> PathBuf {
     let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     assert!(
         python.exists(),
@@ -95,6 +95,13 @@ fn botocore_tokens(cases: &[Case]) -> Vec<String> {
             })
         })
         .collect();
+    botocore(&input)
+}
+
+/// botocore's tokens for cases given as JSON objects (host, port, user, region, access_key_id,
+/// secret_access_key, session_token, epoch), in order, from one Python process in a sealed
+/// environment.
+pub fn botocore(input: &[Value]) -> Vec<String> {
     let home = tempfile::tempdir().unwrap();
     let mut child = Command::new(botocore_python())
         .args(["-c", BOTOCORE])
