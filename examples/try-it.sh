@@ -7,27 +7,13 @@
 #   examples/try-it.sh              # builds tpa if needed
 #   TPA_BIN=/path/to/tpa examples/try-it.sh
 #
-# Nothing outside a scratch directory is touched: no AWS account, not your git config, not your
-# keyring (on Linux a throwaway gnome-keyring runs in a private D-Bus session when no session bus is
-# there). moto is installed into a private virtualenv under ~/.cache/tpa-try when it is missing.
-# Needs git, ssh-keygen, python3 (venv), curl; on Linux dbus-run-session and gnome-keyring.
+# Nothing outside a scratch directory is touched: no AWS account, not your git config. The grant's
+# credentials go where tpa always keeps them, the OS keyring (on a Linux box without a desktop, the
+# kernel keyring, where they expire with the grant), and are deleted when it is revoked.
+# moto is installed into a private virtualenv under ~/.cache/tpa-try when it is missing.
+# Needs git, ssh-keygen, python3 (venv), curl and, to build tpa, cargo.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-
-# A headless Linux session has no Secret Service: run again inside a private one.
-if [ "$(uname)" = Linux ] && [ -z "${DBUS_SESSION_BUS_ADDRESS:-}" ] && [ -z "${TPA_TRY_INNER:-}" ]; then
-  command -v dbus-run-session >/dev/null && command -v gnome-keyring-daemon >/dev/null || {
-    echo "no D-Bus session: install dbus and gnome-keyring (Debian: dbus gnome-keyring), or run from a desktop session" >&2
-    exit 1
-  }
-  keyring_home=$(mktemp -d /tmp/tpa-try-keyring.XXXXXX)
-  mkdir -p "$keyring_home/run" && chmod 700 "$keyring_home/run"
-  export TPA_TRY_INNER=1 XDG_DATA_HOME=$keyring_home/data XDG_CONFIG_HOME=$keyring_home/config XDG_RUNTIME_DIR=$keyring_home/run
-  status=0
-  dbus-run-session -- sh -c 'printf %s try | gnome-keyring-daemon --unlock --components=secrets >/dev/null && exec "$0" "$@"' "$0" "$@" || status=$?
-  rm -rf "$keyring_home"
-  exit "$status"
-fi
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$'; printf ' %q' "$@"; printf '\n'; "$@"; }

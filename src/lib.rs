@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cli;
 pub mod escape;
+pub mod gitconfig;
 pub mod grant;
 pub mod hooks;
 pub mod ledger;

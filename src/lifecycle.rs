@@ -481,8 +481,8 @@ fn commit_of(repo: &Repository, oid: Oid) -> Option<Oid> {
 
 /// Configured remote names, longest first, so that `a/b` wins over `a` when splitting refnames.
 fn remote_names(repo: &Repository) -> Result<Vec<String>, git2::Error> {
-    let mut names: Vec<String> =
-        repo.remotes()?.iter().filter_map(|name| name.ok().flatten().map(str::to_owned)).collect();
+    let mut names =
+        crate::gitconfig::GitConfig::of(repo).map_err(|e| git2::Error::from_str(&e.to_string()))?.remotes();
     names.sort_by_key(|n| std::cmp::Reverse(n.len()));
     Ok(names)
 }

@@ -1,57 +1,373 @@
-//! The OS keyring (Secret Service on Linux, Keychain on macOS, Credential Manager on Windows):
-//! the only place tpa keeps a secret. Built with real platform stores only: keyring 3 without a
-//! platform feature would silently keep secrets in memory and lose them.
+//! The OS keyring: the only place tpa keeps a secret. One store per process, chosen once:
+//!
+//! - the Secret Service (gnome-keyring, KeePassXC) on a Linux desktop, through keyring 4's zbus
+//!   store: pure-Rust D-Bus, one connection and one encrypted session for the whole process;
+//! - the kernel keyring (keyutils) on headless Linux (servers, CI runners, containers, WSL without
+//!   a desktop): grant credentials go into the session keyring with a kernel timeout equal to the
+//!   grant's remaining life, so they vanish by themselves. It does not survive a reboot, so it never
+//!   holds a signing key;
+//! - the Keychain on macOS, the Credential Manager on Windows.
+//!
+//! `TPA_KEYRING` forces a store. A Secret Service that answers but is locked or refuses is an
+//! error with the fix, never a silent fall-back to another store.
 
+use std::sync::OnceLock;
+
+use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;
 
 pub const SERVICE: &str = "tpa";
+/// Forces a store: `secret-service`, `keyutils`, `keychain` or `windows`.
+pub const STORE_ENV: &str = "TPA_KEYRING";
 
-#[derive(Debug, thiserror::Error)]
-pub enum SecretsError {
-    #[error(
-        "the OS keyring is not available ({0}). tpa keeps secrets only there. On Linux start and unlock a \
-         Secret Service (gnome-keyring, KeePassXC) in your D-Bus session, e.g. \
-         `echo -n PASSWORD | gnome-keyring-daemon --unlock --components=secrets`; \
-         or give tpa a key file: `tpa init --signing-key PATH` / TPA_SIGNING_KEY=PATH"
-    )]
-    Unavailable(#[source] keyring::Error),
-    #[error("the OS keyring has no entry `{account}` for service `{SERVICE}`")]
-    Missing { account: String },
-    #[error("the OS keyring refused entry `{account}`: {source}")]
-    Other {
-        account: String,
-        #[source]
-        source: keyring::Error,
-    },
+/// The kinds of store tpa can keep secrets in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    SecretService,
+    Keyutils,
+    Keychain,
+    Windows,
 }
 
-fn classify(account: &str, error: keyring::Error) -> SecretsError {
-    match error {
-        keyring::Error::NoEntry => SecretsError::Missing { account: account.to_owned() },
-        keyring::Error::PlatformFailure(_) | keyring::Error::NoStorageAccess(_) => {
-            SecretsError::Unavailable(error)
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::SecretService => "secret-service",
+            Backend::Keyutils => "keyutils",
+            Backend::Keychain => "keychain",
+            Backend::Windows => "windows",
         }
-        source => SecretsError::Other { account: account.to_owned(), source },
+    }
+
+    /// Whether what is stored survives a reboot (a signing key must).
+    pub fn persistent(self) -> bool {
+        self != Backend::Keyutils
+    }
+
+    fn parse(name: &str) -> Option<Backend> {
+        [Backend::SecretService, Backend::Keyutils, Backend::Keychain, Backend::Windows]
+            .into_iter()
+            .find(|b| b.name() == name)
     }
 }
 
-fn entry(account: &str) -> Result<keyring::Entry, SecretsError> {
-    keyring::Entry::new(SERVICE, account).map_err(|e| classify(account, e))
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(
+        "the Secret Service is locked or refused access ({0}). Unlock your keyring (log in to the \
+         desktop, or `echo -n PASSWORD | gnome-keyring-daemon --replace --unlock --components=secrets`) \
+         and try again; to use the kernel keyring instead, set {STORE_ENV}=keyutils"
+    )]
+    Locked(String),
+    #[error("{STORE_ENV}={0} is not a keyring tpa knows: use secret-service, keyutils, keychain or windows")]
+    UnknownStore(String),
+    #[error(
+        "the {0} keyring does not survive a reboot, so it cannot hold a signing key: use git's SSH \
+         signing key or a key file (`tpa init` picks one)"
+    )]
+    NotPersistent(Backend),
+    #[error("the OS keyring has no entry `{account}` for service `{SERVICE}`")]
+    Missing { account: String },
+    #[error("the {backend} keyring refused entry `{account}`: {message}")]
+    Other { backend: Backend, account: String, message: String },
+}
+
+/// The store this process uses, chosen on first use and kept: one connection, one session.
+struct Keyring {
+    backend: Backend,
+    #[cfg(target_os = "linux")]
+    session: Option<linux_keyutils::KeyRing>,
+}
+
+fn keyring() -> Result<&'static Keyring, SecretsError> {
+    static KEYRING: OnceLock<Result<Keyring, (Kind, String)>> = OnceLock::new();
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Unavailable,
+        Locked,
+        Unknown,
+    }
+    let chosen = KEYRING.get_or_init(|| {
+        open().map_err(|e| match e {
+            SecretsError::Locked(m) => (Kind::Locked, m),
+            SecretsError::UnknownStore(m) => (Kind::Unknown, m),
+            other => (Kind::Unavailable, other.to_string()),
+        })
+    });
+    match chosen {
+        Ok(keyring) => Ok(keyring),
+        Err((Kind::Locked, m)) => Err(SecretsError::Locked(m.clone())),
+        Err((Kind::Unknown, m)) => Err(SecretsError::UnknownStore(m.clone())),
+        Err((Kind::Unavailable, m)) => Err(SecretsError::Unavailable(m.clone())),
+    }
+}
+
+/// Which store holds secrets here (chosen on first use).
+pub fn backend() -> Result<Backend, SecretsError> {
+    keyring().map(|k| k.backend)
+}
+
+fn open() -> Result<Keyring, SecretsError> {
+    let forced = std::env::var(STORE_ENV).ok().filter(|v| !v.is_empty() && v != "auto");
+    match forced {
+        Some(name) => {
+            let backend = Backend::parse(&name).ok_or(SecretsError::UnknownStore(name))?;
+            open_backend(backend)
+        }
+        None => open_auto(),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn open_auto() -> Result<Keyring, SecretsError> {
+    match open_secret_service() {
+        Ok(keyring) => Ok(keyring),
+        // Nothing answers for the Secret Service here: a server, a container, a CI runner.
+        Err(Opened::NoProvider) => open_keyutils(),
+        Err(Opened::Failed(e)) => Err(e),
+    }
+}
+
+#[cfg(target_os = "macos")]
+fn open_auto() -> Result<Keyring, SecretsError> {
+    open_backend(Backend::Keychain)
+}
+
+#[cfg(target_os = "windows")]
+fn open_auto() -> Result<Keyring, SecretsError> {
+    open_backend(Backend::Windows)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
+fn open_auto() -> Result<Keyring, SecretsError> {
+    match open_secret_service() {
+        Ok(keyring) => Ok(keyring),
+        Err(Opened::NoProvider) => Err(SecretsError::Unavailable(
+            "no Secret Service answers on the D-Bus session: start gnome-keyring or KeePassXC".into(),
+        )),
+        Err(Opened::Failed(e)) => Err(e),
+    }
+}
+
+fn open_backend(backend: Backend) -> Result<Keyring, SecretsError> {
+    let unsupported =
+        || SecretsError::Unavailable(format!("the {backend} keyring does not exist on this system"));
+    match backend {
+        #[cfg(all(unix, not(target_os = "macos")))]
+        Backend::SecretService => open_secret_service().map_err(|e| match e {
+            Opened::NoProvider => SecretsError::Unavailable(format!(
+                "{STORE_ENV}=secret-service, but no Secret Service answers on the D-Bus session: start \
+                 and unlock one (gnome-keyring, KeePassXC), or unset {STORE_ENV}"
+            )),
+            Opened::Failed(e) => e,
+        }),
+        #[cfg(target_os = "linux")]
+        Backend::Keyutils => open_keyutils(),
+        #[cfg(target_os = "macos")]
+        Backend::Keychain => {
+            let store = apple_native_keyring_store::keychain::Store::new()
+                .map_err(|e| SecretsError::Unavailable(format!("the macOS Keychain: {e}")))?;
+            keyring_core::set_default_store(store);
+            Ok(Keyring { backend })
+        }
+        #[cfg(target_os = "windows")]
+        Backend::Windows => {
+            let store = windows_native_keyring_store::Store::new()
+                .map_err(|e| SecretsError::Unavailable(format!("the Windows Credential Manager: {e}")))?;
+            keyring_core::set_default_store(store);
+            Ok(Keyring { backend })
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(unsupported()),
+    }
+}
+
+#[allow(dead_code)]
+enum Opened {
+    /// No session bus, or nothing on it owns the Secret Service name.
+    NoProvider,
+    Failed(SecretsError),
+}
+
+#[cfg(all(unix, not(target_os = "macos")))]
+fn open_secret_service() -> Result<Keyring, Opened> {
+    match zbus_secret_service_keyring_store::Store::new() {
+        Ok(store) => {
+            keyring_core::set_default_store(store);
+            Ok(Keyring {
+                backend: Backend::SecretService,
+                #[cfg(target_os = "linux")]
+                session: None,
+            })
+        }
+        Err(e) if no_provider(&e) => Err(Opened::NoProvider),
+        Err(e) => Err(Opened::Failed(classify(Backend::SecretService, "", e))),
+    }
+}
+
+/// No Secret Service exists here: no session bus to reach (none configured, or a stale address), or
+/// nothing on the bus owns, nor can start, `org.freedesktop.secrets`. Everything else (locked, a
+/// dismissed prompt, an error the service itself answered) means one exists and refused.
+#[cfg(all(unix, not(target_os = "macos")))]
+fn no_provider(error: &keyring_core::Error) -> bool {
+    use secret_service::Error as Ss;
+    let keyring_core::Error::PlatformFailure(inner) = error else { return false };
+    match inner.downcast_ref::<Ss>() {
+        Some(Ss::Unavailable) => true,
+        Some(Ss::Locked | Ss::NoResult | Ss::Prompt | Ss::PromptDisconnected | Ss::Crypto(_)) => false,
+        Some(Ss::Zbus(zbus::Error::MethodError(name, _, _))) => {
+            matches!(
+                name.as_str(),
+                "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            )
+        }
+        Some(Ss::ZbusFdo(e)) => {
+            matches!(e, zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_))
+        }
+        // Connecting to the bus itself failed (no socket, refused, bad address): no bus, no service.
+        Some(Ss::Zbus(_)) => true,
+        _ => false,
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn open_keyutils() -> Result<Keyring, SecretsError> {
+    use linux_keyutils::{KeyRing, KeyRingIdentifier};
+    // Without `create`, a process that has no session keyring (no pam_keyinit: cron, containers,
+    // `su`) gets the user-session keyring, which every process of the user shares. With `create`
+    // the kernel would make a new session keyring that dies with this process, and the secret
+    // with it.
+    let session = KeyRing::from_special_id(KeyRingIdentifier::Session, false).map_err(|e| {
+        SecretsError::Unavailable(format!(
+            "the kernel keyring (keyutils) is not usable here ({e:?}); a container may block the keyctl \
+             system call (Docker's default seccomp profile does): run tpa where a keyring exists"
+        ))
+    })?;
+    Ok(Keyring { backend: Backend::Keyutils, session: Some(session) })
+}
+
+fn classify(backend: Backend, account: &str, error: keyring_core::Error) -> SecretsError {
+    match error {
+        keyring_core::Error::NoEntry => SecretsError::Missing { account: account.to_owned() },
+        keyring_core::Error::NoStorageAccess(e) => SecretsError::Locked(e.to_string()),
+        keyring_core::Error::PlatformFailure(e) => SecretsError::Unavailable(format!(
+            "the {backend} keyring is not available ({e}). tpa keeps secrets only in the OS keyring: \
+             on a Linux desktop start and unlock a Secret Service (gnome-keyring, KeePassXC); on a \
+             server unset DBUS_SESSION_BUS_ADDRESS or set {STORE_ENV}=keyutils to use the kernel keyring"
+        )),
+        other => SecretsError::Other { backend, account: account.to_owned(), message: other.to_string() },
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn keyutils_error(account: &str, error: linux_keyutils::KeyError) -> SecretsError {
+    use linux_keyutils::KeyError;
+    match error {
+        KeyError::KeyDoesNotExist | KeyError::KeyExpired | KeyError::KeyRevoked => {
+            SecretsError::Missing { account: account.to_owned() }
+        }
+        KeyError::QuotaExceeded => SecretsError::Other {
+            backend: Backend::Keyutils,
+            account: account.to_owned(),
+            message: "the kernel's key quota for this user is full (/proc/sys/kernel/keys/maxbytes and \
+                      maxkeys): revoke grants you no longer need (`tpa revoke --mine`)"
+                .to_owned(),
+        },
+        other => SecretsError::Other {
+            backend: Backend::Keyutils,
+            account: account.to_owned(),
+            message: format!("{other:?}"),
+        },
+    }
+}
+
+fn description(account: &str) -> String {
+    format!("{SERVICE}:{account}")
+}
+
+/// Keeps a secret. `expires_at` bounds its life where the store can (the kernel keyring drops it
+/// then); `None` asks for a store that survives a reboot.
+fn put(account: &str, secret: &str, expires_at: Option<DateTime<Utc>>) -> Result<(), SecretsError> {
+    let keyring = keyring()?;
+    match keyring.backend {
+        #[cfg(target_os = "linux")]
+        Backend::Keyutils => {
+            let Some(expires_at) = expires_at else {
+                return Err(SecretsError::NotPersistent(Backend::Keyutils));
+            };
+            let session = keyring.session.as_ref().expect("keyutils has a session keyring");
+            let key =
+                session.add_key(&description(account), secret).map_err(|e| keyutils_error(account, e))?;
+            let seconds = (expires_at - Utc::now()).num_seconds().max(1) as usize;
+            if let Err(e) = key.set_timeout(seconds) {
+                let _ = key.invalidate();
+                return Err(keyutils_error(account, e));
+            }
+            Ok(())
+        }
+        backend => keyring_core::Entry::new(SERVICE, account)
+            .and_then(|entry| entry.set_password(secret))
+            .map_err(|e| classify(backend, account, e)),
+    }
+}
+
+/// Keeps a secret that must survive a reboot (a signing key).
 pub fn store(account: &str, secret: &str) -> Result<(), SecretsError> {
-    entry(account)?.set_password(secret).map_err(|e| classify(account, e))
+    put(account, secret, None)
+}
+
+/// Keeps a secret until `expires_at` at the latest.
+pub fn store_until(account: &str, secret: &str, expires_at: DateTime<Utc>) -> Result<(), SecretsError> {
+    put(account, secret, Some(expires_at))
 }
 
 pub fn load(account: &str) -> Result<Zeroizing<String>, SecretsError> {
-    entry(account)?.get_password().map(Zeroizing::new).map_err(|e| classify(account, e))
+    let keyring = keyring()?;
+    match keyring.backend {
+        #[cfg(target_os = "linux")]
+        Backend::Keyutils => {
+            let session = keyring.session.as_ref().expect("keyutils has a session keyring");
+            let key = session.search(&description(account)).map_err(|e| keyutils_error(account, e))?;
+            let bytes = Zeroizing::new(key.read_to_vec().map_err(|e| keyutils_error(account, e))?);
+            String::from_utf8(bytes.to_vec())
+                .map(Zeroizing::new)
+                .map_err(|_| SecretsError::Missing { account: account.to_owned() })
+        }
+        backend => keyring_core::Entry::new(SERVICE, account)
+            .and_then(|entry| entry.get_password())
+            .map(Zeroizing::new)
+            .map_err(|e| classify(backend, account, e)),
+    }
 }
 
 /// Removes an entry; an entry that is already gone is not an error.
 pub fn delete(account: &str) -> Result<(), SecretsError> {
-    match entry(account)?.delete_credential() {
-        Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
-        Err(e) => Err(classify(account, e)),
+    let keyring = keyring()?;
+    let result = match keyring.backend {
+        #[cfg(target_os = "linux")]
+        Backend::Keyutils => {
+            let session = keyring.session.as_ref().expect("keyutils has a session keyring");
+            session
+                .search(&description(account))
+                .and_then(|key| key.invalidate())
+                .map_err(|e| keyutils_error(account, e))
+        }
+        backend => keyring_core::Entry::new(SERVICE, account)
+            .and_then(|entry| entry.delete_credential())
+            .map_err(|e| classify(backend, account, e)),
+    };
+    match result {
+        Ok(()) | Err(SecretsError::Missing { .. }) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -63,6 +379,16 @@ pub fn signing_key_account(fingerprint: &str) -> String {
 /// The keyring account holding a grant's credentials.
 pub fn grant_account(grant_id: &crate::grant::GrantId) -> String {
     format!("grant:{grant_id}")
+}
+
+/// What stands in a grant's entry between [`reserve`] and [`store_credentials`].
+const RESERVED: &str = "reserved";
+
+/// Writes a placeholder where a grant's credentials will go, before anything is minted: a keyring
+/// that is locked, full or refuses shows itself now, when nothing exists yet to be undone. The
+/// credentials later replace the placeholder; [`load_credentials`] never mistakes it for them.
+pub fn reserve(grant_id: &crate::grant::GrantId, until: DateTime<Utc>) -> Result<(), SecretsError> {
+    put(&grant_account(grant_id), RESERVED, Some(until))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -82,7 +408,7 @@ impl Drop for StoredCredentials {
     }
 }
 
-/// Keeps a grant's credentials in the OS keyring.
+/// Keeps a grant's credentials in the OS keyring, for as long as they live.
 pub fn store_credentials(
     grant_id: &crate::grant::GrantId,
     credentials: &crate::provider::Credentials,
@@ -95,9 +421,7 @@ pub fn store_credentials(
         expiration: credentials.expiration,
     };
     let text = Zeroizing::new(serde_json::to_string(&stored).expect("credentials serialize"));
-    // No read-back here (the signing key gets one at `tpa init`, which proves the store keeps what
-    // it is given): each keyring call is a D-Bus session with its own key exchange.
-    store(&account, &text)
+    put(&account, &text, Some(credentials.expiration))
 }
 
 pub fn load_credentials(
@@ -117,4 +441,19 @@ pub fn load_credentials(
 
 pub fn delete_credentials(grant_id: &crate::grant::GrantId) -> Result<(), SecretsError> {
     delete(&grant_account(grant_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backend;
+
+    #[test]
+    fn store_names_round_trip() {
+        for backend in [Backend::SecretService, Backend::Keyutils, Backend::Keychain, Backend::Windows] {
+            assert_eq!(Backend::parse(backend.name()), Some(backend));
+        }
+        assert_eq!(Backend::parse("file"), None);
+        assert!(!Backend::Keyutils.persistent());
+        assert!(Backend::SecretService.persistent());
+    }
 }

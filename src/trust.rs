@@ -2,6 +2,7 @@
 //! By default the remote-tracking protected branch, i.e. what the server accepted through review;
 //! the local branch only in a repository with no remote. Never the working tree.
 
+use crate::gitconfig::GitConfig;
 use git2::{ErrorCode, ObjectType, Oid, Repository};
 
 pub const CONFIG_KEY: &str = "tpa.trustRef";
@@ -43,18 +44,20 @@ pub enum TrustError {
     NoLocalBranch,
     #[error("git error while resolving the trust ref: {0}")]
     Git(#[from] git2::Error),
+    #[error(transparent)]
+    Config(#[from] crate::gitconfig::ConfigError),
 }
 
 impl TrustRef {
     pub fn resolve(repo: &Repository) -> Result<Self, TrustError> {
-        if let Ok(configured) = repo.config()?.get_string(CONFIG_KEY) {
+        let config = GitConfig::of(repo)?;
+        if let Some(configured) = config.get(CONFIG_KEY).map(str::to_owned) {
             let commit = peel_to_commit(repo, &configured)?
                 .ok_or(TrustError::ConfiguredMissing(configured.clone()))?;
             return Ok(TrustRef { refname: configured, commit, origin: TrustOrigin::Configured });
         }
-        let remotes = repo.remotes()?;
-        let names: Vec<&str> = remotes.iter().filter_map(|n| n.ok().flatten()).collect();
-        if let Some(remote) = names.iter().find(|n| **n == "origin").or(names.first()) {
+        let names = config.remotes();
+        if let Some(remote) = names.iter().find(|n| *n == "origin").or(names.first()) {
             let head = format!("refs/remotes/{remote}/HEAD");
             let mut candidates = Vec::new();
             if let Ok(reference) = repo.find_reference(&head)
@@ -68,7 +71,7 @@ impl TrustRef {
                     return Ok(TrustRef { refname, commit, origin: TrustOrigin::RemoteTracking });
                 }
             }
-            return Err(TrustError::NoRemoteBranch((*remote).to_owned()));
+            return Err(TrustError::NoRemoteBranch(remote.clone()));
         }
         for branch in DEFAULT_BRANCHES {
             let refname = format!("refs/heads/{branch}");

@@ -41,12 +41,18 @@ fn print_human(r: &InitReport) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     let signer = match r.signer {
         "file" => "key file",
+        "user-file" => {
+            "ed25519 key file in your config dir (this machine's only keyring, the kernel's, forgets at reboot)"
+        }
         "env" => "key file from TPA_SIGNING_KEY",
         "ssh-keygen" => "your git SSH signing key, through ssh-keygen",
         _ => "ed25519 key in the OS keyring",
     };
     let fresh = if r.signer_change == Change::Created { "set up" } else { "already set up" };
     writeln!(out, "signer:          {signer} ({}), {fresh}", r.signer_fingerprint)?;
+    if let (Some(path), "user-file") = (&r.signer_key_file, r.signer) {
+        writeln!(out, "                 {} (mode 0600; back it up like an SSH key)", path.display())?;
+    }
     let who = escape::text(&r.principal);
     match r.allowed_signers {
         Change::Created => {

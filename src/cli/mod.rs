@@ -168,9 +168,9 @@ impl Ctx {
         if let Some(path) = std::env::var_os("TPA_SIGNING_KEY").filter(|p| !p.is_empty()) {
             return Signer::open(SignerSource::KeyFile(PathBuf::from(path)));
         }
-        let config = repo.config().map_err(|_| SigningError::NotConfigured)?;
-        let value = config.get_string(signing::CONFIG_KEY).map_err(|_| SigningError::NotConfigured)?;
-        let source = SignerSource::from_config(&value, config.get_string("user.signingkey").ok())?;
+        let config = crate::gitconfig::GitConfig::of(repo).map_err(|_| SigningError::NotConfigured)?;
+        let value = config.get(signing::CONFIG_KEY).ok_or(SigningError::NotConfigured)?;
+        let source = SignerSource::from_config(value, config.get("user.signingkey").map(str::to_owned))?;
         Signer::open(source)
     }
 }

@@ -83,5 +83,9 @@ fn run_once(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
         )?;
         writeln!(out, "    reason: {}", escape::text(&g.reason))?;
     }
+    match crate::secrets::backend() {
+        Ok(backend) => writeln!(out, "keyring: {backend}")?,
+        Err(e) => writeln!(out, "keyring: not usable here ({e})")?,
+    }
     Ok(exit::OK)
 }

@@ -197,7 +197,12 @@ fn is_lost_race(e: &git2::Error) -> bool {
 }
 
 fn notes_signature(repo: &Repository) -> Result<Signature<'static>, git2::Error> {
-    repo.signature().or_else(|_| Signature::now("tpa", "tpa@localhost"))
+    // Who git would name as committer: git's own configuration, not libgit2's reading of it.
+    let config = crate::gitconfig::GitConfig::of(repo).ok();
+    let get = |key: &str| config.as_deref().and_then(|c| c.get_nonempty(key)).map(str::to_owned);
+    let name = std::env::var("GIT_COMMITTER_NAME").ok().or_else(|| get("user.name"));
+    let email = std::env::var("GIT_COMMITTER_EMAIL").ok().or_else(|| get("user.email"));
+    Signature::now(name.as_deref().unwrap_or("tpa"), email.as_deref().unwrap_or("tpa@localhost"))
 }
 
 /// Two levels of git's fan-out: `ab/cd/ef…`. With one level, every append rewrites (and every

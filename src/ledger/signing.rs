@@ -115,10 +115,34 @@ fn sign_in_process(key: &PrivateKey, payload: &[u8]) -> Result<SshSig, SigningEr
     Ok(key.sign(NAMESPACE, HashAlg::Sha512, payload)?)
 }
 
+/// An OpenSSH private key is a few KiB at most (RSA 16384 is under 13 KiB).
+const KEY_FILE_MAX: u64 = 64 * 1024;
+
 fn read_key_file(path: &Path) -> Result<PrivateKey, SigningError> {
-    let text = std::fs::read_to_string(path)
-        .map(zeroize::Zeroizing::new)
-        .map_err(|e| SigningError::KeyFile { path: path.to_owned(), message: e.to_string() })?;
+    use std::io::Read;
+    let err = |message: String| SigningError::KeyFile { path: path.to_owned(), message };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.len() > KEY_FILE_MAX {
+        return Err(err(format!("{} bytes is too large for an OpenSSH private key", meta.len())));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            // ssh refuses such keys too: anyone else on the machine may have read it.
+            return Err(err(format!(
+                "its permissions {mode:04o} are too open (others can read it): `chmod 600 {}`",
+                path.display()
+            )));
+        }
+    }
+    let mut text = zeroize::Zeroizing::new(String::new());
+    file.take(KEY_FILE_MAX).read_to_string(&mut text).map_err(|e| err(e.to_string()))?;
     let key = PrivateKey::from_openssh(text.as_bytes()).map_err(|e| SigningError::KeyFile {
         path: path.to_owned(),
         message: format!("not an OpenSSH private key ({e})"),
@@ -153,6 +177,40 @@ pub fn create_keyring_key(comment: &str) -> Result<(String, PublicKey), SigningE
         return Err(SigningError::KeyringKeyMissing(fingerprint));
     }
     Ok((fingerprint, key.public_key().clone()))
+}
+
+/// tpa's own key file for this user, `$XDG_CONFIG_HOME/tpa/signing_key` (else `~/.config/...`):
+/// where the only keyring is the kernel's, which forgets at reboot. Made once, mode 0600 as
+/// ssh-keygen makes them, and reused by every repository after that. Returns the path and whether
+/// it was made now.
+pub fn user_key_file(comment: &str) -> Result<(PathBuf, bool), SigningError> {
+    let dir = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .ok_or_else(|| SigningError::KeyFile {
+            path: PathBuf::from("~/.config/tpa/signing_key"),
+            message: "neither XDG_CONFIG_HOME nor HOME is set".into(),
+        })?
+        .join("tpa");
+    let path = dir.join("signing_key");
+    let err = |e: std::io::Error| SigningError::KeyFile { path: path.clone(), message: e.to_string() };
+    if path.exists() {
+        read_key_file(&path)?;
+        return Ok((path, false));
+    }
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let mut key = PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)?;
+    key.set_comment(comment);
+    let pem = key.to_openssh(LineEnding::LF)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).map_err(err)?;
+    file.write_all(pem.as_bytes()).and_then(|()| file.sync_all()).map_err(err)?;
+    std::fs::write(dir.join("signing_key.pub"), key.public_key().to_openssh()? + "\n").map_err(err)?;
+    Ok((path, true))
 }
 
 /// Checks that a key file is usable and returns its public key.

@@ -4,6 +4,7 @@ use git2::{ErrorCode, Oid, Repository};
 
 use chrono::{DateTime, Utc};
 
+use crate::gitconfig::GitConfig;
 use crate::grant::{GrantId, Principal, RECORD_VERSION, Record, RecordKind};
 use crate::trust::TrustRef;
 
@@ -24,6 +25,8 @@ pub enum ContextError {
     NonUtf8Branch(String),
     #[error("git error while reading HEAD: {0}")]
     Git(#[from] git2::Error),
+    #[error(transparent)]
+    Config(#[from] crate::gitconfig::ConfigError),
 }
 
 #[derive(Clone, Debug)]
@@ -77,8 +80,9 @@ impl GitContext {
 }
 
 pub fn principal(repo: &Repository) -> Result<Principal, ContextError> {
-    let email = repo.config()?.get_string("user.email").ok().filter(|e| !e.trim().is_empty());
-    Ok(Principal { email: email.ok_or(ContextError::NoEmail)?, user: os_user(), host: host_name() })
+    let config = GitConfig::of(repo)?;
+    let email = config.get_nonempty("user.email").ok_or(ContextError::NoEmail)?.to_owned();
+    Ok(Principal { email, user: os_user(), host: host_name() })
 }
 
 pub fn capture(repo: &Repository, trust: Option<&TrustRef>) -> Result<GitContext, ContextError> {
@@ -100,10 +104,10 @@ pub fn capture(repo: &Repository, trust: Option<&TrustRef>) -> Result<GitContext
 }
 
 pub fn repo_url(repo: &Repository) -> String {
-    if let Ok(remote) = repo.find_remote("origin")
-        && let Ok(url) = remote.url()
+    if let Some(url) =
+        GitConfig::of(repo).ok().as_deref().and_then(|c| c.remote_url("origin").map(str::to_owned))
     {
-        return strip_credentials(url);
+        return strip_credentials(&url);
     }
     let path = repo.workdir().unwrap_or_else(|| repo.path());
     path.display().to_string()

@@ -167,7 +167,18 @@ fn keyring() -> Check {
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let account = format!("doctor-probe:{}", hex::encode(nonce));
     let value = "tpa doctor probe";
-    let result = crate::secrets::store(&account, value).and_then(|()| {
+    let backend = match crate::secrets::backend() {
+        Ok(backend) => backend,
+        Err(e) => {
+            return Check::fail(
+                ID,
+                e.to_string(),
+                "on a desktop start and unlock a Secret Service; on a server use the kernel keyring (TPA_KEYRING=keyutils)",
+            );
+        }
+    };
+    let until = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let result = crate::secrets::store_until(&account, value, until).and_then(|()| {
         let read = crate::secrets::load(&account);
         let deleted = crate::secrets::delete(&account);
         let read = read?;
@@ -175,7 +186,15 @@ fn keyring() -> Check {
         Ok(read.as_str() == value)
     });
     match result {
-        Ok(true) => Check::ok(ID, "a probe entry was written, read back and deleted"),
+        Ok(true) => Check::ok(
+            ID,
+            match backend {
+                crate::secrets::Backend::Keyutils => format!(
+                    "{backend} (the kernel keyring: grant credentials vanish at expiry or reboot): a probe entry was written, read back and deleted"
+                ),
+                _ => format!("{backend}: a probe entry was written, read back and deleted"),
+            },
+        ),
         Ok(false) => Check::fail(
             ID,
             "the keyring returned something else than was stored",
@@ -183,12 +202,7 @@ fn keyring() -> Check {
         ),
         Err(e) => {
             let _ = crate::secrets::delete(&account);
-            let detail = match e {
-                crate::secrets::SecretsError::Unavailable(source) => {
-                    format!("the OS keyring is not available: {source}")
-                }
-                other => other.to_string(),
-            };
+            let detail = format!("{backend}: {e}");
             Check::fail(
                 ID,
                 detail,
@@ -268,20 +282,18 @@ fn hooks(repo: &Repository, binary: Option<&Path>) -> Check {
 
 fn refspecs(repo: &Repository) -> Check {
     const ID: &str = "refspec";
-    let remotes = match repo.remotes() {
-        Ok(r) => r.iter().flatten().flatten().map(str::to_owned).collect::<Vec<_>>(),
-        Err(e) => return Check::fail(ID, format!("cannot list remotes: {e}"), "check .git/config"),
+    let config = match crate::gitconfig::GitConfig::of(repo) {
+        Ok(config) => config,
+        Err(e) => return Check::fail(ID, format!("cannot list remotes: {e}"), "check `git config --list`"),
     };
+    let remotes = config.remotes();
     if remotes.is_empty() {
         return Check::ok(ID, "no remotes");
     }
     let mut missing = Vec::new();
     for name in &remotes {
         let spec = format!("+{}*:refs/notes/remotes/{name}/tpa*", crate::ledger::NOTES_REF);
-        let present = repo
-            .find_remote(name)
-            .and_then(|r| r.fetch_refspecs().map(|s| s.iter().flatten().flatten().any(|s| s == spec)))
-            .unwrap_or(false);
+        let present = config.get_all(&format!("remote.{name}.fetch")).any(|s| s == spec);
         if !present {
             missing.push(name.clone());
         }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use git2::Repository;
 use ssh_key::{HashAlg, PublicKey};
 
+use crate::gitconfig::GitConfig;
 use crate::ledger::signers::{AllowedSigners, SignersError, format_line};
 use crate::ledger::signing::{self, Signer, SignerSource, SigningError};
 use crate::ops::context::{self, ContextError};
@@ -37,6 +38,8 @@ pub enum InitError {
     },
     #[error("git error: {0}")]
     Git(#[from] git2::Error),
+    #[error(transparent)]
+    Config(#[from] crate::gitconfig::ConfigError),
     #[error("cannot install the git hooks: {0}")]
     Hooks(#[from] crate::hooks::HookError),
 }
@@ -61,9 +64,12 @@ pub enum Change {
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct InitReport {
-    /// `file`, `keyring`, `ssh-keygen` or `env` (TPA_SIGNING_KEY).
+    /// `file`, `keyring`, `ssh-keygen`, `env` (TPA_SIGNING_KEY) or `user-file` (tpa's own key file
+    /// under the user's config dir, where the only keyring forgets at reboot).
     pub signer: &'static str,
     pub signer_fingerprint: String,
+    /// The private key file, for the file signers.
+    pub signer_key_file: Option<PathBuf>,
     pub signer_change: Change,
     pub principal: String,
     pub allowed_signers_path: PathBuf,
@@ -106,6 +112,10 @@ pub fn init(repo: &Repository, options: &InitOptions) -> Result<InitReport, Init
     Ok(InitReport {
         signer: signer_kind,
         signer_fingerprint: fingerprint,
+        signer_key_file: match &signer.source {
+            SignerSource::KeyFile(path) => Some(path.clone()),
+            _ => None,
+        },
         signer_change,
         principal: principal.email,
         allowed_signers_path: signers_path,
@@ -126,21 +136,21 @@ fn choose_signer(
     options: &InitOptions,
     email: &str,
 ) -> Result<(Signer, &'static str, Change), InitError> {
-    let mut config = repo.config()?;
+    let config = GitConfig::of(repo)?;
     if let Some(path) = &options.signing_key {
         let path =
             std::path::absolute(path).map_err(|source| InitError::Write { path: path.clone(), source })?;
         let source = SignerSource::KeyFile(path);
         let signer = Signer::open(source.clone())?;
-        let change = set_config(&mut config, &source)?;
+        let change = set_config(repo, &config, &source)?;
         return Ok((signer, "file", change));
     }
     if let Some(path) = &options.env_signing_key {
         return Ok((Signer::open(SignerSource::KeyFile(path.clone()))?, "env", Change::Unchanged));
     }
-    let git_signing_key = config.get_string("user.signingkey").ok();
-    if let Ok(value) = config.get_string(signing::CONFIG_KEY) {
-        match SignerSource::from_config(&value, git_signing_key.clone()).and_then(Signer::open) {
+    let git_signing_key = config.get("user.signingkey").map(str::to_owned);
+    if let Some(value) = config.get(signing::CONFIG_KEY) {
+        match SignerSource::from_config(value, git_signing_key.clone()).and_then(Signer::open) {
             Ok(signer) => {
                 let kind = kind_of(&signer.source);
                 return Ok((signer, kind, Change::Unchanged));
@@ -150,17 +160,27 @@ fn choose_signer(
             Err(e) => return Err(e.into()),
         }
     }
-    let uses_ssh_signing = config.get_string("gpg.format").is_ok_and(|f| f == "ssh");
+    let uses_ssh_signing = config.get("gpg.format") == Some("ssh");
     if let (true, Some(spec)) = (uses_ssh_signing, git_signing_key) {
         let source = SignerSource::SshKeygen(spec);
         let signer = Signer::open(source.clone())?;
-        let change = set_config(&mut config, &source)?;
+        let change = set_config(repo, &config, &source)?;
         return Ok((signer, "ssh-keygen", change));
     }
-    let (fingerprint, _public) = signing::create_keyring_key(&format!("tpa {email}"))?;
+    let comment = format!("tpa {email}");
+    if !crate::secrets::backend().map_err(SigningError::from)?.persistent() {
+        // The kernel keyring forgets everything at reboot; a signing key must outlive that.
+        let (path, created) = signing::user_key_file(&comment)?;
+        let change = if created { Change::Created } else { Change::Unchanged };
+        let source = SignerSource::KeyFile(path);
+        let signer = Signer::open(source.clone())?;
+        set_config(repo, &config, &source)?;
+        return Ok((signer, "user-file", change));
+    }
+    let (fingerprint, _public) = signing::create_keyring_key(&comment)?;
     let source = SignerSource::Keyring(fingerprint);
     let signer = Signer::open(source.clone())?;
-    set_config(&mut config, &source)?;
+    set_config(repo, &config, &source)?;
     Ok((signer, "keyring", Change::Created))
 }
 
@@ -172,12 +192,13 @@ fn kind_of(source: &SignerSource) -> &'static str {
     }
 }
 
-fn set_config(config: &mut git2::Config, source: &SignerSource) -> Result<Change, git2::Error> {
+fn set_config(repo: &Repository, config: &GitConfig, source: &SignerSource) -> Result<Change, git2::Error> {
     let value = source.to_config();
-    if config.get_string(signing::CONFIG_KEY).ok().as_deref() == Some(value.as_str()) {
+    if config.get(signing::CONFIG_KEY) == Some(value.as_str()) {
         return Ok(Change::Unchanged);
     }
-    config.open_level(git2::ConfigLevel::Local)?.set_str(signing::CONFIG_KEY, &value)?;
+    repo.config()?.open_level(git2::ConfigLevel::Local)?.set_str(signing::CONFIG_KEY, &value)?;
+    GitConfig::invalidate();
     Ok(Change::Created)
 }
 
@@ -231,12 +252,12 @@ fn write_file(path: &Path, contents: &str) -> Result<(), InitError> {
 /// `git push` pushes.
 fn add_notes_refspecs(repo: &Repository) -> Result<Vec<String>, git2::Error> {
     let mut added = Vec::new();
-    for name in repo.remotes()?.iter().filter_map(|n| n.ok().flatten()) {
+    let config = GitConfig::of(repo).map_err(|e| git2::Error::from_str(&e.to_string()))?;
+    for name in config.remotes() {
+        let name = name.as_str();
         let spec = format!("+{}*:refs/notes/remotes/{name}/tpa*", crate::ledger::NOTES_REF);
         let exact = format!("+{}:refs/notes/remotes/{name}/tpa", crate::ledger::NOTES_REF);
-        let remote = repo.find_remote(name)?;
-        let specs: Vec<String> =
-            remote.fetch_refspecs()?.iter().filter_map(|s| s.ok().flatten().map(str::to_owned)).collect();
+        let specs: Vec<String> = config.get_all(&format!("remote.{name}.fetch")).map(str::to_owned).collect();
         if specs.contains(&exact) {
             // Written by an earlier tpa; it breaks `git fetch` against a remote with no ledger yet.
             let pattern = format!("^{}$", regex_escape(&exact));
@@ -250,6 +271,7 @@ fn add_notes_refspecs(repo: &Repository) -> Result<Vec<String>, git2::Error> {
         repo.remote_add_fetch(name, &spec)?;
         added.push(format!("{name}: {spec}"));
     }
+    GitConfig::invalidate();
     Ok(added)
 }
 

@@ -89,6 +89,11 @@ pub enum RequestError {
         #[source]
         source: LedgerError,
     },
+    #[error("nothing was asked of the provider: the OS keyring cannot keep the credentials ({source})")]
+    KeyringUnusable {
+        #[source]
+        source: SecretsError,
+    },
     #[error(
         "grant {grant_id} is recorded, but its credentials could not be kept in the OS keyring: {source}"
     )]
@@ -198,6 +203,9 @@ pub fn execute(
     sts: &StsOptions,
     faults: &Faults,
 ) -> Result<Granted, RequestError> {
+    // A keyring that is locked, full or refuses shows itself before anything exists to undo.
+    let until = plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64);
+    secrets::reserve(&plan.grant_id, until).map_err(|source| RequestError::KeyringUnusable { source })?;
     let intent = record(&plan, RecordKind::Intent, plan.now);
     let appended = ledger::append(repo, &intent, signer).map_err(RequestError::Intent)?;
     let intent_sha256 = appended.payload_sha256;
@@ -216,6 +224,7 @@ pub fn execute(
             failed.error = Some(error.to_string());
             // The failure itself is the news; a ledger problem now is secondary and reported by verify.
             let _ = ledger::append(repo, &failed, signer);
+            let _ = secrets::delete_credentials(&plan.grant_id);
             return Err(RequestError::Mint { grant_id: plan.grant_id, error });
         }
     };
@@ -231,6 +240,7 @@ pub fn execute(
     if let Err(source) = written {
         let expires_at = credentials.expiration;
         drop(credentials); // zeroized: nothing of it is kept or shown
+        let _ = secrets::delete_credentials(&plan.grant_id);
         return Err(RequestError::GrantRecord { grant_id: plan.grant_id, expires_at, source });
     }
     // The hooks' fast path: a local index of the grants this clone holds. Best effort: `tpa sweep`
@@ -424,9 +434,11 @@ pub fn plan_request(
 /// Executes a postgres plan: intent, a login role made by the admin connection, grant record,
 /// keyring. The keyring entry holds the role name as its key id and the password as its secret.
 pub fn execute_postgres(repo: &Repository, plan: PgPlan, signer: &Signer) -> Result<Granted, RequestError> {
+    let valid_until = plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64);
+    secrets::reserve(&plan.grant_id, valid_until)
+        .map_err(|source| RequestError::KeyringUnusable { source })?;
     let intent = pg_record(&plan, RecordKind::Intent, plan.now);
     let intent_sha256 = ledger::append(repo, &intent, signer).map_err(RequestError::Intent)?.payload_sha256;
-    let valid_until = plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64);
     let role = database::pg_role_name(&plan.grant_id);
     let started = std::time::Instant::now();
     let mut admin = None;
@@ -445,6 +457,7 @@ pub fn execute_postgres(repo: &Repository, plan: PgPlan, signer: &Signer) -> Res
             failed.intent_sha256 = Some(intent_sha256);
             failed.error = Some(error.to_string());
             let _ = ledger::append(repo, &failed, signer);
+            let _ = secrets::delete_credentials(&plan.grant_id);
             return Err(RequestError::DbMint { grant_id: plan.grant_id, error });
         }
     };
@@ -457,6 +470,7 @@ pub fn execute_postgres(repo: &Repository, plan: PgPlan, signer: &Signer) -> Res
         if let Some(pg) = admin.as_mut() {
             let _ = pg.revoke_login(&role);
         }
+        let _ = secrets::delete_credentials(&plan.grant_id);
         return Err(RequestError::GrantRecord { grant_id: plan.grant_id, expires_at: valid_until, source });
     }
     let _ = crate::ops::sweep::index_grant(

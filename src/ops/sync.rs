@@ -55,7 +55,8 @@ pub struct RemoteSync {
 }
 
 pub fn sync(repo: &Repository, options: &SyncOptions) -> Result<Vec<RemoteSync>, SyncError> {
-    let all: Vec<String> = repo.remotes()?.iter().flatten().flatten().map(str::to_owned).collect();
+    let all =
+        crate::gitconfig::GitConfig::of(repo).map_err(|e| git2::Error::from_str(&e.to_string()))?.remotes();
     if all.is_empty() {
         return Err(SyncError::NoRemote);
     }
@@ -89,7 +90,7 @@ pub fn sync(repo: &Repository, options: &SyncOptions) -> Result<Vec<RemoteSync>,
 pub fn push_if_policy_says(repo: &Repository, timeout: Duration) -> Option<Vec<RemoteSync>> {
     let trust = crate::trust::TrustRef::resolve(repo).ok()?;
     let (policy, _) = crate::ops::request::load_policy(repo, &trust).ok()?;
-    if policy.sync != SyncMode::Push || repo.remotes().ok()?.is_empty() {
+    if policy.sync != SyncMode::Push || crate::gitconfig::GitConfig::of(repo).ok()?.remotes().is_empty() {
         return None;
     }
     Some(sync(repo, &SyncOptions { remotes: None, timeout, interactive: false }).unwrap_or_else(|e| {
