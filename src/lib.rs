@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod escape;
 pub mod gitconfig;
 pub mod grant;

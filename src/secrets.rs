@@ -307,7 +307,7 @@ fn put(account: &str, secret: &str, expires_at: Option<DateTime<Utc>>) -> Result
             let session = keyring.session.as_ref().expect("keyutils has a session keyring");
             let key =
                 session.add_key(&description(account), secret).map_err(|e| keyutils_error(account, e))?;
-            let seconds = (expires_at - Utc::now()).num_seconds().max(1) as usize;
+            let seconds = (expires_at - crate::clock::now()).num_seconds().max(1) as usize;
             if let Err(e) = key.set_timeout(seconds) {
                 let _ = key.invalidate();
                 return Err(keyutils_error(account, e));

@@ -183,16 +183,9 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The current time. A test build may pin it with TPA_TEST_NOW (RFC 3339); a release build has no
-/// such door.
+/// The current time ([`crate::clock`]).
 pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
-    #[cfg(feature = "testing")]
-    if let Some(pinned) =
-        std::env::var("TPA_TEST_NOW").ok().and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-    {
-        return pinned.with_timezone(&chrono::Utc);
-    }
-    chrono::Utc::now()
+    crate::clock::now()
 }
 
 /// May tpa ask the user something? Only on a terminal, and never with TPA_NONINTERACTIVE=1.

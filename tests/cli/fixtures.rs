@@ -118,8 +118,8 @@ fn proxy_hang_never_answers_until_dropped() {
     assert!(matches!(stalled.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{stalled}");
     assert_eq!(proxy.connections(), 1);
 
-    // Dropping the proxy ends the hang: the client sees the connection end, not a timeout.
-    let addr = proxy.addr();
+    // Dropping the proxy ends the hang: the client sees the connection end, not a timeout. (Once
+    // dropped the proxy no longer owns its port, so nothing is asserted about the port itself.)
     drop(proxy);
     client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     match client.read(&mut buf) {
@@ -127,7 +127,6 @@ fn proxy_hang_never_answers_until_dropped() {
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         other => panic!("expected the dropped proxy to close the connection, got {other:?}"),
     }
-    assert_eq!(TcpStream::connect(addr).unwrap_err().kind(), ErrorKind::ConnectionRefused);
 }
 
 #[test]

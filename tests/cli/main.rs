@@ -9,6 +9,7 @@ mod firstrun;
 mod fixtures;
 mod init;
 mod install;
+mod keyring;
 mod ledger;
 mod notify;
 mod notify_flow;

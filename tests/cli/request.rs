@@ -45,7 +45,15 @@ impl AwsRepo {
     }
 
     pub fn with_policy_parts(top: &str, extra: &str) -> Self {
-        let mut env = TestEnv::new();
+        Self::in_env(TestEnv::new(), top, extra)
+    }
+
+    /// On a headless machine: grant credentials go to the kernel keyring.
+    pub fn headless() -> Self {
+        Self::in_env(TestEnv::headless(), "", "")
+    }
+
+    pub fn in_env(mut env: TestEnv, top: &str, extra: &str) -> Self {
         let moto = moto();
         let role_name = unique_name("tpa-test-role");
         let role_arn = moto.create_role(&role_name);
@@ -124,7 +132,7 @@ impl AwsRepo {
 }
 
 /// The Python that has boto3 (moto's own environment).
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("TPA_TEST_PYTHON") {
         return p.into();
     }

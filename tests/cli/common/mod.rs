@@ -82,15 +82,30 @@ exec cat >/dev/null"#;
 pub struct TestEnv {
     pub root: tempfile::TempDir,
     pub home: PathBuf,
+    /// With the test binary's gnome-keyring session bus; without, a headless machine.
+    desktop: bool,
     extra_env: Vec<(String, String)>,
 }
 
 impl TestEnv {
+    /// A desktop: the Secret Service of the test binary's private D-Bus session.
     pub fn new() -> Self {
+        Self::with_desktop(true)
+    }
+
+    /// A headless machine: no session bus (its address points at a socket nobody listens on, so
+    /// the developer's own desktop bus is never reached), so tpa keeps grant credentials in the
+    /// kernel keyring. Processes share the test binary's session keyring (scripts/test runs the
+    /// tests inside a `keyctl session` of their own); grant ids keep their entries apart.
+    pub fn headless() -> Self {
+        Self::with_desktop(false)
+    }
+
+    fn with_desktop(desktop: bool) -> Self {
         let root = tempfile::Builder::new().prefix("tpa-test-").tempdir().unwrap();
         let home = root.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
-        TestEnv { root, home, extra_env: Vec::new() }
+        TestEnv { root, home, desktop, extra_env: Vec::new() }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -113,7 +128,14 @@ impl TestEnv {
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
             .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
-            .env("DBUS_SESSION_BUS_ADDRESS", &keyring().address)
+            .env(
+                "DBUS_SESSION_BUS_ADDRESS",
+                match self.desktop {
+                    true => keyring().address.clone(),
+                    false => format!("unix:path={}", self.root.path().join("no-bus").display()),
+                },
+            )
+            .env("XDG_RUNTIME_DIR", self.root.path())
             // Hooks sweep inline, so a test sees their effect when git returns.
             .env("TPA_HOOK_FOREGROUND", "1")
             .stdin(Stdio::null());

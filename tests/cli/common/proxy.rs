@@ -9,11 +9,9 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long switching back from `Down` may wait for the port to be free again.
-const REBIND_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What the proxy does with connections accepted from now on. A connection keeps the mode it was
 /// accepted in: the tpa run under test sees one consistent behaviour.
@@ -29,10 +27,15 @@ pub enum Mode {
     Respond { status: u16, body: String, content_type: &'static str },
 }
 
+/// The proxy's port is bound once, by number and without SO_REUSEADDR, and stays bound until the
+/// proxy is dropped: while `Down` the socket stops listening (Linux turns a listening socket that is
+/// shut down back into a bound, closed one), so connections are refused by the kernel and no other
+/// listener, and no outgoing connection's ephemeral port, can take the port meanwhile.
 pub struct Proxy {
     addr: SocketAddr,
+    socket: socket2::Socket,
     shared: Arc<Shared>,
-    /// The accepting thread, which owns the listener; `None` while `Down`.
+    /// The accepting thread; `None` while `Down`.
     acceptor: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -40,7 +43,7 @@ struct Shared {
     upstream: SocketAddr,
     mode: Mutex<Mode>,
     connections: AtomicUsize,
-    /// Tells the accepting thread to stop at its next accept (which `wake` provokes).
+    /// Tells the accepting thread that its accept failing is the proxy stopping, not an error.
     closing: AtomicBool,
     next_id: AtomicU64,
     sockets: Mutex<Sockets>,
@@ -57,8 +60,7 @@ struct Sockets {
 impl Proxy {
     /// A proxy in `Forward` mode on a free port of 127.0.0.1.
     pub fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the proxy's port");
-        let addr = listener.local_addr().unwrap();
+        let (socket, addr) = bind_owned_port();
         let shared = Arc::new(Shared {
             upstream,
             mode: Mutex::new(Mode::Forward),
@@ -68,8 +70,8 @@ impl Proxy {
             sockets: Mutex::new(Sockets::default()),
             handlers: Mutex::new(Vec::new()),
         });
-        let acceptor = spawn_acceptor(listener, shared.clone());
-        Proxy { addr, shared, acceptor: Mutex::new(Some(acceptor)) }
+        let acceptor = spawn_acceptor(listen(&socket), shared.clone());
+        Proxy { addr, socket, shared, acceptor: Mutex::new(Some(acceptor)) }
     }
 
     /// What tpa takes as `AWS_ENDPOINT_URL`. The same for the proxy's whole life, `Down` included.
@@ -100,34 +102,47 @@ impl Proxy {
         self.shared.connections.load(Ordering::SeqCst)
     }
 
+    /// Stops listening, synchronously: shutting a listening socket down fails its blocked accept
+    /// (EINVAL) and leaves it bound and closed, so when this returns the port refuses connections.
+    /// Connections still in the backlog are reset by the kernel, never half-accepted.
     fn stop_accepting(&self, acceptor: JoinHandle<()>) {
         self.shared.closing.store(true, Ordering::SeqCst);
-        // std cannot interrupt a blocking accept: give it a connection to return with. The kernel
-        // completes the handshake from the backlog, so this succeeds while the listener exists.
-        let _ = TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT);
+        self.socket.shutdown(Shutdown::Read).expect("stop the proxy's listener");
         acceptor.join().expect("the proxy's accepting thread panicked");
     }
 
     fn listen_again(&self) -> JoinHandle<()> {
-        // The port can be briefly taken by an outgoing connection's ephemeral port: retry, bounded.
-        // (TIME_WAIT leftovers are no obstacle: std sets SO_REUSEADDR on unix.)
-        let deadline = Instant::now() + REBIND_DEADLINE;
-        let listener = loop {
-            match TcpListener::bind(self.addr) {
-                Ok(listener) => break listener,
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("the proxy cannot listen on {} again: {e}", self.addr),
-            }
-        };
         self.shared.closing.store(false, Ordering::SeqCst);
-        spawn_acceptor(listener, self.shared.clone())
+        spawn_acceptor(listen(&self.socket), self.shared.clone())
     }
+}
+
+/// A socket bound to a port of 127.0.0.1 by number. Bound to port 0 the kernel could release the
+/// port when the socket stops listening; bound by number it keeps it. The number comes from a
+/// probe socket; if another process takes it in between, try another.
+fn bind_owned_port() -> (socket2::Socket, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    for _ in 0..50 {
+        let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("find a free port");
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("create the proxy's socket");
+        if socket.bind(&addr.into()).is_ok() {
+            return (socket, addr);
+        }
+    }
+    panic!("the proxy found no port it could bind");
+}
+
+/// Starts (or restarts) listening and returns a listener for the accepting thread.
+fn listen(socket: &socket2::Socket) -> TcpListener {
+    socket.listen(128).expect("the proxy's socket listens");
+    socket.try_clone().expect("clone the proxy's socket").into()
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // Connections are cut below; the port itself is released when `socket` drops, after this.
         if let Some(acceptor) = self.acceptor.get_mut().unwrap().take() {
             self.stop_accepting(acceptor);
         }
@@ -148,10 +163,9 @@ impl Drop for Proxy {
 fn spawn_acceptor(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         for incoming in listener.incoming() {
-            if shared.closing.load(Ordering::SeqCst) {
-                break;
-            }
             let client = match incoming {
+                Err(_) if shared.closing.load(Ordering::SeqCst) => break,
+                Ok(_) if shared.closing.load(Ordering::SeqCst) => break,
                 Ok(client) => client,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -125,6 +125,19 @@ impl Webhook {
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
     }
+
+    /// Waits until at least `n` connections were accepted (the acceptor counts them on its own
+    /// thread); false if that has not happened within 10 s.
+    pub fn saw_connections(&self, n: usize) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.connections() < n {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+        true
+    }
 }
 
 impl Drop for Webhook {
