@@ -27,10 +27,11 @@ pub enum Mode {
     Respond { status: u16, body: String, content_type: &'static str },
 }
 
-/// The proxy's port is bound once, by number and without SO_REUSEADDR, and stays bound until the
-/// proxy is dropped: while `Down` the socket stops listening (Linux turns a listening socket that is
-/// shut down back into a bound, closed one), so connections are refused by the kernel and no other
-/// listener, and no outgoing connection's ephemeral port, can take the port meanwhile.
+/// The proxy's port is bound once, by number, and stays bound until the proxy is dropped: while
+/// `Down` the socket stops listening (Linux turns a listening socket that is shut down back into a
+/// bound, closed one), so connections are refused by the kernel, and the port is never free for
+/// another test's listener (the kernel hands out no bound port to a bind of port 0) nor for an
+/// outgoing connection's ephemeral port.
 pub struct Proxy {
     addr: SocketAddr,
     socket: socket2::Socket,
@@ -127,6 +128,9 @@ fn bind_owned_port() -> (socket2::Socket, SocketAddr) {
         let addr = probe.local_addr().unwrap();
         drop(probe);
         let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("create the proxy's socket");
+        // Connections it accepted before going Down still hold the port (ESTABLISHED or TIME_WAIT):
+        // listening again beside them needs SO_REUSEADDR, as std's own listeners have.
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
         if socket.bind(&addr.into()).is_ok() {
             return (socket, addr);
         }
