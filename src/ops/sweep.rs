@@ -74,11 +74,12 @@ pub struct SweepReport {
 }
 
 impl SweepReport {
-    /// Anything left that a person must look at: failed or pending revocations.
+    /// Anything left that a person must look at: failed, pending (retried now or waiting for its
+    /// next try: the access is still open) or irrevocable revocations.
     pub fn needs_attention(&self) -> bool {
         !self.reassert_errors.is_empty()
             || self.items.iter().any(|i| {
-                matches!(i.decision, "error" | "irrevocable")
+                matches!(i.decision, "error" | "irrevocable" | "wait")
                     || i.outcome.as_ref().is_some_and(|o| o.result != Some(RevokeResult::Done))
             })
     }
@@ -232,9 +233,10 @@ fn item(grant: &GrantView, decision: &'static str, detail: Option<String>) -> Sw
     }
 }
 
-/// 30 s, doubling, at most an hour, with up to 20% jitter so that many clones spread out.
+/// The wait after `attempts` failed attempts: 30 s after the first, doubling, at most an hour, with
+/// up to 20% jitter so that many clones spread out.
 pub fn backoff(attempts: usize) -> chrono::Duration {
-    let base = 30i64.saturating_mul(1i64 << attempts.min(7)).min(3600);
+    let base = 30i64.saturating_mul(1i64 << attempts.saturating_sub(1).min(7)).min(3600);
     let jitter = (OsRng.next_u32() % 20) as i64 * base / 100;
     chrono::Duration::seconds(base + jitter)
 }
@@ -298,4 +300,19 @@ pub fn index_grant(repo: &Repository, grant_id: &GrantId, grant: LocalGrant) -> 
     let mut grants = state.local_grants()?;
     grants.insert(grant_id.to_string(), grant);
     state.set_local_grants(&lock, &grants)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+
+    #[test]
+    fn the_first_retry_comes_after_30_seconds_and_the_wait_doubles_to_an_hour() {
+        for (attempts, base) in [(1, 30), (2, 60), (3, 120), (4, 240), (7, 1920), (8, 3600), (30, 3600)] {
+            for _ in 0..50 {
+                let wait = backoff(attempts).num_seconds();
+                assert!((base..=base + base / 5).contains(&wait), "{attempts} attempts: {wait} s");
+            }
+        }
+    }
 }

@@ -109,6 +109,19 @@ pub fn document_with_cut(sessions: &BTreeSet<String>, cut: Option<DateTime<Utc>>
         .expect("JSON serializes")
 }
 
+/// The largest prefix of `sessions` that, with `cut`, fits in one policy version.
+fn fitting(sessions: &BTreeSet<String>, cut: DateTime<Utc>) -> BTreeSet<String> {
+    let mut kept = BTreeSet::new();
+    for session in sessions {
+        kept.insert(session.clone());
+        if document_with_cut(&kept, Some(cut)).chars().count() > POLICY_MAX_CHARS {
+            kept.remove(session);
+            break;
+        }
+    }
+    kept
+}
+
 /// `"Effect": "Deny"` on every action and resource.
 fn denies_everything(statement: &serde_json::Value) -> bool {
     let star = |key: &str| match statement.get(key) {
@@ -371,6 +384,8 @@ impl AwsIam {
         expiries: &BTreeMap<String, DateTime<Utc>>,
     ) -> Result<Denied, RevokeError> {
         let mut outcome = Denied::Listed;
+        // Once a cut was written for them, the sessions of this call that did not fit need no entry.
+        let mut deny = deny.clone();
         for _ in 0..ATTEMPTS {
             let Some(versions) = self.versions(target)? else {
                 self.set_up(target)?;
@@ -383,7 +398,7 @@ impl AwsIam {
             };
             let cut = versions.active_cut();
             let wanted: BTreeSet<String> =
-                versions.union().union(deny).filter(|s| !expired(s)).cloned().collect();
+                versions.union().union(&deny).filter(|s| !expired(s)).cloned().collect();
             if wanted.is_subset(&versions.default) && versions.default_cut >= cut {
                 return Ok(outcome);
             }
@@ -391,9 +406,12 @@ impl AwsIam {
             if text.chars().count() > POLICY_MAX_CHARS {
                 // The list is full: deny every session of the role issued before AWS's now. That cuts
                 // sessions nobody asked to revoke, and the caller says so loudly.
+                // Every session of this call was issued before AWS's now, so the cut covers them all,
+                // however many; as many as fit stay listed by name, for the audit's reading.
                 let now = self.aws_clock(target, &versions)?;
                 let new_cut = now + chrono::Duration::seconds(1);
-                text = document_with_cut(deny, Some(new_cut));
+                deny = fitting(&deny, new_cut);
+                text = document_with_cut(&deny, Some(new_cut));
                 if text.chars().count() > POLICY_MAX_CHARS {
                     return Err(RevokeError::TooLarge {
                         role: target.role_name.clone(),
@@ -585,6 +603,16 @@ mod tests {
         assert!(text.contains("\"*:tpa-01JD3M5Q8Z6N2X4V7B9C1R0T5K\""));
         assert!(text.contains("aws:SourceIdentity"));
         assert_eq!(denied_sessions(&text), names);
+    }
+
+    #[test]
+    fn a_cut_always_fits_however_many_sessions_it_covers() {
+        let names: BTreeSet<String> = (0..500).map(|i| format!("tpa-01JD3M5Q8Z6N2X4V7B9C1R{i:04}")).collect();
+        let cut = Utc::now();
+        let kept = fitting(&names, cut);
+        assert!(!kept.is_empty() && kept.len() < names.len(), "{}", kept.len());
+        assert!(document_with_cut(&kept, Some(cut)).chars().count() <= POLICY_MAX_CHARS);
+        assert!(fitting(&BTreeSet::new(), cut).is_empty());
     }
 
     #[test]

@@ -145,6 +145,9 @@ fn iam_down_leaves_the_grant_pending_and_never_handed_out() {
     assert_eq!(show["state"], "pending");
     assert_eq!(aws.keyring_grants(), 0);
     aws.tpa().args(["exec", &grant_id, "--", "true"]).run().code(2);
+    // A sweep before the retry is due still reports the open access: a CI sweep must not be green.
+    let sweep = aws.tpa().args(["sweep", "--json"]).run().code(2).json();
+    assert_eq!(sweep["items"][0]["decision"], "wait", "{sweep}");
     // Once IAM is back, revoking again completes it.
     aws.proxy.set_mode(Mode::Forward);
     let done = aws.tpa().args(["revoke", &grant_id, "--json"]).run().success().json();
@@ -229,4 +232,53 @@ fn a_full_revocation_policy_falls_back_to_cutting_every_older_session_loudly() {
     let document = default_document(&aws.role_name).unwrap();
     assert_eq!(tpa::provider::aws_iam::cut_of(&document), Some(cut));
     assert!(denied(&aws.role_name).contains(&format!("tpa-{second}")));
+}
+
+/// Appends an issued, unexpired grant on the hotfix branch through the test plumbing (no STS call):
+/// many grants, quickly.
+fn recorded_grant(aws: &AwsRepo, grant_id: &str) {
+    let head = aws.head();
+    let now = chrono::Utc::now();
+    let at = |offset: i64| (now + chrono::Duration::seconds(offset)).to_rfc3339();
+    let mut intent = crate::ledger::intent_json(&head, grant_id, &at(-60));
+    intent["branch"] = serde_json::json!("refs/heads/hotfix/INC-4211");
+    intent["provider"] = serde_json::json!("aws-sts");
+    intent["target"] = serde_json::json!(aws.role_arn);
+    intent["role"] = serde_json::json!("prod-readonly");
+    let appended = aws.tpa().args(["debug", "append"]).stdin(intent.to_string()).run().success().json();
+    let mut issued = intent.clone();
+    issued["kind"] = serde_json::json!("grant");
+    issued["issued_at"] = serde_json::json!(at(-59));
+    issued["expires_at"] = serde_json::json!(at(1800));
+    issued["credential_fingerprint"] = serde_json::json!("sha256:0011223344556677");
+    issued["intent_sha256"] = appended["payload_sha256"].clone();
+    aws.tpa().args(["debug", "append"]).stdin(issued.to_string()).run().success();
+}
+
+#[test]
+fn a_batch_too_large_for_the_policy_is_cut_by_issue_time_not_left_pending() {
+    let aws = AwsRepo::new();
+    aws.tpa().args(["setup-aws", "--role", "prod-readonly"]).run().success();
+    let ids: Vec<String> = (0..95).map(|i| format!("01JZ{i:022}")).collect();
+    for id in &ids {
+        recorded_grant(&aws, id);
+    }
+    let out = aws.tpa().args(["revoke", "--branch", "hotfix/INC-4211", "--json"]).run().success();
+    let outcomes = out.json();
+    assert_eq!(outcomes.as_array().unwrap().len(), 95);
+    for outcome in outcomes.as_array().unwrap() {
+        assert_eq!(outcome["result"], "done", "{outcome}");
+        assert!(outcome["note"].as_str().unwrap().contains("EVERY session"), "{outcome}");
+    }
+    let document = default_document(&aws.role_name).unwrap();
+    assert!(document.chars().count() <= 6144, "{}", document.len());
+    let cut = tpa::provider::aws_iam::cut_of(&document).expect("an aws:TokenIssueTime cut");
+    assert!(cut > chrono::Utc::now() - chrono::Duration::minutes(5), "{cut}");
+    let listed = denied(&aws.role_name);
+    assert!(!listed.is_empty() && listed.len() < 95, "as many as fit stay listed: {}", listed.len());
+    // Nothing is left for the sweep to retry, and it says so with its exit status.
+    let sweep = aws.tpa().args(["sweep", "--json"]).run().success().json();
+    assert!(sweep["items"].as_array().unwrap().iter().all(|i| i["decision"] != "wait"), "{sweep}");
+    let status = aws.tpa().args(["status", "--all", "--json"]).run().success().json();
+    assert!(status.as_array().unwrap().is_empty(), "every grant revoked: {status}");
 }
