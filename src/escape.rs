@@ -42,6 +42,18 @@ pub fn bytes(b: &[u8]) -> String {
     out
 }
 
+/// Bad input as echoed in an error: escaped, and cut to its first 64 characters so that a
+/// megabyte of garbage cannot flood a terminal or a log.
+pub fn excerpt(s: &str) -> String {
+    const SHOWN: usize = 64;
+    let count = s.chars().count();
+    if count <= SHOWN {
+        return text(s);
+    }
+    let head: String = s.chars().take(SHOWN).collect();
+    format!("{}… ({count} characters)", text(&head))
+}
+
 fn is_dangerous(c: char) -> bool {
     c.is_control()
         || matches!(c as u32,
@@ -56,5 +68,12 @@ mod tests {
         assert_eq!(super::text("évidemment \"ok\" $(x)"), "évidemment \"ok\" $(x)");
         assert_eq!(super::text("abc\u{202e}def"), "abc\\u{202e}def");
         assert_eq!(super::bytes(b"hot\xfffix"), "hot\\xfffix");
+    }
+
+    #[test]
+    fn excerpts_are_short() {
+        assert_eq!(super::excerpt("abc\n"), "abc\\n");
+        let long = super::excerpt(&"x".repeat(10_000));
+        assert!(long.len() < 100 && long.ends_with("(10000 characters)"), "{long}");
     }
 }

@@ -53,7 +53,10 @@ impl fmt::Display for GrantId {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`{0}` is not a grant id (26 characters of Crockford base32, like 01JD3M5Q8Z6N2X4V7B9C1R0T5K)")]
+#[error(
+    "`{}` is not a grant id (26 characters of Crockford base32, like 01JD3M5Q8Z6N2X4V7B9C1R0T5K)",
+    crate::escape::excerpt(.0)
+)]
 pub struct BadGrantId(pub String);
 
 impl FromStr for GrantId {
@@ -110,6 +113,9 @@ pub enum RevokeTrigger {
     Expired,
     Audit,
     NotifyFailed,
+    /// The credentials could not be handed over (the keyring refused them after the grant was
+    /// recorded): the session was ended at once.
+    Undelivered,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,8 +269,15 @@ pub fn credential_fingerprint(access_key_id: &str) -> String {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`{0}` is not a duration: write a number with a unit, like 900s, 30m, 1h or 1h30m")]
+#[error(
+    "`{}` is not a duration: write a number with a unit, like 900s, 30m, 1h or 1h30m (at most 36500d)",
+    crate::escape::excerpt(.0)
+)]
 pub struct BadDuration(pub String);
+
+/// The longest duration tpa takes (100 years): everything downstream adds durations to dates, and
+/// a bound here keeps all of that arithmetic far from overflowing.
+pub const MAX_DURATION_SECONDS: u64 = 36_500 * 86_400;
 
 /// Parses `90s`, `30m`, `1h`, `1h30m`, `2d` into seconds. A bare number is refused: "30" is
 /// ambiguous between seconds and minutes, and ambiguity in a TTL is how access outlives intent.
@@ -292,10 +305,27 @@ pub fn parse_duration(text: &str) -> Result<u64, BadDuration> {
         total = n.checked_mul(unit).and_then(|s| total.checked_add(s)).ok_or_else(bad)?;
         digits.clear();
     }
-    if !digits.is_empty() {
+    if !digits.is_empty() || total > MAX_DURATION_SECONDS {
         return Err(bad());
     }
     Ok(total)
+}
+
+/// A timeout: a duration of at least a second (`0s` would fail every call it bounds).
+pub fn parse_timeout(text: &str) -> Result<u64, BadTimeout> {
+    match parse_duration(text) {
+        Ok(0) => Err(BadTimeout::Zero),
+        Ok(seconds) => Ok(seconds),
+        Err(e) => Err(BadTimeout::Bad(e)),
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BadTimeout {
+    #[error("a timeout of 0s would fail every call: give at least 1s")]
+    Zero,
+    #[error(transparent)]
+    Bad(BadDuration),
 }
 
 /// Where a grant stands, from its records alone (what the ledger says, not what AWS says).

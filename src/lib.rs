@@ -8,6 +8,7 @@ pub mod escape;
 pub mod gitconfig;
 pub mod grant;
 pub mod hooks;
+pub mod interrupt;
 pub mod ledger;
 pub mod lifecycle;
 pub mod notify;

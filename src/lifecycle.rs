@@ -171,6 +171,13 @@ fn decide_bounded(
     })?;
     let git = |source| LifecycleError::Git { grant: facts.grant_id.clone(), source };
     let copies = BranchCopies::find(repo, &facts.branch, short).map_err(git)?;
+    if !copies.local_exists
+        && let Some(new_name) = renamed_to(repo, &facts.branch)
+    {
+        // `git branch -m`: the work goes on under the new name, which is what is judged.
+        let followed = GrantFacts { branch: new_name, ..facts.clone() };
+        return decide_bounded(repo, &followed, situation, limit);
+    }
     if let Some((into, how)) = merged(repo, facts, situation.protected, &copies, limit).map_err(git)? {
         return Ok(Verdict::Merged { into, how });
     }
@@ -184,6 +191,40 @@ fn decide_bounded(
         return Ok(Verdict::Abandoned(AbandonReason::LeftTooLong { since }));
     }
     Ok(Verdict::Keep)
+}
+
+/// The local branch `branch` (a full refname) was renamed to, following renames of renames, if a
+/// branch's reflog says so (`Branch: renamed refs/heads/A to refs/heads/B`, as `git branch -m`
+/// writes it) and that branch still exists.
+fn renamed_to(repo: &Repository, branch: &str) -> Option<String> {
+    let mut current = branch.to_owned();
+    let mut seen = std::collections::HashSet::new();
+    while seen.insert(current.clone()) {
+        let prefix = format!("Branch: renamed {current} to ");
+        let mut next = None;
+        for reference in repo.references_glob("refs/heads/*").ok()?.flatten() {
+            let Ok(name) = reference.name() else { continue };
+            let Ok(reflog) = repo.reflog(name) else { continue };
+            let renamed = reflog.iter().any(|entry| {
+                entry
+                    .message()
+                    .ok()
+                    .flatten()
+                    .and_then(|m| m.strip_prefix(prefix.as_str()))
+                    .is_some_and(|to| to == name)
+            });
+            if renamed {
+                next = Some(name.to_owned());
+                break;
+            }
+        }
+        match next {
+            Some(name) if repo.find_reference(&name).is_ok() => return Some(name),
+            Some(name) => current = name,
+            None => return None,
+        }
+    }
+    None
 }
 
 /// The tips of the protected branches, sorted by refname: local `refs/heads/*` and every

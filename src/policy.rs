@@ -158,6 +158,9 @@ pub struct PolicyError {
 }
 
 /// A request the policy refuses. Each message says what to do next.
+/// The longest reason a grant records.
+pub const MAX_REASON_CHARS: usize = 2048;
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyRefusal {
     #[error(
@@ -169,6 +172,16 @@ pub enum PolicyRefusal {
          why, e.g. --reason \"INC-4211: fix stuck invoices\""
     )]
     ReasonTooShort { min: usize, got: usize },
+    #[error(
+        "the reason is {got} characters long; at most {max} are recorded: say which incident and why in \
+         a sentence or two, and link to the rest (the ticket, the incident channel)"
+    )]
+    ReasonTooLong { max: usize, got: usize },
+    #[error(
+        "protected_branches in .tpa/policy.toml is empty, so no merge would ever end a grant: list the \
+         branches work is merged into (e.g. protected_branches = [\"main\"]) through review"
+    )]
+    NoProtectedBranches,
     #[error("{}", unknown_message("role", "roles", name, available))]
     UnknownRole { name: String, available: Vec<String> },
     #[error("{}", unknown_message("database", "databases", name, available))]
@@ -230,6 +243,31 @@ fn quoted_list(items: &[String]) -> String {
     items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
 }
 
+/// Where the policy lives in the repository.
+pub const POLICY_PATH: &str = ".tpa/policy.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
+    #[error(
+        "there is no {POLICY_PATH} at the trust ref {0}: commit one there (`tpa init` writes a starting point) \
+         and get it merged through review; tpa never reads policy from your working tree"
+    )]
+    NoPolicy(String),
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+}
+
+/// The policy as committed at the trust ref (never the working tree), and that commit.
+pub fn load(repo: &git2::Repository, trust: &crate::trust::TrustRef) -> Result<(Policy, String), LoadError> {
+    let bytes =
+        trust.read_file(repo, POLICY_PATH)?.ok_or_else(|| LoadError::NoPolicy(trust.refname.clone()))?;
+    let source = format!("{}:{POLICY_PATH}", trust.refname);
+    let text = String::from_utf8_lossy(&bytes);
+    Ok((Policy::parse(&text, &source)?, trust.commit.to_string()))
+}
+
 impl Policy {
     /// Parses and validates a policy. `file` names where the text came from, for messages, e.g.
     /// `refs/remotes/origin/main:.tpa/policy.toml`.
@@ -261,6 +299,9 @@ impl Policy {
     /// Anything outside `refs/heads/` (a detached `HEAD`, a tag) is refused, then protected branches,
     /// then, when `request_branches` is set, branches matching none of its patterns.
     pub fn check_branch(&self, refname: &str) -> Result<(), PolicyRefusal> {
+        if self.protected_branches.is_empty() {
+            return Err(PolicyRefusal::NoProtectedBranches);
+        }
         let branch = match refname.strip_prefix("refs/heads/") {
             Some(short) if !short.is_empty() => short,
             _ => return Err(PolicyRefusal::NotABranch { refname: refname.to_owned() }),
@@ -284,13 +325,16 @@ impl Policy {
         self.protected_branches.iter().any(|p| glob_match(p, branch))
     }
 
-    /// The reason, trimmed, must be at least `min_reason_length` characters.
+    /// The reason, trimmed, must be at least `min_reason_length` characters and at most
+    /// [`MAX_REASON_CHARS`]: every record of the grant carries it, signed, forever.
     pub fn check_reason(&self, reason: &str) -> Result<(), PolicyRefusal> {
         let got = reason.trim().chars().count();
         if got == 0 {
             Err(PolicyRefusal::ReasonMissing)
         } else if got < self.min_reason_length {
             Err(PolicyRefusal::ReasonTooShort { min: self.min_reason_length, got })
+        } else if got > MAX_REASON_CHARS {
+            Err(PolicyRefusal::ReasonTooLong { max: MAX_REASON_CHARS, got })
         } else {
             Ok(())
         }

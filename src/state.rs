@@ -25,6 +25,7 @@ pub struct StateLock {
 }
 
 const WITNESS: &str = "witness";
+const RESTORE_CURSOR: &str = "restore-cursor";
 
 impl StateDir {
     pub fn open(repo: &Repository) -> Result<Self, StateError> {
@@ -38,7 +39,18 @@ impl StateDir {
     }
 
     pub fn lock(&self) -> Result<StateLock, StateError> {
-        let path = self.dir.join("lock");
+        self.lock_named("lock")
+    }
+
+    /// Held by whoever revokes (`tpa revoke`, the sweep) from reading the ledger to writing the
+    /// revoke records: two revocations of one grant in this clone then make one record and one
+    /// policy version, the second finding it already revoked.
+    pub fn revocation_lock(&self) -> Result<StateLock, StateError> {
+        self.lock_named("revoke.lock")
+    }
+
+    fn lock_named(&self, name: &str) -> Result<StateLock, StateError> {
+        let path = self.dir.join(name);
         let err = |source| StateError { path: path.clone(), source };
         let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(err)?;
         file.lock().map_err(err)?;
@@ -72,6 +84,15 @@ impl StateDir {
     pub fn set_witness(&self, lock: &StateLock, tip: Oid) -> Result<(), StateError> {
         self.write(lock, WITNESS, &format!("{tip}\n"))
     }
+
+    /// The notes tip up to which the history was last searched for removed records.
+    pub fn restore_cursor(&self) -> Result<Option<Oid>, StateError> {
+        Ok(self.read(RESTORE_CURSOR)?.and_then(|text| Oid::from_str(text.trim()).ok()))
+    }
+
+    pub fn set_restore_cursor(&self, lock: &StateLock, tip: Oid) -> Result<(), StateError> {
+        self.write(lock, RESTORE_CURSOR, &format!("{tip}\n"))
+    }
 }
 
 const ACTIVE: &str = "active.json";
@@ -82,6 +103,12 @@ const LEFT: &str = "left.json";
 pub struct LocalGrant {
     pub branch: String,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// What to deny should every record of the grant vanish from the ledger (role ARN), and the
+    /// provider that issued it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 pub type LocalGrants = std::collections::BTreeMap<String, LocalGrant>;

@@ -6,6 +6,8 @@ use crate::gitconfig::GitConfig;
 use git2::{ErrorCode, ObjectType, Oid, Repository};
 
 pub const CONFIG_KEY: &str = "tpa.trustRef";
+/// The largest policy, allowed_signers or session policy tpa reads (1 MiB): real ones are a few KiB.
+pub const MAX_COMMITTED_FILE: usize = 1024 * 1024;
 const DEFAULT_BRANCHES: [&str; 2] = ["main", "master"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -42,6 +44,16 @@ pub enum TrustError {
          commit .tpa/ on main, or pin the trust ref with `git config {CONFIG_KEY} REF`"
     )]
     NoLocalBranch,
+    #[error(
+        "{path} at {refname} is a symbolic link; tpa reads only files committed as they are: commit the \
+         file itself there through review"
+    )]
+    Symlink { path: String, refname: String },
+    #[error(
+        "{path} at {refname} is {size} bytes; tpa reads at most {MAX_COMMITTED_FILE} bytes of its own \
+         files: shorten it through review"
+    )]
+    TooLarge { path: String, refname: String, size: usize },
     #[error("git error while resolving the trust ref: {0}")]
     Git(#[from] git2::Error),
     #[error(transparent)]
@@ -83,18 +95,37 @@ impl TrustRef {
     }
 
     /// A file's bytes as committed at the trust ref, or None when it is not there.
-    pub fn read_file(&self, repo: &Repository, path: &str) -> Result<Option<Vec<u8>>, git2::Error> {
-        let tree = repo.find_commit(self.commit)?.tree()?;
-        let entry = match tree.get_path(std::path::Path::new(path)) {
-            Ok(entry) => entry,
-            Err(e) if e.code() == ErrorCode::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if entry.kind() != Some(ObjectType::Blob) {
-            return Ok(None);
-        }
-        Ok(Some(repo.find_blob(entry.id())?.content().to_vec()))
+    pub fn read_file(&self, repo: &Repository, path: &str) -> Result<Option<Vec<u8>>, TrustError> {
+        read_committed(repo, self.commit, path, &self.refname)
     }
+}
+
+/// A file of tpa's as committed at `commit` (named `refname` in errors), or None when it is not
+/// there: never through a symbolic link, never more than [`MAX_COMMITTED_FILE`] bytes (the size is
+/// read from the object header before the content is loaded).
+pub fn read_committed(
+    repo: &Repository,
+    commit: Oid,
+    path: &str,
+    refname: &str,
+) -> Result<Option<Vec<u8>>, TrustError> {
+    let tree = repo.find_commit(commit)?.tree()?;
+    let entry = match tree.get_path(std::path::Path::new(path)) {
+        Ok(entry) => entry,
+        Err(e) if e.code() == ErrorCode::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if entry.kind() != Some(ObjectType::Blob) {
+        return Ok(None);
+    }
+    if entry.filemode() == 0o120000 {
+        return Err(TrustError::Symlink { path: path.to_owned(), refname: refname.to_owned() });
+    }
+    let (size, _) = repo.odb()?.read_header(entry.id())?;
+    if size > MAX_COMMITTED_FILE {
+        return Err(TrustError::TooLarge { path: path.to_owned(), refname: refname.to_owned(), size });
+    }
+    Ok(Some(repo.find_blob(entry.id())?.content().to_vec()))
 }
 
 fn peel_to_commit(repo: &Repository, spec: &str) -> Result<Option<Oid>, git2::Error> {

@@ -19,7 +19,7 @@ pub struct DoctorArgs {
     #[arg(long)]
     json: bool,
     /// How long to wait for AWS (credentials, then STS).
-    #[arg(long, value_parser = crate::grant::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = crate::grant::parse_timeout, default_value = "10s")]
     timeout: u64,
 }
 

@@ -43,6 +43,8 @@ pub mod exit {
     pub const FINDINGS: u8 = 1;
     /// The command could not do its job: bad usage, configuration, git or keyring errors.
     pub const ERROR: u8 = 2;
+    /// Interrupted (SIGINT, SIGTERM, SIGHUP) and ended cleanly: what was started is recorded.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// Temporary production access, recorded as signed git notes and revoked by git events.
@@ -93,6 +95,11 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::ValueValidation => {
+            // clap would echo the whole value; a megabyte of it helps nobody.
+            let _ = writeln!(std::io::stderr(), "tpa: error: {}", render::invalid_value(&e));
+            return ExitCode::from(exit::ERROR);
+        }
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { exit::ERROR } else { exit::OK });
@@ -154,9 +161,22 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     fn repo(&self) -> anyhow::Result<git2::Repository> {
-        git2::Repository::discover(&self.dir).with_context(|| {
-            format!("{} is not inside a git repository: run tpa in your project's clone", self.dir.display())
-        })
+        match git2::Repository::discover(&self.dir) {
+            Ok(repo) => Ok(repo),
+            // git refuses repositories owned by someone else too ("dubious ownership").
+            Err(e) if e.code() == git2::ErrorCode::Owner => anyhow::bail!(
+                "the repository at {} is owned by another user, and git (and tpa) refuse to work in it \
+                 unless you trust it: `git config --global --add safe.directory PATH` (see `git help config`, \
+                 safe.directory), or run tpa as the repository's owner",
+                self.dir.display()
+            ),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "{} is not inside a git repository: run tpa in your project's clone",
+                    self.dir.display()
+                )
+            }),
+        }
     }
 
     /// The signer for this repository: TPA_SIGNING_KEY, else what `tpa init` recorded.
@@ -217,7 +237,7 @@ pub(crate) struct IamArgs {
     #[arg(long)]
     pub profile: Option<String>,
     /// How long to wait for IAM before giving up.
-    #[arg(long, value_parser = crate::grant::parse_duration, default_value = "20s")]
+    #[arg(long, value_parser = crate::grant::parse_timeout, default_value = "20s")]
     pub timeout: u64,
 }
 

@@ -96,3 +96,21 @@ impl Drop for Spinner {
         }
     }
 }
+
+/// A value clap refused, shown short: the argument, an excerpt of the value, and why.
+pub fn invalid_value(error: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let text = |kind| match error.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let arg = text(ContextKind::InvalidArg).unwrap_or_else(|| "an argument".into());
+    let value = text(ContextKind::InvalidValue).unwrap_or_default();
+    let why = std::error::Error::source(error).map(|s| s.to_string()).unwrap_or_else(|| "invalid".into());
+    format!(
+        "invalid value `{}` for {}: {}",
+        crate::escape::excerpt(&value),
+        arg,
+        crate::escape::controls(&why)
+    )
+}

@@ -41,7 +41,7 @@ pub struct RequestArgs {
     #[arg(long)]
     profile: Option<String>,
     /// How long to wait for STS before giving up.
-    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    #[arg(long, value_parser = crate::grant::parse_timeout, default_value = "20s")]
     timeout: u64,
     /// Print the grant's metadata as JSON (never a secret).
     #[arg(long, conflicts_with = "format")]
@@ -104,19 +104,35 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     }
     let planned = started.elapsed();
     let signer = ctx.signer(&repo)?;
+    // From the intent record on, a signal must not leave a live session without its outcome
+    // recorded: signals only set a flag, which the flow reads at its safe points.
+    let interruption = crate::interrupt::Interruption::catch()?;
     let signer_ready = started.elapsed();
     let granted = match plan {
         Planned::Sts(plan) => {
             let _spinner = render::Spinner::start(&format!("asking AWS STS for {}", plan.role.name));
-            request::execute(&repo, *plan, &signer, &spec.sts, &faults())
+            request::execute(&repo, *plan, &signer, &spec.sts, &faults(), &interruption)
         }
         Planned::Postgres(plan) => {
             let _spinner =
                 render::Spinner::start(&format!("creating a login role on {}", plan.database.name));
-            request::execute_postgres(&repo, *plan, &signer)
+            request::execute_postgres(&repo, *plan, &signer, &faults(), &interruption)
         }
     };
-    let granted = granted?;
+    let granted = match granted {
+        Err(e @ RequestError::Interrupted { .. }) => {
+            eprintln!("tpa: {e}");
+            return Ok(exit::INTERRUPTED);
+        }
+        other => other?,
+    };
+    if interruption.is_set() {
+        eprintln!(
+            "note: interrupted while AWS was issuing the credentials: the grant was finished and recorded \
+             first, so that no session is left unrecorded; `tpa revoke {}` ends it",
+            granted.record.grant_id
+        );
+    }
     if let Err(failed) = notifications::required(&repo, &granted.record) {
         // Fail closed: a grant that the required webhooks do not know of is ended, and recorded so.
         let revoke_spec = RevokeSpec {
@@ -229,7 +245,8 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
 fn faults() -> Faults {
     #[cfg(feature = "testing")]
     {
-        Faults { fail_grant_record: std::env::var("TPA_TEST_FAULT").is_ok_and(|f| f == "grant-record") }
+        let fault = std::env::var("TPA_TEST_FAULT").unwrap_or_default();
+        Faults { fail_grant_record: fault == "grant-record", fail_keyring_store: fault == "keyring-store" }
     }
     #[cfg(not(feature = "testing"))]
     Faults::default()

@@ -4,7 +4,6 @@ use clap::Args;
 use serde_json::json;
 
 use super::{Ctx, exit, print_json};
-use crate::ops::request;
 use crate::provider::aws_iam::{AwsIam, RevocationTarget};
 use crate::trust::TrustRef;
 
@@ -26,7 +25,7 @@ pub struct SetupAwsArgs {
 pub fn run(ctx: &Ctx, args: SetupAwsArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
     let trust = TrustRef::resolve(&repo)?;
-    let (policy, _) = request::load_policy(&repo, &trust)?;
+    let (policy, _) = crate::policy::load(&repo, &trust)?;
     let role = policy.role(&args.role)?;
     let target = RevocationTarget::for_role(&role.arn)?;
     let iam = AwsIam::new(args.iam.profile.as_deref(), args.iam.timeout());

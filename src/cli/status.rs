@@ -50,7 +50,20 @@ fn run_once(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
     let me = context::principal(&repo)?.email;
     let now = super::now();
-    let shown: Vec<_> = grants::list(&repo, now)?
+    let all = grants::list(&repo, now)?;
+    // Grants this clone holds whose records are gone from the ledger: loud, since nothing else
+    // would show them until a sweep puts the records back.
+    for (id, local) in crate::state::StateDir::open(&repo)?.local_grants()? {
+        if local.expires_at.is_some_and(|e| e > now) && !all.iter().any(|g| g.grant_id.as_str() == id) {
+            eprintln!(
+                "WARNING: grant {} (branch {}) is held here but its records are missing from the ledger: \
+                 run `tpa sweep` to put them back and end it",
+                escape::text(&id),
+                render::branch(&local.branch)
+            );
+        }
+    }
+    let shown: Vec<_> = all
         .into_iter()
         .filter(|g| args.all || g.principal == me)
         .filter(|g| args.history || g.state.is_open())

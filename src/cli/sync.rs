@@ -16,7 +16,7 @@ pub struct SyncArgs {
     #[arg(long = "remote", value_name = "NAME")]
     remotes: Vec<String>,
     /// How long each git fetch or push may take.
-    #[arg(long, value_parser = crate::grant::parse_duration, default_value = "60s")]
+    #[arg(long, value_parser = crate::grant::parse_timeout, default_value = "60s")]
     timeout: u64,
     /// Print what happened per remote as JSON.
     #[arg(long)]

@@ -35,6 +35,7 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> anyhow::Result<u8> {
             "trust_commit": view.trust.as_ref().map(|t| t.commit.to_string()),
             "records": report.records.len(),
             "findings": findings,
+            "git_copies": report.git_copies,
         }))?;
     } else {
         if let Some(trust) = &view.trust {
@@ -63,6 +64,14 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> anyhow::Result<u8> {
             let grant = f.grant_id.as_ref().map(|g| format!(" grant {g}")).unwrap_or_default();
             let kind = serde_json::to_value(f.kind)?.as_str().unwrap_or_default().to_owned();
             writeln!(out, "{kind}{place}{grant}: {}", escape::text(&f.message))?;
+        }
+        if !report.git_copies.is_empty() {
+            writeln!(
+                out,
+                "info: {} record(s) copied by git (notes.rewriteRef) onto rewritten commits, originals in \
+                 place: ignored",
+                report.git_copies.len()
+            )?;
         }
         match findings.len() {
             0 => writeln!(out, "ok: no findings")?,

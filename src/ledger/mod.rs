@@ -4,6 +4,7 @@
 //! signed bytes are exactly the UTF-8 bytes of `payload` (see docs/ledger-format.md).
 
 pub mod notes;
+pub mod restore;
 pub mod signers;
 pub mod signing;
 pub mod verify;

@@ -214,7 +214,11 @@ fn fanout_path(hex: &str) -> Vec<String> {
 }
 
 /// Finds the note for `hex` whatever fan-out the writer used (git notes uses none for few notes).
-fn find_note(repo: &Repository, tree: &Tree, hex: &str) -> Result<Option<(Vec<String>, Oid)>, git2::Error> {
+pub(crate) fn find_note(
+    repo: &Repository,
+    tree: &Tree,
+    hex: &str,
+) -> Result<Option<(Vec<String>, Oid)>, git2::Error> {
     let mut path = Vec::new();
     let mut current = tree.clone();
     let mut rest = hex;

@@ -79,6 +79,9 @@ impl CheckedRecord {
 pub struct Report {
     pub tip: Option<Oid>,
     pub records: Vec<CheckedRecord>,
+    /// Copies git made of records (`notes.rewriteRef` on amend/rebase) onto commits they do not
+    /// name, while the original stays on its own commit: set aside, neither findings nor records.
+    pub git_copies: Vec<GitCopy>,
     /// Findings about the ledger as a whole (history), not about one record at the tip.
     pub ledger_findings: Vec<Finding>,
 }
@@ -91,6 +94,51 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.all_findings().next().is_none()
     }
+}
+
+/// A record git copied onto a rewritten commit.
+#[derive(Clone, Debug, Serialize)]
+pub struct GitCopy {
+    /// The commit whose note holds the copy.
+    pub commit: String,
+    pub line: usize,
+    pub grant_id: Option<GrantId>,
+    /// The commit the record names, whose note still holds the original.
+    pub original: String,
+}
+
+/// Takes out of `records` each record stored on a commit it does not name whose payload is also
+/// stored, unaltered and in its right place, on the commit it names: git's `notes.rewriteRef`
+/// copies a commit's note to the commit that replaces it on `commit --amend` and `rebase`. Such a
+/// copy is no second record and no tampering. A record whose original is gone (moved, not copied)
+/// stays, with its `wrong_commit` finding.
+pub fn set_aside_git_copies(records: &mut Vec<CheckedRecord>) -> Vec<GitCopy> {
+    let in_place: HashSet<(&str, String)> = records
+        .iter()
+        .filter(|c| !c.findings.iter().any(|f| f.kind == FindingKind::WrongCommit))
+        .filter_map(|c| Some((c.payload_sha256.as_deref()?, c.annotated.to_string())))
+        .collect();
+    let is_copy = |c: &CheckedRecord| {
+        c.findings.iter().any(|f| f.kind == FindingKind::WrongCommit)
+            && matches!((&c.record, &c.payload_sha256), (Some(r), Some(sha)) if in_place.contains(&(sha.as_str(), r.commit.clone())))
+    };
+    let copies: Vec<bool> = records.iter().map(is_copy).collect();
+    let mut set_aside = Vec::new();
+    let mut index = 0;
+    records.retain(|c| {
+        let copy = copies[index];
+        index += 1;
+        if copy {
+            set_aside.push(GitCopy {
+                commit: c.annotated.to_string(),
+                line: c.line_no,
+                grant_id: c.record.as_ref().map(|r| r.grant_id.clone()),
+                original: c.record.as_ref().map(|r| r.commit.clone()).unwrap_or_default(),
+            });
+        }
+        !copy
+    });
+    set_aside
 }
 
 /// Checks each line on its own: format, payload, signature, signer, place. Spread over the cores.

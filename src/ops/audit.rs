@@ -15,7 +15,7 @@ use crate::lifecycle::{self, AbandonReason, Situation, Verdict};
 use crate::ops::context;
 use crate::ops::grants::{self, GrantView};
 use crate::ops::ledger::{self, InspectError};
-use crate::ops::request::POLICY_PATH;
+use crate::policy::POLICY_PATH;
 use crate::policy::Policy;
 use crate::provider::aws_iam::{AwsIam, InForce, RevocationTarget};
 use crate::provider::cloudtrail::{AssumeRoleEvent, CloudTrail};
@@ -128,8 +128,20 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
     let all = grants::from_records(&view.report.records, now);
 
     let trust = view.trust.clone().or_else(|| TrustRef::resolve(repo).ok());
-    let policy_now = trust.as_ref().map(|t| crate::ops::request::load_policy(repo, t));
+    let policy_now = trust.as_ref().map(|t| crate::policy::load(repo, t));
     let policy_now = match policy_now {
+        Some(Ok((policy, _))) if policy.protected_branches.is_empty() => {
+            findings.push(Finding::new(
+                Severity::Error,
+                Category::Policy,
+                "no_protected_branches",
+                "protected_branches in the policy at the trust ref is empty: no merge ends a grant, and \
+                 grants on any branch (main included) pass the branch check"
+                    .to_owned(),
+                "list the branches work is merged into in protected_branches (e.g. [\"main\"]) through review",
+            ));
+            Some(policy)
+        }
         Some(Ok((policy, _))) => Some(policy),
         Some(Err(e)) => {
             findings.push(Finding::new(
@@ -395,11 +407,9 @@ impl PolicyCache {
         self.by_commit
             .entry(commit)
             .or_insert_with(|| {
-                let tree = repo.find_commit(commit).ok()?.tree().ok()?;
-                let entry = tree.get_path(std::path::Path::new(POLICY_PATH)).ok()?;
-                let blob = repo.find_blob(entry.id()).ok()?;
-                Policy::parse(&String::from_utf8_lossy(blob.content()), &format!("{commit}:{POLICY_PATH}"))
-                    .ok()
+                let name = commit.to_string();
+                let bytes = crate::trust::read_committed(repo, commit, POLICY_PATH, &name).ok()??;
+                Policy::parse(&String::from_utf8_lossy(&bytes), &format!("{commit}:{POLICY_PATH}")).ok()
             })
             .as_ref()
     }

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use crate::grant::{GrantId, GrantState};
 use crate::ops::deliver::{self, DeliveryError, Selector};
 use crate::ops::grants;
-use crate::ops::request::{self, RequestError};
+
 use crate::policy::{DatabasePolicy, DbEngine, DbProvider};
 use crate::provider::postgres::{self, AdminCredentials, PgError, PgTarget, Postgres};
 use crate::provider::rds_token::{self, TokenError, TokenRequest};
@@ -45,7 +45,7 @@ pub enum DbAccessError {
     #[error(transparent)]
     Trust(#[from] TrustError),
     #[error(transparent)]
-    Policy(#[from] RequestError),
+    Policy(#[from] crate::policy::LoadError),
     #[error(transparent)]
     Inspect(#[from] crate::ops::ledger::InspectError),
     #[error(transparent)]
@@ -122,7 +122,7 @@ pub fn login(
         .clone()
         .ok_or_else(|| DbAccessError::NotADatabaseGrant(grant.grant_id.clone()))?;
     let trust = TrustRef::resolve(repo)?;
-    let (policy, _) = request::load_policy(repo, &trust)?;
+    let (policy, _) = crate::policy::load(repo, &trust)?;
     let database =
         policy.databases.get(&name).cloned().ok_or_else(|| DbAccessError::DatabaseGone(name.clone()))?;
     if database.provider == DbProvider::Postgres {

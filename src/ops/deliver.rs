@@ -73,21 +73,19 @@ pub fn secret_for(
         .into_iter()
         .filter(|g| database_passwords || g.provider != "postgres" || matches!(selector, Selector::Grant(_)))
         .collect();
+    let mine_active = |g: &GrantView| g.state == GrantState::Active && g.principal == me;
     let grant = match selector {
         Selector::Grant(id) => all
             .into_iter()
             .find(|g| &g.grant_id == id)
             .ok_or_else(|| DeliveryError::UnknownGrant(id.clone()))?,
-        Selector::Role(role) => all
-            .into_iter()
-            .find(|g| {
-                g.state == GrantState::Active && g.principal == me && g.role.as_deref() == Some(role.as_str())
-            })
-            .ok_or_else(|| DeliveryError::NoActiveGrant { role: Some(role.clone()) })?,
-        Selector::Newest => all
-            .into_iter()
-            .find(|g| g.state == GrantState::Active && g.principal == me)
-            .ok_or(DeliveryError::NoActiveGrant { role: None })?,
+        Selector::Role(role) => newest_usable(
+            all.into_iter().filter(|g| mine_active(g) && g.role.as_deref() == Some(role.as_str())),
+            DeliveryError::NoActiveGrant { role: Some(role.clone()) },
+        )?,
+        Selector::Newest => {
+            newest_usable(all.into_iter().filter(mine_active), DeliveryError::NoActiveGrant { role: None })?
+        }
     };
     if grant.provider == "postgres" && !database_passwords {
         let database = grant.intent.database.clone().unwrap_or_default();
@@ -108,6 +106,24 @@ pub fn secret_for(
         return Err(DeliveryError::Expired { grant_id: grant.grant_id, at: credentials.expiration });
     }
     Ok((grant, credentials))
+}
+
+/// The newest of `candidates` (newest first) whose credentials this machine's keyring holds: a
+/// newer grant whose credentials never arrived here (taken on another machine, or its delivery
+/// failed) does not hide an older one that works. With none usable, the newest one's reason.
+fn newest_usable(
+    candidates: impl Iterator<Item = GrantView>,
+    none: DeliveryError,
+) -> Result<GrantView, DeliveryError> {
+    let mut first = None;
+    for grant in candidates {
+        match secrets::load_credentials(&grant.grant_id) {
+            Ok(_) => return Ok(grant),
+            Err(SecretsError::Missing { .. }) => first = first.or(Some(grant)),
+            Err(e) => return Err(DeliveryError::Keyring(e)),
+        }
+    }
+    Err(first.map_or(none, |g| DeliveryError::NotHere(g.grant_id)))
 }
 
 /// Removes the keyring entries of my grants that have ended. Best effort: returns how many went.

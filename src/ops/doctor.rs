@@ -323,7 +323,7 @@ fn policy(repo: &Repository) -> Check {
         Err(e) => return Check::fail(ID, "no trust ref to read the policy from", e.to_string()),
     };
     let refname = crate::escape::text(&trust.refname);
-    match crate::ops::request::load_policy(repo, &trust) {
+    match crate::policy::load(repo, &trust) {
         Ok((policy, commit)) => Check::ok(
             ID,
             format!("{refname} at {}: {} role(s)", &commit[..commit.len().min(12)], policy.roles.len()),

@@ -13,7 +13,7 @@ use crate::ops::context::{self, ContextError};
 use crate::trust::{TrustOrigin, TrustRef};
 
 pub const ALLOWED_SIGNERS_PATH: &str = ".tpa/allowed_signers";
-pub const POLICY_PATH: &str = ".tpa/policy.toml";
+pub use crate::policy::POLICY_PATH;
 const POLICY_TEMPLATE: &str = include_str!("../../templates/policy.toml");
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@ use git2::Repository;
 
 use crate::ledger::signers::{AllowedSigners, SignersError};
 use crate::ledger::verify::{self, CheckedRecord, FindingKind, Report};
-use crate::ledger::{self, notes};
+use crate::ledger::{self, notes, restore};
 use crate::ops::init::ALLOWED_SIGNERS_PATH;
 use crate::state::{StateDir, StateError};
 use crate::trust::{TrustError, TrustRef};
@@ -38,7 +38,7 @@ pub struct LedgerView {
     pub report: Report,
 }
 
-fn load_signers(repo: &Repository, trust: &TrustRef) -> Result<AllowedSigners, InspectError> {
+pub fn load_signers(repo: &Repository, trust: &TrustRef) -> Result<AllowedSigners, InspectError> {
     let bytes = trust
         .read_file(repo, ALLOWED_SIGNERS_PATH)?
         .ok_or_else(|| InspectError::NoSigners(trust.refname.clone()))?;
@@ -54,11 +54,12 @@ pub fn records_lenient(repo: &Repository) -> Result<LedgerView, InspectError> {
             let tip = notes::tip(repo)?;
             let lines = ledger::read_lines(repo, tip)?;
             let mut records = verify::check_lines(lines, &AllowedSigners::default());
+            let git_copies = verify::set_aside_git_copies(&mut records);
             verify::check_intents(&mut records);
             sort_newest_first(&mut records);
             Ok(LedgerView {
                 trust: TrustRef::resolve(repo).ok(),
-                report: Report { tip, records, ledger_findings: vec![] },
+                report: Report { tip, records, git_copies, ledger_findings: vec![] },
             })
         }
         other => other,
@@ -75,15 +76,19 @@ fn records_at(repo: &Repository, tip: Option<git2::Oid>) -> Result<LedgerView, I
     if lines.is_empty() {
         return Ok(LedgerView {
             trust: TrustRef::resolve(repo).ok(),
-            report: Report { tip, records: vec![], ledger_findings: vec![] },
+            report: Report { tip, records: vec![], git_copies: vec![], ledger_findings: vec![] },
         });
     }
     let trust = TrustRef::resolve(repo)?;
     let signers = load_signers(repo, &trust)?;
     let mut records = verify::check_lines(lines, &signers);
+    let git_copies = verify::set_aside_git_copies(&mut records);
     verify::check_intents(&mut records);
     sort_newest_first(&mut records);
-    Ok(LedgerView { trust: Some(trust), report: Report { tip, records, ledger_findings: vec![] } })
+    Ok(LedgerView {
+        trust: Some(trust),
+        report: Report { tip, records, git_copies, ledger_findings: vec![] },
+    })
 }
 
 /// The full check of `tpa verify`: records, the notes ref's history and the witness. A tip that
@@ -145,4 +150,26 @@ fn sort_newest_first(records: &mut [CheckedRecord]) {
             .then_with(|| a.annotated.cmp(&b.annotated))
             .then_with(|| b.line_no.cmp(&a.line_no))
     });
+}
+
+/// Puts back every signed record that was removed from the ledger since the last search (the
+/// whole history and the notes ref's reflog the first time), and returns what came back. The
+/// search resumes from the tip it examined, so a sweep pays only for what is new.
+pub fn restore_removed(repo: &Repository) -> Result<Vec<restore::RemovedLine>, InspectError> {
+    let state = StateDir::open(repo)?;
+    let lock = state.lock()?;
+    let (examined, removed) = restore::removed_lines(repo, state.restore_cursor()?)?;
+    if !removed.is_empty() {
+        restore::restore(repo, &removed)?;
+    }
+    if let Some(tip) = examined {
+        state.set_restore_cursor(&lock, tip)?;
+    }
+    Ok(removed)
+}
+
+/// What [`restore_removed`] would put back, without writing anything (for `tpa status`).
+pub fn removed_since_last_search(repo: &Repository) -> Result<Vec<restore::RemovedLine>, InspectError> {
+    let state = StateDir::open(repo)?;
+    Ok(restore::removed_lines(repo, state.restore_cursor()?)?.1)
 }

@@ -24,7 +24,7 @@ fn entries(repo: &Repository) -> Vec<NotifyPolicy> {
 
 fn read_entries(repo: &Repository) -> Result<Vec<NotifyPolicy>, String> {
     let trust = TrustRef::resolve(repo).map_err(|e| e.to_string())?;
-    crate::ops::request::load_policy(repo, &trust).map(|(p, _)| p.notify).map_err(|e| e.to_string())
+    crate::policy::load(repo, &trust).map(|(p, _)| p.notify).map_err(|e| e.to_string())
 }
 
 /// The event of a record: who, what, where, why, until when. Never a secret.

@@ -6,17 +6,17 @@ use git2::Repository;
 use serde_json::json;
 
 use crate::grant::{self, GrantId, Record, RecordKind, Scope, sha256_hex};
+use crate::interrupt::Interruption;
 use crate::ledger::signing::Signer;
 use crate::ledger::{self, LedgerError};
 use crate::ops::context::{self, ContextError, GitContext};
 use crate::ops::database;
-use crate::policy::{DatabasePolicy, DbProvider, Policy, PolicyError, PolicyRefusal, RolePolicy};
+use crate::policy::{DatabasePolicy, DbProvider, POLICY_PATH, PolicyRefusal, RolePolicy};
 use crate::provider::aws_sts::{AwsSts, StsOptions};
 use crate::provider::{Credentials, MintError, MintRequest};
 use crate::secrets::{self, SecretsError};
 use crate::trust::{TrustError, TrustRef};
 
-pub const POLICY_PATH: &str = ".tpa/policy.toml";
 /// STS's limit on an inline session policy, in characters.
 pub const SESSION_POLICY_MAX: usize = 2048;
 /// STS's limit on session tags per AssumeRole.
@@ -40,13 +40,8 @@ pub struct RequestSpec {
 pub enum RequestError {
     #[error(transparent)]
     Trust(#[from] TrustError),
-    #[error(
-        "there is no {POLICY_PATH} at the trust ref {0}: commit one there (`tpa init` writes a starting point) \
-         and get it merged through review; tpa never reads policy from your working tree"
-    )]
-    NoPolicy(String),
-    #[error("{0}")]
-    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::LoadError),
     #[error("{0}")]
     Refused(#[from] PolicyRefusal),
     #[error("role {role} requires MFA: pass --mfa-code CODE from your MFA device")]
@@ -74,18 +69,30 @@ pub enum RequestError {
     DbMint { grant_id: GrantId, error: crate::ops::database::DbAdminError },
     #[error(transparent)]
     Context(#[from] ContextError),
+    #[error(
+        "your signing key {fingerprint} is not a valid signer for {principal} in .tpa/allowed_signers at \
+         {trust} ({why}), so nothing was asked of the provider: records it signs would not verify. \
+         Commit your line (`tpa init` writes it) and get it merged into {trust} through review"
+    )]
+    UntrustedSigner { fingerprint: String, principal: String, trust: String, why: String },
+    #[error(transparent)]
+    Signers(#[from] crate::ops::ledger::InspectError),
     #[error("cannot write the intent record, so nothing was asked of AWS: {0}")]
     Intent(#[source] LedgerError),
     #[error("{error}\n(recorded as failed grant {grant_id})")]
     Mint { grant_id: GrantId, error: MintError },
     #[error(
-        "AWS issued credentials for grant {grant_id}, but the grant record could not be written ({source}); \
-         the credentials were discarded and not handed out. They stay valid at AWS until {expires_at} \
-         unless denied: run `tpa request` again once the ledger is writable"
+        "the provider issued credentials for grant {grant_id}, but the grant record could not be written \
+         ({source}); the credentials were discarded and not handed out, and {ended}. Run `tpa request` \
+         again once the ledger is writable",
+        ended = if *denied { "their session was ended" } else {
+            "their session could NOT be ended now (it lasts until {expires_at} unless `tpa sweep` denies it)"
+        }
     )]
     GrantRecord {
         grant_id: GrantId,
         expires_at: DateTime<Utc>,
+        denied: bool,
         #[source]
         source: LedgerError,
     },
@@ -95,13 +102,20 @@ pub enum RequestError {
         source: SecretsError,
     },
     #[error(
-        "grant {grant_id} is recorded, but its credentials could not be kept in the OS keyring: {source}"
+        "grant {grant_id} was recorded, but its credentials could not be kept in the OS keyring ({source}); \
+         the session was {ended} and nothing was handed out"
     )]
     Keyring {
         grant_id: GrantId,
+        ended: String,
         #[source]
         source: SecretsError,
     },
+    #[error(
+        "interrupted before anything was asked of the provider{}",
+        if *recorded { format!(": recorded as failed grant {grant_id}") } else { String::new() }
+    )]
+    Interrupted { grant_id: GrantId, recorded: bool },
     #[error("git error: {0}")]
     Git(#[from] git2::Error),
 }
@@ -134,7 +148,7 @@ pub struct Plan {
 /// Reads policy from the trust ref and checks the request against it. No side effects.
 pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result<Plan, RequestError> {
     let trust = TrustRef::resolve(repo)?;
-    let (policy, _) = load_policy(repo, &trust)?;
+    let (policy, _) = crate::policy::load(repo, &trust)?;
     let ctx = context::capture(repo, Some(&trust))?;
     let reason = spec.reason.clone().unwrap_or_default();
     policy.check_reason(&reason)?;
@@ -187,14 +201,6 @@ pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result
     Ok(Plan { ctx, trust, role, database, reason, ttl_seconds, mint, scope, grant_id, now })
 }
 
-pub fn load_policy(repo: &Repository, trust: &TrustRef) -> Result<(Policy, String), RequestError> {
-    let bytes =
-        trust.read_file(repo, POLICY_PATH)?.ok_or_else(|| RequestError::NoPolicy(trust.refname.clone()))?;
-    let source = format!("{}:{POLICY_PATH}", trust.refname);
-    let text = String::from_utf8_lossy(&bytes);
-    Ok((Policy::parse(&text, &source)?, trust.commit.to_string()))
-}
-
 /// Executes a plan: intent, AssumeRole, grant record, keyring.
 pub fn execute(
     repo: &Repository,
@@ -202,18 +208,37 @@ pub fn execute(
     signer: &Signer,
     sts: &StsOptions,
     faults: &Faults,
+    interruption: &Interruption,
 ) -> Result<Granted, RequestError> {
+    check_signer(repo, &plan.trust, signer, &plan.ctx.principal.email, plan.now)?;
     // A keyring that is locked, full or refuses shows itself before anything exists to undo.
     let until = plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64);
     secrets::reserve(&plan.grant_id, until).map_err(|source| RequestError::KeyringUnusable { source })?;
+    if interruption.is_set() {
+        let _ = secrets::delete_credentials(&plan.grant_id);
+        return Err(RequestError::Interrupted { grant_id: plan.grant_id, recorded: false });
+    }
     let intent = record(&plan, RecordKind::Intent, plan.now);
-    let appended = ledger::append(repo, &intent, signer).map_err(RequestError::Intent)?;
+    let appended = match ledger::append(repo, &intent, signer) {
+        Ok(appended) => appended,
+        Err(e) => {
+            let _ = secrets::delete_credentials(&plan.grant_id);
+            return Err(RequestError::Intent(e));
+        }
+    };
     let intent_sha256 = appended.payload_sha256;
+    if interruption.is_set() {
+        let mut failed = record(&plan, RecordKind::Failed, Utc::now().max(plan.now));
+        failed.intent_sha256 = Some(intent_sha256);
+        return Err(end_interrupted(repo, failed, signer));
+    }
 
-    let sts =
+    // From here on AWS may have issued credentials: an interruption waits for the outcome to be
+    // recorded, so that no live session is left without its record.
+    let client =
         AwsSts::new(&StsOptions { region: plan.role.region.clone().or(sts.region.clone()), ..sts.clone() });
     let started = std::time::Instant::now();
-    let minted = sts.assume_role(&plan.mint);
+    let minted = client.assume_role(&plan.mint);
     let sts_elapsed = started.elapsed();
     let now = Utc::now().max(plan.now);
     let credentials = match minted {
@@ -241,7 +266,14 @@ pub fn execute(
         let expires_at = credentials.expiration;
         drop(credentials); // zeroized: nothing of it is kept or shown
         let _ = secrets::delete_credentials(&plan.grant_id);
-        return Err(RequestError::GrantRecord { grant_id: plan.grant_id, expires_at, source });
+        // Unrecorded access must not stay usable: deny the session, best effort (the intent record
+        // already names it, and the sweep denies intents that never got an outcome).
+        use crate::provider::aws_iam::{AwsIam, RevocationTarget, session_names};
+        let iam = AwsIam::new(sts.profile.as_deref(), sts.timeout);
+        let denied = RevocationTarget::for_role(&plan.role.arn)
+            .and_then(|target| iam.deny(&target, &session_names([&plan.grant_id]), &Default::default()))
+            .is_ok();
+        return Err(RequestError::GrantRecord { grant_id: plan.grant_id, expires_at, denied, source });
     }
     // The hooks' fast path: a local index of the grants this clone holds. Best effort: `tpa sweep`
     // rebuilds it from the ledger.
@@ -251,11 +283,20 @@ pub fn execute(
         crate::state::LocalGrant {
             branch: plan.ctx.branch.clone(),
             expires_at: Some(credentials.expiration),
+            target: Some(granted.target.clone()),
+            provider: Some(granted.provider.clone()),
         },
     );
     let started = std::time::Instant::now();
-    secrets::store_credentials(&plan.grant_id, &credentials)
-        .map_err(|source| RequestError::Keyring { grant_id: plan.grant_id.clone(), source })?;
+    let stored = match faults.fail_keyring_store {
+        true => Err(SecretsError::Unavailable("injected fault: keyring store".into())),
+        false => secrets::store_credentials(&plan.grant_id, &credentials),
+    };
+    if let Err(source) = stored {
+        drop(credentials);
+        let ended = end_undelivered(repo, &plan.grant_id, signer, sts.profile.clone(), sts.timeout);
+        return Err(RequestError::Keyring { grant_id: plan.grant_id, ended, source });
+    }
     let keyring_elapsed = started.elapsed();
     Ok(Granted {
         record: granted,
@@ -266,10 +307,74 @@ pub fn execute(
     })
 }
 
+/// The signer must be one the trust ref's allowed_signers accepts for this principal now: a grant
+/// whose records would not verify is refused before anything is minted.
+fn check_signer(
+    repo: &Repository,
+    trust: &TrustRef,
+    signer: &Signer,
+    principal: &str,
+    now: DateTime<Utc>,
+) -> Result<(), RequestError> {
+    use crate::ledger::signers::SignerCheck;
+    let signers = crate::ops::ledger::load_signers(repo, trust)?;
+    let why = match signers.check(signer.public_key.key_data(), principal, now) {
+        SignerCheck::Allowed => return Ok(()),
+        SignerCheck::UnknownKey => "the key is not listed".to_owned(),
+        SignerCheck::OtherPrincipal(others) => format!("the key is listed for {others}"),
+        SignerCheck::WrongNamespace => "the key's line does not allow namespace \"tpa\"".to_owned(),
+        SignerCheck::NotValidAt => "the key's line is not valid now (valid-after/valid-before)".to_owned(),
+    };
+    Err(RequestError::UntrustedSigner {
+        fingerprint: signer.public_key.fingerprint(ssh_key::HashAlg::Sha256).to_string(),
+        principal: principal.to_owned(),
+        trust: trust.refname.clone(),
+        why,
+    })
+}
+
+/// Records a request interrupted before anything was minted as failed, and drops its keyring
+/// reservation.
+fn end_interrupted(repo: &Repository, mut failed: Record, signer: &Signer) -> RequestError {
+    failed.error = Some("interrupted before anything was asked of the provider".to_owned());
+    let grant_id = failed.grant_id.clone();
+    let _ = ledger::append(repo, &failed, signer);
+    let _ = secrets::delete_credentials(&grant_id);
+    RequestError::Interrupted { grant_id, recorded: true }
+}
+
+/// A recorded grant whose credentials could not be handed over is ended at once: denied and
+/// recorded as revoked (trigger `undelivered`). Returns how it ended, for the error message.
+fn end_undelivered(
+    repo: &Repository,
+    grant_id: &GrantId,
+    signer: &Signer,
+    profile: Option<String>,
+    timeout: std::time::Duration,
+) -> String {
+    use crate::ops::revoke::{RevokeSelector, RevokeSpec};
+    let spec = RevokeSpec {
+        selector: RevokeSelector::Grant(grant_id.clone()),
+        reason: Some("its credentials could not be kept in the OS keyring".into()),
+        trigger: crate::grant::RevokeTrigger::Undelivered,
+        profile,
+        timeout,
+    };
+    let _ = secrets::delete_credentials(grant_id);
+    match crate::ops::revoke::revoke(repo, &spec, signer, crate::clock::now()) {
+        Ok(outcomes) if outcomes.iter().all(|o| o.result == Some(crate::grant::RevokeResult::Done)) => {
+            "revoked".to_owned()
+        }
+        Ok(_) => "recorded for revocation (pending: `tpa sweep` retries)".to_owned(),
+        Err(e) => format!("NOT revoked ({e}): run `tpa revoke {grant_id}`"),
+    }
+}
+
 /// Faults a test build can inject; always off in release builds.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
     pub fail_grant_record: bool,
+    pub fail_keyring_store: bool,
 }
 
 fn record(plan: &Plan, kind: RecordKind, issued_at: DateTime<Utc>) -> Record {
@@ -407,7 +512,7 @@ pub fn plan_request(
 ) -> Result<Planned, RequestError> {
     if let Some(name) = &spec.database {
         let trust = TrustRef::resolve(repo)?;
-        let (policy, _) = load_policy(repo, &trust)?;
+        let (policy, _) = crate::policy::load(repo, &trust)?;
         let database = policy.database(name)?.clone();
         if database.provider == DbProvider::Postgres {
             let ctx = context::capture(repo, Some(&trust))?;
@@ -433,12 +538,34 @@ pub fn plan_request(
 
 /// Executes a postgres plan: intent, a login role made by the admin connection, grant record,
 /// keyring. The keyring entry holds the role name as its key id and the password as its secret.
-pub fn execute_postgres(repo: &Repository, plan: PgPlan, signer: &Signer) -> Result<Granted, RequestError> {
+pub fn execute_postgres(
+    repo: &Repository,
+    plan: PgPlan,
+    signer: &Signer,
+    faults: &Faults,
+    interruption: &Interruption,
+) -> Result<Granted, RequestError> {
+    check_signer(repo, &plan.trust, signer, &plan.ctx.principal.email, plan.now)?;
     let valid_until = plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64);
     secrets::reserve(&plan.grant_id, valid_until)
         .map_err(|source| RequestError::KeyringUnusable { source })?;
+    if interruption.is_set() {
+        let _ = secrets::delete_credentials(&plan.grant_id);
+        return Err(RequestError::Interrupted { grant_id: plan.grant_id, recorded: false });
+    }
     let intent = pg_record(&plan, RecordKind::Intent, plan.now);
-    let intent_sha256 = ledger::append(repo, &intent, signer).map_err(RequestError::Intent)?.payload_sha256;
+    let intent_sha256 = match ledger::append(repo, &intent, signer) {
+        Ok(appended) => appended.payload_sha256,
+        Err(e) => {
+            let _ = secrets::delete_credentials(&plan.grant_id);
+            return Err(RequestError::Intent(e));
+        }
+    };
+    if interruption.is_set() {
+        let mut failed = pg_record(&plan, RecordKind::Failed, Utc::now().max(plan.now));
+        failed.intent_sha256 = Some(intent_sha256);
+        return Err(end_interrupted(repo, failed, signer));
+    }
     let role = database::pg_role_name(&plan.grant_id);
     let started = std::time::Instant::now();
     let mut admin = None;
@@ -467,16 +594,24 @@ pub fn execute_postgres(repo: &Repository, plan: PgPlan, signer: &Signer) -> Res
     granted.credential_fingerprint = Some(grant::credential_fingerprint(&role));
     if let Err(source) = ledger::append(repo, &granted, signer) {
         // Unrecorded access must not exist: the role goes again (VALID UNTIL ends it otherwise).
-        if let Some(pg) = admin.as_mut() {
-            let _ = pg.revoke_login(&role);
-        }
+        let denied = admin.as_mut().is_some_and(|pg| pg.revoke_login(&role).is_ok());
         let _ = secrets::delete_credentials(&plan.grant_id);
-        return Err(RequestError::GrantRecord { grant_id: plan.grant_id, expires_at: valid_until, source });
+        return Err(RequestError::GrantRecord {
+            grant_id: plan.grant_id,
+            expires_at: valid_until,
+            denied,
+            source,
+        });
     }
     let _ = crate::ops::sweep::index_grant(
         repo,
         &plan.grant_id,
-        crate::state::LocalGrant { branch: plan.ctx.branch.clone(), expires_at: Some(valid_until) },
+        crate::state::LocalGrant {
+            branch: plan.ctx.branch.clone(),
+            expires_at: Some(valid_until),
+            target: Some(granted.target.clone()),
+            provider: Some(granted.provider.clone()),
+        },
     );
     let credentials = Credentials {
         access_key_id: role,
@@ -485,8 +620,15 @@ pub fn execute_postgres(repo: &Repository, plan: PgPlan, signer: &Signer) -> Res
         expiration: valid_until,
     };
     let started = std::time::Instant::now();
-    secrets::store_credentials(&plan.grant_id, &credentials)
-        .map_err(|source| RequestError::Keyring { grant_id: plan.grant_id.clone(), source })?;
+    let stored = match faults.fail_keyring_store {
+        true => Err(SecretsError::Unavailable("injected fault: keyring store".into())),
+        false => secrets::store_credentials(&plan.grant_id, &credentials),
+    };
+    if let Err(source) = stored {
+        drop(credentials);
+        let ended = end_undelivered(repo, &plan.grant_id, signer, None, plan.timeout);
+        return Err(RequestError::Keyring { grant_id: plan.grant_id, ended, source });
+    }
     Ok(Granted {
         record: granted,
         credentials,

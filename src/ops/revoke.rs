@@ -46,6 +46,8 @@ pub enum RevokeOpError {
     Inspect(#[from] InspectError),
     #[error(transparent)]
     Context(#[from] ContextError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 /// What happened to one grant.
@@ -69,6 +71,9 @@ pub fn revoke(
     now: DateTime<Utc>,
 ) -> Result<Vec<Revoked>, RevokeOpError> {
     let me = context::principal(repo)?;
+    let _serialized = crate::state::StateDir::open(repo)?.revocation_lock()?;
+    // A grant whose records someone removed from the ledger is still revocable: they come back first.
+    crate::ops::ledger::restore_removed(repo)?;
     let all = grants::list(repo, now)?;
     let expiries = known_expiries(&all);
     let chosen: Vec<GrantView> = match &spec.selector {
@@ -214,7 +219,7 @@ fn record_outcome(
 fn drop_login(repo: &Repository, grant: &GrantView, timeout: Duration) -> Result<Option<String>, String> {
     let name = grant.intent.database.clone().ok_or("the grant records no database")?;
     let trust = crate::trust::TrustRef::resolve(repo).map_err(|e| e.to_string())?;
-    let (policy, _) = crate::ops::request::load_policy(repo, &trust).map_err(|e| e.to_string())?;
+    let (policy, _) = crate::policy::load(repo, &trust).map_err(|e| e.to_string())?;
     let database = policy
         .databases
         .get(&name)

@@ -19,7 +19,6 @@ use crate::lifecycle::{self, AbandonReason, GrantFacts, Situation, Verdict};
 use crate::ops::context::{self, ContextError};
 use crate::ops::grants::{self, GrantView};
 use crate::ops::ledger::InspectError;
-use crate::ops::request;
 use crate::ops::revoke::{self, RevokeSpec, Revoked};
 use crate::provider::aws_iam::{AwsIam, RevocationTarget, session_names};
 use crate::secrets;
@@ -71,6 +70,8 @@ pub struct SweepReport {
     pub reassert_errors: Vec<String>,
     /// Policy problems: the sweep then decides with the defaults (main/master, 2h).
     pub policy_error: Option<String>,
+    /// Records that had been removed from the ledger and were put back.
+    pub restored: usize,
 }
 
 impl SweepReport {
@@ -79,7 +80,7 @@ impl SweepReport {
     pub fn needs_attention(&self) -> bool {
         !self.reassert_errors.is_empty()
             || self.items.iter().any(|i| {
-                matches!(i.decision, "error" | "irrevocable" | "wait")
+                matches!(i.decision, "error" | "irrevocable" | "wait" | "unrecorded")
                     || i.outcome.as_ref().is_some_and(|o| o.result != Some(RevokeResult::Done))
             })
     }
@@ -91,8 +92,13 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
     let mut report = SweepReport::default();
     let (protected, abandon_after) = match TrustRef::resolve(repo)
         .map_err(|e| e.to_string())
-        .and_then(|trust| request::load_policy(repo, &trust).map_err(|e| e.to_string()))
+        .and_then(|trust| crate::policy::load(repo, &trust).map_err(|e| e.to_string()))
     {
+        Ok((policy, _)) if policy.protected_branches.is_empty() => {
+            report.policy_error = Some("protected_branches is empty".to_owned());
+            let abandon_after = chrono::Duration::seconds(policy.abandon_after as i64);
+            (DEFAULT_PROTECTED.map(str::to_owned).to_vec(), abandon_after)
+        }
         Ok((policy, _)) => {
             (policy.protected_branches.clone(), chrono::Duration::seconds(policy.abandon_after as i64))
         }
@@ -102,6 +108,10 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
         }
     };
     let state = StateDir::open(repo)?;
+    let _serialized = state.revocation_lock()?;
+    let restored = crate::ops::ledger::restore_removed(repo)?;
+    report.restored = restored.len();
+    let tampered: HashSet<GrantId> = restored.into_iter().map(|line| line.grant_id).collect();
     let left = state.left_branches()?;
     let head_branch =
         repo.find_reference("HEAD").ok().and_then(|h| h.symbolic_target().ok().flatten().map(str::to_owned));
@@ -141,6 +151,15 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
         let mut queue = |decision: &'static str, trigger: RevokeTrigger, detail: Option<String>| {
             to_revoke.push((decision, trigger, detail, grant.clone()));
         };
+        if tampered.contains(&grant.grant_id) && grant.state.is_open() && verdict != Verdict::Expired {
+            // Someone removed this grant's records: it ends now, whatever its branch is doing.
+            queue(
+                "restored",
+                RevokeTrigger::Audit,
+                Some("its records had been removed from the ledger; they were put back".into()),
+            );
+            continue;
+        }
         match (verdict, grant.state) {
             // PostgreSQL refuses new logins after VALID UNTIL but keeps open sessions: end them.
             (Verdict::Expired, _) if grant.provider == "postgres" => {
@@ -196,6 +215,8 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
             (Verdict::Keep, _) => report.items.push(item(grant, "keep", None)),
         }
     }
+
+    deny_unrecorded(&state, &all, options, &mut report)?;
 
     let author = revoke::Author { signer, principal: &me, now };
     let mut by_trigger: BTreeMap<&'static str, (RevokeTrigger, Vec<GrantView>)> = BTreeMap::new();
@@ -267,6 +288,46 @@ fn reassert(
     }
 }
 
+/// Grants this clone took (its index says so) of which the ledger holds no record at all, even
+/// after putting back what was removed (the notes history itself was rewritten and pruned): their
+/// sessions are denied from what the index remembers, every sweep until they expire.
+fn deny_unrecorded(
+    state: &StateDir,
+    all: &[GrantView],
+    options: &SweepOptions,
+    report: &mut SweepReport,
+) -> Result<(), SweepError> {
+    let known: HashSet<String> = all.iter().map(|g| g.grant_id.to_string()).collect();
+    for (id, local) in state.local_grants()? {
+        if known.contains(&id) || local.expires_at.is_some_and(|e| e <= options.now) {
+            continue;
+        }
+        let Ok(grant_id) = id.parse::<GrantId>() else { continue };
+        let denied = match (&local.target, local.provider.as_deref()) {
+            (Some(role_arn), Some("aws-sts" | "rds-iam")) => {
+                let iam = AwsIam::new(options.profile.as_deref(), options.timeout);
+                RevocationTarget::for_role(role_arn)
+                    .and_then(|t| iam.deny(&t, &session_names([&grant_id]), &BTreeMap::new()))
+                    .map(|_| "denied in IAM from the local index".to_owned())
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err("the local index does not say how to end it: end it at its provider".to_owned()),
+        };
+        let detail = match denied {
+            Ok(done) => format!("no record of it is left in the ledger; {done}"),
+            Err(e) => format!("no record of it is left in the ledger, and it could NOT be denied: {e}"),
+        };
+        report.items.push(SweepItem {
+            grant_id,
+            branch: local.branch.clone(),
+            decision: "unrecorded",
+            detail: Some(detail),
+            outcome: None,
+        });
+    }
+    Ok(())
+}
+
 /// Rebuilds the hooks' index: the open grants this clone holds.
 fn update_index(
     repo: &Repository,
@@ -275,13 +336,31 @@ fn update_index(
     now: DateTime<Utc>,
 ) -> Result<(), SweepError> {
     let lock = state.lock()?;
-    let open: LocalGrants = grants::list(repo, now)?
+    let all = grants::list(repo, now)?;
+    let known: HashSet<String> = all.iter().map(|g| g.grant_id.to_string()).collect();
+    // Entries the ledger knows nothing of stay until they expire: they are all that is left of
+    // those grants (see `deny_unrecorded`).
+    let unrecorded: LocalGrants = state
+        .local_grants()?
+        .into_iter()
+        .filter(|(id, g)| !known.contains(id) && g.expires_at.is_some_and(|e| e > now))
+        .collect();
+    let mut open: LocalGrants = all
         .into_iter()
         .filter(|g| {
             g.state.is_open() && g.intent.principal.email == me.email && g.intent.principal.host == me.host
         })
-        .map(|g| (g.grant_id.to_string(), LocalGrant { branch: g.branch.clone(), expires_at: g.expires_at }))
+        .map(|g| {
+            let local = LocalGrant {
+                branch: g.branch.clone(),
+                expires_at: g.expires_at,
+                target: Some(g.target.clone()),
+                provider: Some(g.provider.clone()),
+            };
+            (g.grant_id.to_string(), local)
+        })
         .collect();
+    open.extend(unrecorded);
     state.set_local_grants(&lock, &open)?;
     // Abandonment clocks of branches that no longer hold a grant have nothing left to time.
     let mut left = state.left_branches()?;

@@ -89,7 +89,7 @@ pub fn sync(repo: &Repository, options: &SyncOptions) -> Result<Vec<RemoteSync>,
 /// sweep. None when the policy does not ask for it (or cannot be read, or there is no remote).
 pub fn push_if_policy_says(repo: &Repository, timeout: Duration) -> Option<Vec<RemoteSync>> {
     let trust = crate::trust::TrustRef::resolve(repo).ok()?;
-    let (policy, _) = crate::ops::request::load_policy(repo, &trust).ok()?;
+    let (policy, _) = crate::policy::load(repo, &trust).ok()?;
     if policy.sync != SyncMode::Push || crate::gitconfig::GitConfig::of(repo).ok()?.remotes().is_empty() {
         return None;
     }

@@ -107,11 +107,11 @@ fn a_seeded_ledger_yields_exactly_one_finding_of_each_kind() {
         push(branch);
     };
 
-    // A grant on main, taken while an old policy protected nothing, then revoked.
+    // A grant on main, taken while an old policy protected only a release branch, then revoked.
     let strict = std::fs::read_to_string(dir.join(".tpa/policy.toml")).unwrap();
     env.git(dir, &["switch", "-q", "main"]);
     let permissive = format!(
-        "protected_branches = []\nmin_reason_length = 10\n{}",
+        "protected_branches = [\"release\"]\nmin_reason_length = 10\n{}",
         strict.split_once("[roles.").map(|(_, r)| format!("[roles.{r}")).unwrap()
     );
     std::fs::write(dir.join(".tpa/policy.toml"), permissive).unwrap();
@@ -228,7 +228,7 @@ fn policy_warnings_fail_only_with_fail_on_warning() {
     let strict = std::fs::read_to_string(dir.join(".tpa/policy.toml")).unwrap();
     aws.env.git(dir, &["switch", "-q", "main"]);
     let permissive = format!(
-        "protected_branches = []\nmin_reason_length = 10\n{}",
+        "protected_branches = [\"release\"]\nmin_reason_length = 10\n{}",
         strict.split_once("[roles.").map(|(_, r)| format!("[roles.{r}")).unwrap()
     );
     std::fs::write(dir.join(".tpa/policy.toml"), permissive).unwrap();

@@ -84,17 +84,19 @@ fn init_uses_the_git_ssh_signing_key_through_ssh_keygen() {
 }
 
 #[test]
-fn init_without_a_keyring_fails_and_writes_no_key_anywhere() {
+fn init_with_a_secret_service_that_does_not_answer_fails_and_writes_no_key_anywhere() {
+    // Where the Secret Service is asked for (TPA_KEYRING) and none answers, nothing falls back.
     let env = TestEnv::new();
     let dir = env.repo("work");
     let out = env
         .tpa(&dir)
         .arg("init")
         .env("DBUS_SESSION_BUS_ADDRESS", format!("unix:path={}", env.path("no-bus").display()))
+        .env("TPA_KEYRING", "secret-service")
         .run()
         .code(2);
-    assert!(out.stderr.contains("OS keyring is not available"), "{}", out.stderr);
-    assert!(out.stderr.contains("--signing-key"), "{}", out.stderr);
+    assert!(out.stderr.contains("no Secret Service answers"), "{}", out.stderr);
+    assert!(out.stderr.contains("unset TPA_KEYRING"), "{}", out.stderr);
     assert!(!dir.join(".tpa/allowed_signers").exists());
     assert!(env.git_output(&dir, &["config", "tpa.signingKey"]).stdout.is_empty());
     let stray = walk(&env.root.path().to_path_buf())
