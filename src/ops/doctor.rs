@@ -394,40 +394,21 @@ pub fn classify_skew(skew: i64) -> Status {
 }
 
 fn aws(timeout: Duration) -> (Check, Check) {
-    use aws_config::BehaviorVersion;
     use aws_credential_types::provider::ProvideCredentials;
 
     const CREDS: &str = "aws-credentials";
     const SKEW: &str = "clock-skew";
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            let detail = format!("cannot start the async runtime: {e}");
-            return (
-                Check::fail(CREDS, detail.clone(), "report this as a tpa bug"),
-                Check::warn(SKEW, "not checked", "see aws-credentials"),
-            );
-        }
-    };
     let profile = std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty());
-    runtime.block_on(async {
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .operation_attempt_timeout(timeout)
-            .operation_timeout(timeout)
-            .build();
-        let load = |region: Option<&'static str>| {
-            let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts.clone());
-            if let Some(region) = region {
-                loader = loader.region(aws_config::Region::from_static(region));
-            }
-            loader.load()
-        };
-        let config = match tokio::time::timeout(timeout, load(None)).await {
-            Ok(config) if config.region().is_some() => config,
-            // STS answers in every region; one is only needed to pick an endpoint.
-            _ => load(Some("us-east-1")).await,
-        };
+    // STS answers in every region; one is only needed to pick an endpoint.
+    let sdk = crate::provider::aws::load(&crate::provider::aws::Reach {
+        profile: None, // the chain reads AWS_PROFILE itself
+        region: None,
+        fallback_region: "us-east-1",
+        timeout,
+        max_attempts: None,
+    });
+    let config = sdk.config;
+    sdk.runtime.block_on(async {
         let from =
             profile.as_deref().map(|p| format!(" (profile {})", crate::escape::text(p))).unwrap_or_default();
         let Some(provider) = config.credentials_provider() else {

@@ -10,8 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
 use serde_json::json;
 
@@ -219,27 +217,15 @@ pub struct AwsIam {
 
 impl AwsIam {
     pub fn new(profile: Option<&str>, timeout: Duration) -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime always builds");
-        let config = runtime.block_on(async {
-            let mut loader = aws_config::defaults(BehaviorVersion::latest())
-                // IAM is global; its endpoint lives in us-east-1 (aws partition).
-                .region(aws_config::Region::from_static("us-east-1"))
-                .timeout_config(
-                    TimeoutConfig::builder()
-                        .connect_timeout(timeout.min(Duration::from_secs(5)))
-                        .operation_attempt_timeout(timeout)
-                        .operation_timeout(timeout)
-                        .build(),
-                );
-            if let Some(profile) = profile {
-                loader = loader.profile_name(profile);
-            }
-            loader.load().await
+        // IAM is global; its endpoint lives in us-east-1 (aws partition).
+        let sdk = super::aws::load(&super::aws::Reach {
+            profile,
+            region: Some("us-east-1"),
+            fallback_region: "us-east-1",
+            timeout,
+            max_attempts: None,
         });
-        AwsIam { runtime, client: aws_sdk_iam::Client::new(&config) }
+        AwsIam { runtime: sdk.runtime, client: aws_sdk_iam::Client::new(&sdk.config) }
     }
 
     /// Creates the revocation policy of a role (if missing) and attaches it (if not attached).

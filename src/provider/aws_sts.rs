@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::types::Tag;
 use chrono::{DateTime, Utc};
@@ -29,37 +27,22 @@ pub struct AwsSts {
 
 impl AwsSts {
     pub fn new(options: &StsOptions) -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime always builds");
-        let timeout = options.timeout;
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .operation_attempt_timeout(timeout)
-            .operation_timeout(timeout)
-            .build();
-        let loader = |region: Option<String>| {
-            let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts.clone());
-            if let Some(profile) = &options.profile {
-                loader = loader.profile_name(profile);
-            }
-            if let Some(region) = region {
-                loader = loader.region(aws_config::Region::new(region));
-            }
-            loader
-        };
-        let config = runtime.block_on(async {
-            let config = loader(options.region.clone()).load().await;
-            match config.region() {
-                Some(_) => config,
-                // STS has an endpoint in every region; one is only needed to pick it.
-                None => loader(Some("us-east-1".to_owned())).load().await,
-            }
+        // STS has an endpoint in every region; one is only needed to pick it.
+        let sdk = super::aws::load(&super::aws::Reach {
+            profile: options.profile.as_deref(),
+            region: options.region.as_deref(),
+            fallback_region: "us-east-1",
+            timeout: options.timeout,
+            max_attempts: None,
         });
         let endpoint =
             std::env::var("AWS_ENDPOINT_URL_STS").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
-        AwsSts { runtime, client: aws_sdk_sts::Client::new(&config), timeout, endpoint }
+        AwsSts {
+            runtime: sdk.runtime,
+            client: aws_sdk_sts::Client::new(&sdk.config),
+            timeout: options.timeout,
+            endpoint,
+        }
     }
 
     pub fn assume_role(&self, request: &MintRequest) -> Result<Credentials, MintError> {

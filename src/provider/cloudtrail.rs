@@ -3,9 +3,6 @@
 
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_cloudtrail::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudtrail::types::{LookupAttribute, LookupAttributeKey};
 use chrono::{DateTime, Utc};
@@ -50,36 +47,15 @@ pub struct CloudTrail {
 
 impl CloudTrail {
     pub fn new(profile: Option<&str>, region: Option<&str>, timeout: Duration) -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime always builds");
-        let config = runtime.block_on(async {
-            let mut loader = aws_config::defaults(BehaviorVersion::latest())
-                .retry_config(RetryConfig::standard().with_max_attempts(5))
-                .timeout_config(
-                    TimeoutConfig::builder()
-                        .connect_timeout(timeout.min(Duration::from_secs(5)))
-                        .operation_attempt_timeout(timeout)
-                        .build(),
-                );
-            if let Some(profile) = profile {
-                loader = loader.profile_name(profile);
-            }
-            if let Some(region) = region {
-                loader = loader.region(aws_config::Region::new(region.to_owned()));
-            }
-            let config = loader.load().await;
-            if config.region().is_none() {
-                // AssumeRole on STS's global endpoint is logged in us-east-1.
-                return aws_config::defaults(BehaviorVersion::latest())
-                    .region(aws_config::Region::from_static("us-east-1"))
-                    .load()
-                    .await;
-            }
-            config
+        // AssumeRole on STS's global endpoint is logged in us-east-1.
+        let sdk = super::aws::load(&super::aws::Reach {
+            profile,
+            region,
+            fallback_region: "us-east-1",
+            timeout,
+            max_attempts: Some(5),
         });
-        CloudTrail { runtime, client: aws_sdk_cloudtrail::Client::new(&config) }
+        CloudTrail { runtime: sdk.runtime, client: aws_sdk_cloudtrail::Client::new(&sdk.config) }
     }
 
     /// Every AssumeRole event between `from` and `to`, oldest first.

@@ -1,6 +1,7 @@
 //! Providers mint short-lived credentials. The async AWS SDK lives behind this boundary; the rest
 //! of tpa is plain synchronous code.
 
+pub mod aws;
 pub mod aws_iam;
 pub mod aws_sts;
 pub mod cloudtrail;
