@@ -126,6 +126,32 @@ pub enum RevokeResult {
     Irrevocable,
 }
 
+impl RevokeTrigger {
+    /// The name records carry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokeTrigger::Manual => "manual",
+            RevokeTrigger::Merged => "merged",
+            RevokeTrigger::Abandoned => "abandoned",
+            RevokeTrigger::Expired => "expired",
+            RevokeTrigger::Audit => "audit",
+            RevokeTrigger::NotifyFailed => "notify-failed",
+            RevokeTrigger::Undelivered => "undelivered",
+        }
+    }
+}
+
+impl RevokeResult {
+    /// The name records carry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokeResult::Done => "done",
+            RevokeResult::Pending => "pending",
+            RevokeResult::Irrevocable => "irrevocable",
+        }
+    }
+}
+
 /// Who wrote a record: the signer's principal is `email`, as in `.tpa/allowed_signers`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
@@ -388,6 +414,25 @@ impl fmt::Display for GrantState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_what_records_carry() {
+        use super::{RevokeResult, RevokeTrigger};
+        for t in [
+            RevokeTrigger::Manual,
+            RevokeTrigger::Merged,
+            RevokeTrigger::Abandoned,
+            RevokeTrigger::Expired,
+            RevokeTrigger::Audit,
+            RevokeTrigger::NotifyFailed,
+            RevokeTrigger::Undelivered,
+        ] {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        for r in [RevokeResult::Done, RevokeResult::Pending, RevokeResult::Irrevocable] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
 
     #[test]
     fn grant_ids_are_ulids_that_sort_by_time() {

@@ -16,6 +16,8 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;
 
+use crate::provider::{Credentials, DbLogin, Secret};
+
 pub const SERVICE: &str = "tpa";
 /// Forces a store: `secret-service`, `keyutils`, `keychain` or `windows`.
 pub const STORE_ENV: &str = "TPA_KEYRING";
@@ -391,16 +393,23 @@ pub fn reserve(grant_id: &crate::grant::GrantId, until: DateTime<Utc>) -> Result
     put(&grant_account(grant_id), RESERVED, Some(until))
 }
 
+/// A grant's secret as the keyring holds it: JSON, AWS's own credential names for STS sessions
+/// (what `credential_process` prints), plus `Kind` for a database login.
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct StoredCredentials {
+struct Stored {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
     access_key_id: String,
     secret_access_key: String,
+    #[serde(default)]
     session_token: String,
     expiration: chrono::DateTime<chrono::Utc>,
 }
 
-impl Drop for StoredCredentials {
+const DB_LOGIN: &str = "db-login";
+
+impl Drop for Stored {
     fn drop(&mut self) {
         use zeroize::Zeroize;
         self.secret_access_key.zeroize();
@@ -408,39 +417,76 @@ impl Drop for StoredCredentials {
     }
 }
 
-/// Keeps a grant's credentials in the OS keyring, for as long as they live.
-pub fn store_credentials(
-    grant_id: &crate::grant::GrantId,
-    credentials: &crate::provider::Credentials,
-) -> Result<(), SecretsError> {
-    let account = grant_account(grant_id);
-    let stored = StoredCredentials {
-        access_key_id: credentials.access_key_id.clone(),
-        secret_access_key: credentials.secret_access_key.to_string(),
-        session_token: credentials.session_token.to_string(),
-        expiration: credentials.expiration,
+/// Keeps a grant's secret in the OS keyring, for as long as it lives.
+pub fn store_secret(grant_id: &crate::grant::GrantId, secret: &Secret) -> Result<(), SecretsError> {
+    let stored = match secret {
+        Secret::Aws(credentials) => Stored {
+            kind: None,
+            access_key_id: credentials.access_key_id.clone(),
+            secret_access_key: credentials.secret_access_key.to_string(),
+            session_token: credentials.session_token.to_string(),
+            expiration: credentials.expiration,
+        },
+        Secret::DbLogin(login) => Stored {
+            kind: Some(DB_LOGIN.to_owned()),
+            access_key_id: login.user.clone(),
+            secret_access_key: login.password.to_string(),
+            session_token: String::new(),
+            expiration: login.valid_until,
+        },
     };
-    let text = Zeroizing::new(serde_json::to_string(&stored).expect("credentials serialize"));
-    put(&account, &text, Some(credentials.expiration))
+    let text = Zeroizing::new(serde_json::to_string(&stored).expect("secrets serialize"));
+    put(&grant_account(grant_id), &text, Some(secret.expires_at()))
 }
 
-pub fn load_credentials(
-    grant_id: &crate::grant::GrantId,
-) -> Result<crate::provider::Credentials, SecretsError> {
+/// A grant's secret from the OS keyring. A reservation not yet replaced reads as missing.
+pub fn load_secret(grant_id: &crate::grant::GrantId) -> Result<Secret, SecretsError> {
     let account = grant_account(grant_id);
     let text = load(&account)?;
-    let stored: StoredCredentials =
-        serde_json::from_str(&text).map_err(|_| SecretsError::Missing { account })?;
-    Ok(crate::provider::Credentials {
-        access_key_id: stored.access_key_id.clone(),
-        secret_access_key: Zeroizing::new(stored.secret_access_key.clone()),
-        session_token: Zeroizing::new(stored.session_token.clone()),
-        expiration: stored.expiration,
+    let stored: Stored = serde_json::from_str(&text).map_err(|_| SecretsError::Missing { account })?;
+    Ok(match stored.kind.as_deref() {
+        Some(DB_LOGIN) => Secret::DbLogin(DbLogin {
+            user: stored.access_key_id.clone(),
+            password: Zeroizing::new(stored.secret_access_key.clone()),
+            valid_until: stored.expiration,
+        }),
+        _ => Secret::Aws(Credentials {
+            access_key_id: stored.access_key_id.clone(),
+            secret_access_key: Zeroizing::new(stored.secret_access_key.clone()),
+            session_token: Zeroizing::new(stored.session_token.clone()),
+            expiration: stored.expiration,
+        }),
     })
 }
 
 pub fn delete_credentials(grant_id: &crate::grant::GrantId) -> Result<(), SecretsError> {
     delete(&grant_account(grant_id))
+}
+
+/// Where the executor keeps grant secrets: the OS keyring, or a fake in tests of the executor.
+pub trait SecretStore {
+    /// See [`reserve`].
+    fn reserve(&self, grant_id: &crate::grant::GrantId, until: DateTime<Utc>) -> Result<(), SecretsError>;
+    fn store(&self, grant_id: &crate::grant::GrantId, secret: &Secret) -> Result<(), SecretsError>;
+    /// Drops whatever is kept for the grant; best effort.
+    fn forget(&self, grant_id: &crate::grant::GrantId);
+}
+
+/// The OS keyring of this process.
+pub struct OsKeyring;
+
+impl SecretStore for OsKeyring {
+    fn reserve(&self, grant_id: &crate::grant::GrantId, until: DateTime<Utc>) -> Result<(), SecretsError> {
+        reserve(grant_id, until)
+    }
+
+    fn store(&self, grant_id: &crate::grant::GrantId, secret: &Secret) -> Result<(), SecretsError> {
+        store_secret(grant_id, secret)
+    }
+
+    fn forget(&self, grant_id: &crate::grant::GrantId) {
+        let _ = delete_credentials(grant_id);
+    }
 }
 
 #[cfg(test)]

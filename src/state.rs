@@ -109,6 +109,9 @@ pub struct LocalGrant {
     pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// The policy's database, for database grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 pub type LocalGrants = std::collections::BTreeMap<String, LocalGrant>;
@@ -133,4 +136,30 @@ impl StateDir {
     pub fn set_left_branches(&self, lock: &StateLock, left: &LeftBranches) -> Result<(), StateError> {
         self.write(lock, LEFT, &serde_json::to_string_pretty(left).expect("serializes"))
     }
+}
+
+impl LocalGrant {
+    /// The index entry of a grant, from its grant record.
+    pub fn of(record: &crate::grant::Record) -> Self {
+        LocalGrant {
+            branch: record.branch.clone(),
+            expires_at: record.expires_at,
+            target: Some(record.target.clone()),
+            provider: Some(record.provider.clone()),
+            database: record.database.clone(),
+        }
+    }
+}
+
+/// Adds a grant this clone just took to the hooks' index.
+pub fn index_grant(
+    repo: &Repository,
+    grant_id: &crate::grant::GrantId,
+    grant: LocalGrant,
+) -> Result<(), StateError> {
+    let state = StateDir::open(repo)?;
+    let lock = state.lock()?;
+    let mut grants = state.local_grants()?;
+    grants.insert(grant_id.to_string(), grant);
+    state.set_local_grants(&lock, &grants)
 }

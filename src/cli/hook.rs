@@ -64,9 +64,16 @@ fn tpa_part(repo: &git2::Repository, args: &HookArgs) -> anyhow::Result<()> {
         let options =
             SweepOptions { profile: None, timeout: std::time::Duration::from_secs(20), now: super::now() };
         let report = sweep::sweep(repo, &signer, &options)?;
+        // The same after-write chain as `tpa sweep`; the hook's own output goes to stderr.
+        let outcomes: Vec<_> = report.items.iter().filter_map(|i| i.outcome.clone()).collect();
+        let finished = crate::ops::finish::after_write(
+            repo,
+            &[crate::ops::finish::Written::Revoked(&outcomes)],
+            super::now(),
+        );
+        super::report_finished(&finished);
         for item in report.items.iter().filter(|i| i.outcome.is_some()) {
-            let result =
-                item.outcome.as_ref().and_then(|o| o.result).map(|r| format!("{r:?}").to_lowercase());
+            let result = item.outcome.as_ref().and_then(|o| o.result).map(|r| r.as_str());
             eprintln!("tpa: {} grant {}: {}", item.decision, item.grant_id, result.unwrap_or_default());
         }
         return Ok(());

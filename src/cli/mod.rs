@@ -216,20 +216,6 @@ pub(crate) fn interactive() -> bool {
         && std::env::var("TPA_NONINTERACTIVE").map_or(true, |v| v.is_empty() || v == "0")
 }
 
-/// After writing records, let git pack loose objects when it would after its own commands: every
-/// append writes a blob, two trees and a commit with libgit2, which never runs `git gc --auto`.
-/// Detached and silent; it does nothing below git's threshold.
-pub(crate) fn housekeeping(repo: &git2::Repository) {
-    let dir = repo.workdir().unwrap_or_else(|| repo.path());
-    let _ = std::process::Command::new("git")
-        .args(["gc", "--auto", "--quiet"])
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-}
-
 /// How to reach IAM, for the commands that write revocation policies.
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct IamArgs {
@@ -247,18 +233,19 @@ impl IamArgs {
     }
 }
 
-/// After a command wrote records: push the ledger when the policy says `sync = "push"`. Never fails
-/// the command: what cannot be pushed now stays in the local ledger for the next `tpa sync`.
-pub(crate) fn share(repo: &git2::Repository) {
-    let Some(results) = crate::ops::sync::push_if_policy_says(repo, std::time::Duration::from_secs(15))
-    else {
-        return;
-    };
-    for r in results.iter().filter(|r| !r.pushed) {
+/// Says what the after-write chain could not do now (it is done later, nothing is lost).
+pub(crate) fn report_finished(finished: &crate::ops::finish::Finished) {
+    for (remote, error) in &finished.unpushed {
         eprintln!(
             "note: the ledger was not pushed to {} ({}): it is kept here and goes with the next `tpa sync`",
-            crate::escape::text(&r.remote),
-            crate::escape::text(r.error.as_deref().unwrap_or("unknown error"))
+            crate::escape::text(remote),
+            crate::escape::text(error)
+        );
+    }
+    if !finished.queued.is_empty() {
+        eprintln!(
+            "note: notification to {} failed; queued for retry",
+            finished.queued.iter().map(|h| crate::escape::text(h)).collect::<Vec<_>>().join(", ")
         );
     }
 }

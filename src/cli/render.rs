@@ -36,13 +36,7 @@ pub fn status(checked: &CheckedRecord) -> String {
     if checked.is_verified() {
         return "verified".to_owned();
     }
-    let kinds: Vec<String> = checked
-        .findings
-        .iter()
-        .map(|f| {
-            serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-        })
-        .collect();
+    let kinds: Vec<String> = checked.findings.iter().map(|f| f.kind.as_str().to_owned()).collect();
     format!("FAILED: {}", kinds.join(", "))
 }
 

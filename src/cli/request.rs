@@ -6,13 +6,7 @@ use serde_json::json;
 use super::{Ctx, exit, print_json, render};
 use crate::escape;
 use crate::grant::parse_duration;
-use crate::grant::{RevokeResult, RevokeTrigger};
-use crate::ops::context;
-use crate::ops::deliver;
-use crate::ops::notifications;
-use crate::ops::request::{self, Faults, Planned, RequestError, RequestSpec};
-use crate::ops::revoke::{self, RevokeSelector, RevokeSpec};
-use crate::policy::NotifyEvent;
+use crate::ops::request::{self, RequestError, RequestSpec};
 use crate::policy::PolicyRefusal;
 use crate::provider::aws_sts::StsOptions;
 
@@ -74,8 +68,8 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     };
     let now = super::now();
     let started = std::time::Instant::now();
-    let plan = loop {
-        match request::plan_request(&repo, &spec, now) {
+    let planned = loop {
+        match request::plan(&repo, &spec, now) {
             Err(RequestError::Refused(
                 refusal @ (PolicyRefusal::ReasonMissing | PolicyRefusal::ReasonTooShort { .. }),
             )) if super::interactive() => {
@@ -85,42 +79,31 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
             other => break other?,
         }
     };
-    let trust = match &plan {
-        Planned::Sts(p) => &p.trust,
-        Planned::Postgres(p) => &p.trust,
-    };
-    if matches!(plan, Planned::Postgres(_)) && args.format.is_some() {
+    if !planned.kind().is_sts_session() && args.format.is_some() {
         anyhow::bail!(
-            "--format prints AWS credentials, and a postgres database grant has none: connect with \
-             `tpa exec --db {} -- psql`",
+            "--format prints AWS credentials, and a {} grant has none: connect with `tpa exec --db {} -- psql`",
+            planned.kind(),
             args.db.as_deref().unwrap_or_default()
         );
     }
-    if trust.origin == crate::trust::TrustOrigin::LocalNoRemote {
+    if planned.trust.origin == crate::trust::TrustOrigin::LocalNoRemote {
         eprintln!(
             "note: no remote: policy was read from the local branch {}, which nobody reviewed",
-            render::branch(&trust.refname)
+            render::branch(&planned.trust.refname)
         );
     }
-    let planned = started.elapsed();
+    let plan_elapsed = started.elapsed();
     let signer = ctx.signer(&repo)?;
-    // From the intent record on, a signal must not leave a live session without its outcome
-    // recorded: signals only set a flag, which the flow reads at its safe points.
-    let interruption = crate::interrupt::Interruption::catch()?;
     let signer_ready = started.elapsed();
-    let granted = match plan {
-        Planned::Sts(plan) => {
-            let _spinner = render::Spinner::start(&format!("asking AWS STS for {}", plan.role.name));
-            request::execute(&repo, *plan, &signer, &spec.sts, &faults(), &interruption)
-        }
-        Planned::Postgres(plan) => {
-            let _spinner =
-                render::Spinner::start(&format!("creating a login role on {}", plan.database.name));
-            request::execute_postgres(&repo, *plan, &signer, &faults(), &interruption)
-        }
-    };
+    // From the intent record on, a signal must not leave a live session without its outcome
+    // recorded: signals only set a flag, which the executor reads at its safe points.
+    let interruption = crate::interrupt::Interruption::catch()?;
+    let spinner =
+        render::Spinner::start(&format!("asking {} for {}", planned.kind(), escape::text(&planned.what)));
+    let granted = request::execute(&repo, planned, &signer, &crate::secrets::OsKeyring, &interruption);
+    drop(spinner);
     let granted = match granted {
-        Err(e @ RequestError::Interrupted { .. }) => {
+        Err(e) if e.is_interruption() => {
             eprintln!("tpa: {e}");
             return Ok(exit::INTERRUPTED);
         }
@@ -128,75 +111,49 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     };
     if interruption.is_set() {
         eprintln!(
-            "note: interrupted while AWS was issuing the credentials: the grant was finished and recorded \
-             first, so that no session is left unrecorded; `tpa revoke {}` ends it",
+            "note: interrupted while the provider was issuing the credentials: the grant was finished and \
+             recorded first, so that no session is left unrecorded; `tpa revoke {}` ends it",
             granted.record.grant_id
         );
     }
-    if let Err(failed) = notifications::required(&repo, &granted.record) {
-        // Fail closed: a grant that the required webhooks do not know of is ended, and recorded so.
-        let revoke_spec = RevokeSpec {
-            selector: RevokeSelector::Grant(granted.record.grant_id.clone()),
-            reason: Some("a required notification could not be delivered".into()),
-            trigger: RevokeTrigger::NotifyFailed,
-            profile: spec.sts.profile.clone(),
-            timeout: spec.sts.timeout,
-        };
-        // Whatever happens to the revocation, nothing of this grant stays to be handed out.
-        let _ = crate::secrets::delete_credentials(&granted.record.grant_id);
-        let revoked = revoke::revoke(&repo, &revoke_spec, &signer, super::now());
-        super::share(&repo);
-        let ended = match &revoked {
-            Ok(outcomes) if outcomes.iter().all(|o| o.result == Some(RevokeResult::Done)) => {
-                "revoked".to_owned()
-            }
-            Ok(_) => "recorded for revocation (pending: `tpa sweep` retries)".to_owned(),
-            Err(e) => format!("NOT revoked ({e}): run `tpa revoke {}`", granted.record.grant_id),
-        };
-        anyhow::bail!(
-            "grant {} was {ended} and not handed out: a required notification could not be delivered ({})",
-            granted.record.grant_id,
-            failed.failures.join("; ")
-        );
-    }
-    let queued = notifications::tell(&repo, &granted.record, NotifyEvent::Grant, None, super::now());
-    if !queued.is_empty() {
-        eprintln!("note: notification to {} failed; queued for retry", queued.join(", "));
-    }
     let executed = started.elapsed();
     let record = &granted.record;
-    let me = context::principal(&repo)?.email;
-    deliver::forget_ended(&repo, &me, super::now());
-    super::housekeeping(&repo);
-    super::share(&repo);
+    let finished =
+        crate::ops::finish::after_write(&repo, &[crate::ops::finish::Written::Granted(record)], super::now());
+    super::report_finished(&finished);
     #[cfg(feature = "testing")]
     if std::env::var_os("TPA_TEST_TIMING").is_some() {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         eprintln!(
-            "plan_ms={:.3} signer_ms={:.3} execute_ms={:.3} sts_ms={:.3} keyring_ms={:.3} forget_ms={:.3}",
-            ms(planned),
-            ms(signer_ready - planned),
+            "plan_ms={:.3} signer_ms={:.3} execute_ms={:.3} sts_ms={:.3} keyring_ms={:.3} finish_ms={:.3}",
+            ms(plan_elapsed),
+            ms(signer_ready - plan_elapsed),
             ms(executed - signer_ready),
-            ms(granted.sts_elapsed),
+            ms(granted.mint_elapsed),
             ms(granted.keyring_elapsed),
             ms(started.elapsed() - executed)
         );
     }
     #[cfg(not(feature = "testing"))]
-    let _ = (planned, signer_ready, executed);
+    let _ = (plan_elapsed, signer_ready, executed);
 
     let mut out = std::io::stdout().lock();
-    let credentials = &granted.credentials;
-    match (args.format, args.json) {
-        (Some(SecretFormat::Json), _) => print_json(&json!({
+    let aws = match &granted.secret {
+        crate::provider::Secret::Aws(credentials) => Some(credentials),
+        crate::provider::Secret::DbLogin(_) => None,
+    };
+    match (args.format.zip(aws), args.json) {
+        (Some((SecretFormat::Json, credentials)), _) => print_json(&json!({
             "grant_id": record.grant_id,
             "AccessKeyId": credentials.access_key_id,
             "SecretAccessKey": credentials.secret_access_key.as_str(),
             "SessionToken": credentials.session_token.as_str(),
             "Expiration": render::time(credentials.expiration),
         }))?,
-        (Some(SecretFormat::Env), _) => write!(out, "{}", super::env::export_lines(credentials))?,
-        (Some(SecretFormat::CredentialProcess), _) => {
+        (Some((SecretFormat::Env, credentials)), _) => {
+            write!(out, "{}", super::env::export_lines(credentials))?
+        }
+        (Some((SecretFormat::CredentialProcess, credentials)), _) => {
             super::credential_process::print(credentials)?;
         }
         (None, true) => print_json(&json!({
@@ -240,14 +197,4 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
         eprintln!("note: these are live credentials; they were printed because --format asked for them");
     }
     Ok(exit::OK)
-}
-
-fn faults() -> Faults {
-    #[cfg(feature = "testing")]
-    {
-        let fault = std::env::var("TPA_TEST_FAULT").unwrap_or_default();
-        Faults { fail_grant_record: fault == "grant-record", fail_keyring_store: fault == "keyring-store" }
-    }
-    #[cfg(not(feature = "testing"))]
-    Faults::default()
 }

@@ -48,12 +48,12 @@ pub fn run(ctx: &Ctx, args: RevokeArgs) -> anyhow::Result<u8> {
     let outcomes = revoke::revoke(&repo, &spec, &signer, super::now());
     drop(spinner);
     let outcomes = outcomes?;
-    super::housekeeping(&repo);
-    super::share(&repo);
-    let queued = crate::ops::notifications::tell_revoked(&repo, &outcomes, super::now());
-    if !queued.is_empty() {
-        eprintln!("note: notification to {} failed; queued for retry", queued.join(", "));
-    }
+    let finished = crate::ops::finish::after_write(
+        &repo,
+        &[crate::ops::finish::Written::Revoked(&outcomes)],
+        super::now(),
+    );
+    super::report_finished(&finished);
     let complete = outcomes
         .iter()
         .all(|o| matches!(o.result, None | Some(RevokeResult::Done)) && o.record_error.is_none());
@@ -74,7 +74,7 @@ pub fn run(ctx: &Ctx, args: RevokeArgs) -> anyhow::Result<u8> {
                     out,
                     "NOT revoked yet: {} ({what}) is {}: {}\n  its credentials are no longer handed out here, but the AWS session stays valid until denied: run `tpa revoke {}` again",
                     o.grant_id,
-                    serde_json::to_value(result)?.as_str().unwrap_or_default(),
+                    result.as_str(),
                     crate::escape::controls(note),
                     o.grant_id
                 )?,

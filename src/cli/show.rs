@@ -74,14 +74,10 @@ pub fn run(ctx: &Ctx, args: ShowArgs) -> anyhow::Result<u8> {
         let r = checked.record.as_ref().expect("filtered on records");
         let mut detail = String::new();
         if let Some(trigger) = r.trigger {
-            detail.push_str(&format!(
-                " trigger={}",
-                serde_json::to_value(trigger)?.as_str().unwrap_or_default()
-            ));
+            detail.push_str(&format!(" trigger={}", trigger.as_str()));
         }
         if let Some(result) = r.result {
-            detail
-                .push_str(&format!(" result={}", serde_json::to_value(result)?.as_str().unwrap_or_default()));
+            detail.push_str(&format!(" result={}", result.as_str()));
         }
         if let Some(error) = &r.error {
             detail.push_str(&format!(" error={}", escape::text(error)));

@@ -23,14 +23,13 @@ pub fn run(ctx: &Ctx, args: SweepArgs) -> anyhow::Result<u8> {
     let signer = ctx.signer(&repo)?;
     let options = SweepOptions { timeout: args.iam.timeout(), profile: args.iam.profile, now: super::now() };
     let report = sweep::sweep(&repo, &signer, &options)?;
-    super::housekeeping(&repo);
-    if report.items.iter().any(|i| i.outcome.is_some()) {
-        super::share(&repo);
-        let outcomes: Vec<_> = report.items.iter().filter_map(|i| i.outcome.clone()).collect();
-        crate::ops::notifications::tell_revoked(&repo, &outcomes, super::now());
-    }
-    // Notifications that failed earlier (queued) go out when due.
-    crate::ops::notifications::retry_queued(&repo, super::now());
+    let outcomes: Vec<_> = report.items.iter().filter_map(|i| i.outcome.clone()).collect();
+    let finished = crate::ops::finish::after_write(
+        &repo,
+        &[crate::ops::finish::Written::Revoked(&outcomes)],
+        super::now(),
+    );
+    super::report_finished(&finished);
     if args.json {
         print_json(&report)?;
     } else {
@@ -42,24 +41,18 @@ pub fn run(ctx: &Ctx, args: SweepArgs) -> anyhow::Result<u8> {
                 escape::controls(e)
             )?;
         }
-        for item in report.items.iter().filter(|i| i.decision != "keep") {
+        for item in report.items.iter().filter(|i| i.decision != crate::ops::sweep::Decision::Keep) {
             let result = item
                 .outcome
                 .as_ref()
                 .and_then(|o| o.result)
-                .map(|r| {
-                    serde_json::to_value(r)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default()
-                })
-                .map(|r| format!(" -> {r}"))
+                .map(|r| format!(" -> {}", r.as_str()))
                 .unwrap_or_default();
             let detail =
                 item.detail.as_deref().map(|d| format!(" ({})", escape::controls(d))).unwrap_or_default();
             writeln!(out, "{} {}{detail}{result}", item.decision, item.grant_id)?;
         }
-        let kept = report.items.iter().filter(|i| i.decision == "keep").count();
+        let kept = report.items.iter().filter(|i| i.decision == crate::ops::sweep::Decision::Keep).count();
         writeln!(out, "{kept} open grant(s) kept; {} deny entr(ies) re-asserted", report.reasserted)?;
         for e in &report.reassert_errors {
             writeln!(out, "warning: could not re-assert: {}", escape::controls(e))?;

@@ -31,7 +31,7 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<u8> {
         interactive: super::interactive(),
     };
     let results = sync::sync(&repo, &options)?;
-    super::housekeeping(&repo);
+    crate::ops::finish::housekeeping(&repo);
     let failed = results.iter().any(|r| !r.pushed);
     if args.json {
         print_json(&results)?;

@@ -62,7 +62,7 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> anyhow::Result<u8> {
                 _ => String::new(),
             };
             let grant = f.grant_id.as_ref().map(|g| format!(" grant {g}")).unwrap_or_default();
-            let kind = serde_json::to_value(f.kind)?.as_str().unwrap_or_default().to_owned();
+            let kind = f.kind.as_str();
             writeln!(out, "{kind}{place}{grant}: {}", escape::text(&f.message))?;
         }
         if !report.git_copies.is_empty() {

@@ -46,6 +46,43 @@ pub enum FindingKind {
     HistoryRewritten,
 }
 
+impl FindingKind {
+    pub const ALL: [FindingKind; 13] = [
+        FindingKind::MalformedLine,
+        FindingKind::InvalidRecord,
+        FindingKind::UnsupportedVersion,
+        FindingKind::BadSignature,
+        FindingKind::WrongNamespace,
+        FindingKind::UnknownSigner,
+        FindingKind::SignerNotValid,
+        FindingKind::PrincipalMismatch,
+        FindingKind::WrongCommit,
+        FindingKind::OrphanRecord,
+        FindingKind::IntentMismatch,
+        FindingKind::RecordRemoved,
+        FindingKind::HistoryRewritten,
+    ];
+
+    /// The stable name (`--json`, docs/verify.md).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::MalformedLine => "malformed_line",
+            FindingKind::InvalidRecord => "invalid_record",
+            FindingKind::UnsupportedVersion => "unsupported_version",
+            FindingKind::BadSignature => "bad_signature",
+            FindingKind::WrongNamespace => "wrong_namespace",
+            FindingKind::UnknownSigner => "unknown_signer",
+            FindingKind::SignerNotValid => "signer_not_valid",
+            FindingKind::PrincipalMismatch => "principal_mismatch",
+            FindingKind::WrongCommit => "wrong_commit",
+            FindingKind::OrphanRecord => "orphan_record",
+            FindingKind::IntentMismatch => "intent_mismatch",
+            FindingKind::RecordRemoved => "record_removed",
+            FindingKind::HistoryRewritten => "history_rewritten",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
     pub kind: FindingKind,
@@ -474,4 +511,16 @@ pub fn check_witness(repo: &Repository, tip: Option<Oid>, witness: Option<Oid>) 
 /// The time a record speaks for, for ordering.
 pub fn issued_at(checked: &CheckedRecord) -> Option<DateTime<Utc>> {
     checked.record.as_ref().map(|r| r.issued_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FindingKind;
+
+    #[test]
+    fn finding_names_are_their_serialized_names() {
+        for kind in FindingKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
 }

@@ -296,7 +296,7 @@ fn audited(grant: &GrantView, now: DateTime<Utc>) -> AuditedGrant {
         grant_id: grant.grant_id.clone(),
         state: grant.state,
         principal: grant.principal.clone(),
-        provider: grant.provider.clone(),
+        provider: grant.provider.to_string(),
         role: grant.role.clone(),
         target: grant.target.clone(),
         branch: grant.branch.clone(),
@@ -509,7 +509,7 @@ fn history_findings(
 
 /// A grant that is an STS session on a role (rds-iam grants are too).
 fn is_sts(grant: &GrantView) -> bool {
-    grant.provider == "aws-sts" || grant.provider == "rds-iam"
+    grant.provider.is_sts_session()
 }
 
 /// Everything that asks AWS: revocations in force, roles that still exist, and CloudTrail.
@@ -699,7 +699,8 @@ fn postgres_checks(
         let open: Vec<&GrantView> = all
             .iter()
             .filter(|g| {
-                g.provider == "postgres" && g.intent.database.as_deref() == Some(database.name.as_str())
+                g.provider == crate::provider::ProviderKind::Postgres
+                    && g.intent.database.as_deref() == Some(database.name.as_str())
             })
             .filter(|g| {
                 matches!(
@@ -712,10 +713,11 @@ fn postgres_checks(
                 )
             })
             .collect();
-        let roles = crate::ops::database::pg_admin(database, timeout).and_then(|mut pg| Ok(pg.tpa_roles()?));
+        let roles =
+            crate::provider::postgres::pg_admin(database, timeout).and_then(|mut pg| Ok(pg.tpa_roles()?));
         let roles = match roles {
             Ok(roles) => roles,
-            Err(crate::ops::database::DbAdminError::NoAdmin { variables, .. }) => {
+            Err(crate::provider::postgres::DbAdminError::NoAdmin { variables, .. }) => {
                 checks.push(CheckRun {
                     name: "postgres",
                     status: "skipped",
@@ -740,7 +742,7 @@ fn postgres_checks(
             }
         };
         let expected: BTreeMap<String, &GrantView> =
-            open.iter().map(|g| (crate::ops::database::pg_role_name(&g.grant_id), *g)).collect();
+            open.iter().map(|g| (crate::provider::postgres::pg_role_name(&g.grant_id), *g)).collect();
         for role in roles.iter().filter(|r| !expected.contains_key(&r.name)) {
             findings.push(Finding::new(
                 Severity::Error,

@@ -11,9 +11,10 @@ use zeroize::Zeroizing;
 use crate::grant::{GrantId, GrantState};
 use crate::ops::deliver::{self, DeliveryError, Selector};
 use crate::ops::grants;
+use crate::provider::Secret;
 
 use crate::policy::{DatabasePolicy, DbEngine, DbProvider};
-use crate::provider::postgres::{self, AdminCredentials, PgError, PgTarget, Postgres};
+use crate::provider::postgres::PgTarget;
 use crate::provider::rds_token::{self, TokenError, TokenRequest};
 use crate::trust::{TrustError, TrustRef};
 
@@ -53,7 +54,7 @@ pub enum DbAccessError {
 }
 
 /// What a client needs to connect: never printed except by `tpa db-token`.
-pub struct DbLogin {
+pub struct DbConnection {
     pub grant_id: GrantId,
     pub database: DatabasePolicy,
     pub user: String,
@@ -62,7 +63,7 @@ pub struct DbLogin {
     pub valid_until: DateTime<Utc>,
 }
 
-impl DbLogin {
+impl DbConnection {
     /// The variables a client reads, for the child of `tpa exec --db` only.
     pub fn client_environment(&self) -> Vec<(&'static str, String)> {
         let d = &self.database;
@@ -102,7 +103,7 @@ pub fn login(
     me: &str,
     now: DateTime<Utc>,
     for_client: bool,
-) -> Result<DbLogin, DbAccessError> {
+) -> Result<DbConnection, DbAccessError> {
     let grant_id = match selector {
         DbSelector::Grant(id) => id.clone(),
         DbSelector::Database(name) => grants::list(repo, now)?
@@ -115,7 +116,7 @@ pub fn login(
             .map(|g| g.grant_id)
             .ok_or_else(|| DbAccessError::NoActiveGrant(name.clone()))?,
     };
-    let (grant, credentials) = deliver::secret_for(repo, &Selector::Grant(grant_id), me, now, true)?;
+    let (grant, secret) = deliver::secret_for(repo, &Selector::Grant(grant_id), me, now, true)?;
     let name = grant
         .intent
         .database
@@ -125,18 +126,21 @@ pub fn login(
     let (policy, _) = crate::policy::load(repo, &trust)?;
     let database =
         policy.databases.get(&name).cloned().ok_or_else(|| DbAccessError::DatabaseGone(name.clone()))?;
-    if database.provider == DbProvider::Postgres {
-        if !for_client {
-            return Err(DbAccessError::NotRdsIam(name));
+    let credentials = match secret {
+        // A login role made for the grant: its password is the login.
+        Secret::DbLogin(login) if for_client => {
+            return Ok(DbConnection {
+                grant_id: grant.grant_id,
+                database,
+                user: login.user,
+                password: login.password,
+                valid_until: login.valid_until,
+            });
         }
-        return Ok(DbLogin {
-            grant_id: grant.grant_id,
-            database,
-            user: credentials.access_key_id.clone(),
-            password: credentials.secret_access_key.clone(),
-            valid_until: credentials.expiration,
-        });
-    }
+        Secret::DbLogin(_) => return Err(DbAccessError::NotRdsIam(name)),
+        // An STS session: the login is a fresh IAM auth token it signs.
+        Secret::Aws(credentials) => credentials,
+    };
     let role_region = database.role.as_ref().and_then(|r| policy.roles.get(r)).and_then(|r| r.region.clone());
     let region = database.region.clone().or(role_region).unwrap_or_else(|| "us-east-1".to_owned());
     let user = database.db_user.clone().unwrap_or_default();
@@ -147,64 +151,7 @@ pub fn login(
     )?;
     let valid_until = (now + chrono::Duration::seconds(rds_token::TOKEN_LIFETIME_SECONDS as i64))
         .min(credentials.expiration);
-    Ok(DbLogin { grant_id: grant.grant_id, database, user, password: token, valid_until })
-}
-
-/// The login role of a postgres grant: `tpa_` and the grant id in lower case (PostgreSQL folds
-/// unquoted names; tpa always quotes, but people type them unquoted).
-pub fn pg_role_name(grant_id: &GrantId) -> String {
-    format!("{}{}", postgres::ROLE_PREFIX, grant_id.as_str().to_ascii_lowercase())
-}
-
-/// The environment variables that name a database's admin connection, most specific first:
-/// `TPA_DB_<NAME>_ADMIN_USER` / `_ADMIN_PASSWORD` / `_CA_FILE` (NAME upper-cased, every character
-/// that is not a letter or digit turned into `_`), then `TPA_DB_ADMIN_USER` / ...
-pub fn admin_variables(database: &str, what: &str) -> [String; 2] {
-    let name: String = database
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
-        .collect();
-    [format!("TPA_DB_{name}_{what}"), format!("TPA_DB_{what}")]
-}
-
-fn admin_env(database: &str, what: &str) -> Option<String> {
-    admin_variables(database, what).iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-}
-
-/// An admin session on a postgres database, with credentials from the environment (never the
-/// policy file).
-pub fn pg_admin(database: &DatabasePolicy, timeout: std::time::Duration) -> Result<Postgres, DbAdminError> {
-    let user = admin_env(&database.name, "ADMIN_USER").ok_or_else(|| DbAdminError::NoAdmin {
-        database: database.name.clone(),
-        variables: admin_variables(&database.name, "ADMIN_USER").join(" or "),
-        password: admin_variables(&database.name, "ADMIN_PASSWORD")[0].clone(),
-    })?;
-    let admin =
-        AdminCredentials { user, password: admin_env(&database.name, "ADMIN_PASSWORD").map(Zeroizing::new) };
-    let target = PgTarget {
-        host: database.host.clone(),
-        port: database.port,
-        dbname: database.dbname.clone(),
-        ca_file: admin_env(&database.name, "CA_FILE").map(std::path::PathBuf::from),
-    };
-    Ok(Postgres::connect(&target, &admin, timeout)?)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DbAdminError {
-    #[error(
-        "no admin connection for database {database}: set {variables} (and {password}) in the \
-         environment of whoever grants and revokes; admin credentials never go in the policy file"
-    )]
-    NoAdmin { database: String, variables: String, password: String },
-    #[error(transparent)]
-    Postgres(#[from] PgError),
-}
-
-impl DbAdminError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, DbAdminError::Postgres(e) if e.is_transient())
-    }
+    Ok(DbConnection { grant_id: grant.grant_id, database, user, password: token, valid_until })
 }
 
 fn is_local(host: &str) -> bool {

@@ -7,7 +7,7 @@ use git2::Repository;
 use crate::grant::{GrantId, GrantState};
 use crate::ops::grants::{self, GrantView};
 use crate::ops::ledger::InspectError;
-use crate::provider::Credentials;
+use crate::provider::{Credentials, Secret};
 use crate::secrets::{self, SecretsError};
 
 #[derive(Clone, Debug)]
@@ -50,28 +50,36 @@ pub enum DeliveryError {
 }
 
 /// The AWS credentials of an active grant (`tpa exec`, `tpa env`, `tpa credential-process`). A
-/// postgres grant has none: its keyring entry holds a database password, which only
-/// `tpa exec --db` hands to a database client.
+/// database login has none: its password goes only to a database client (`tpa exec --db`).
 pub fn credentials_for(
     repo: &Repository,
     selector: &Selector,
     me: &str,
     now: DateTime<Utc>,
 ) -> Result<(GrantView, Credentials), DeliveryError> {
-    secret_for(repo, selector, me, now, false)
+    let (grant, secret) = secret_for(repo, selector, me, now, false)?;
+    match secret {
+        Secret::Aws(credentials) => Ok((grant, credentials)),
+        Secret::DbLogin(_) => {
+            let database = grant.intent.database.clone().unwrap_or_default();
+            Err(DeliveryError::DatabaseGrant { grant_id: grant.grant_id, database })
+        }
+    }
 }
 
-/// The keyring entry of an active grant, postgres grants included (`database::login`).
+/// The keyring entry of an active grant; database logins only when `database_logins` (for
+/// `database::login`). Without it, a selector other than a grant id passes over grants that hand
+/// out no AWS credentials.
 pub fn secret_for(
     repo: &Repository,
     selector: &Selector,
     me: &str,
     now: DateTime<Utc>,
-    database_passwords: bool,
-) -> Result<(GrantView, Credentials), DeliveryError> {
+    database_logins: bool,
+) -> Result<(GrantView, Secret), DeliveryError> {
     let all: Vec<GrantView> = grants::list(repo, now)?
         .into_iter()
-        .filter(|g| database_passwords || g.provider != "postgres" || matches!(selector, Selector::Grant(_)))
+        .filter(|g| database_logins || g.provider.is_sts_session() || matches!(selector, Selector::Grant(_)))
         .collect();
     let mine_active = |g: &GrantView| g.state == GrantState::Active && g.principal == me;
     let grant = match selector {
@@ -87,25 +95,25 @@ pub fn secret_for(
             newest_usable(all.into_iter().filter(mine_active), DeliveryError::NoActiveGrant { role: None })?
         }
     };
-    if grant.provider == "postgres" && !database_passwords {
-        let database = grant.intent.database.clone().unwrap_or_default();
-        return Err(DeliveryError::DatabaseGrant { grant_id: grant.grant_id, database });
-    }
     if grant.state != GrantState::Active {
         // A grant that ended keeps nothing in the keyring.
         let _ = secrets::delete_credentials(&grant.grant_id);
         return Err(DeliveryError::NotActive { grant_id: grant.grant_id, state: grant.state });
     }
-    let credentials = match secrets::load_credentials(&grant.grant_id) {
-        Ok(credentials) => credentials,
+    let secret = match secrets::load_secret(&grant.grant_id) {
+        Ok(secret) => secret,
         Err(SecretsError::Missing { .. }) => return Err(DeliveryError::NotHere(grant.grant_id)),
         Err(e) => return Err(DeliveryError::Keyring(e)),
     };
-    if credentials.expiration <= now {
-        let _ = secrets::delete_credentials(&grant.grant_id);
-        return Err(DeliveryError::Expired { grant_id: grant.grant_id, at: credentials.expiration });
+    if matches!(secret, Secret::DbLogin(_)) && !database_logins {
+        let database = grant.intent.database.clone().unwrap_or_default();
+        return Err(DeliveryError::DatabaseGrant { grant_id: grant.grant_id, database });
     }
-    Ok((grant, credentials))
+    if secret.expires_at() <= now {
+        let _ = secrets::delete_credentials(&grant.grant_id);
+        return Err(DeliveryError::Expired { grant_id: grant.grant_id, at: secret.expires_at() });
+    }
+    Ok((grant, secret))
 }
 
 /// The newest of `candidates` (newest first) whose credentials this machine's keyring holds: a
@@ -117,7 +125,7 @@ fn newest_usable(
 ) -> Result<GrantView, DeliveryError> {
     let mut first = None;
     for grant in candidates {
-        match secrets::load_credentials(&grant.grant_id) {
+        match secrets::load_secret(&grant.grant_id) {
             Ok(_) => return Ok(grant),
             Err(SecretsError::Missing { .. }) => first = first.or(Some(grant)),
             Err(e) => return Err(DeliveryError::Keyring(e)),
@@ -131,7 +139,7 @@ pub fn forget_ended(repo: &Repository, me: &str, now: DateTime<Utc>) -> usize {
     let Ok(all) = grants::list(repo, now) else { return 0 };
     all.iter()
         .filter(|g| g.principal == me && !matches!(g.state, GrantState::Active | GrantState::Incomplete))
-        .filter(|g| secrets::load_credentials(&g.grant_id).is_ok())
+        .filter(|g| secrets::load_secret(&g.grant_id).is_ok())
         .filter(|g| secrets::delete_credentials(&g.grant_id).is_ok())
         .count()
 }

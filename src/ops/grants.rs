@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::grant::{GrantId, GrantState, Record, RecordKind};
 use crate::ledger::verify::{CheckedRecord, FindingKind};
 use crate::ops::ledger::{self, InspectError};
+use crate::provider::{Ending, ProviderKind};
 
 /// One grant, summarised from its records.
 #[derive(Clone, Debug, Serialize)]
@@ -18,7 +19,7 @@ pub struct GrantView {
     pub principal: String,
     pub role: Option<String>,
     pub target: String,
-    pub provider: String,
+    pub provider: ProviderKind,
     pub branch: String,
     pub commit: String,
     pub reason: String,
@@ -39,6 +40,13 @@ pub struct GrantView {
     /// Revoke records so far, oldest first (retries of a pending revocation add one each).
     #[serde(skip)]
     pub revokes: Vec<Record>,
+}
+
+impl GrantView {
+    /// What the provider's backend needs to end it.
+    pub fn ending(&self) -> Ending<'_> {
+        Ending { grant_id: &self.grant_id, target: &self.target, database: self.intent.database.as_deref() }
+    }
 }
 
 /// Records whose bytes are what their signer signed. Trust in the signer is not required here:
@@ -90,7 +98,7 @@ fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) 
         principal: intent.principal.email.clone(),
         role: intent.role.clone(),
         target: intent.target.clone(),
-        provider: intent.provider.clone(),
+        provider: ProviderKind::parse(&intent.provider),
         branch: intent.branch.clone(),
         commit: intent.commit.clone(),
         reason: intent.reason.clone(),

@@ -5,8 +5,10 @@ pub mod context;
 pub mod database;
 pub mod deliver;
 pub mod doctor;
+pub mod finish;
 pub mod grants;
 pub mod init;
+pub mod issue;
 pub mod ledger;
 pub mod notifications;
 #[cfg(feature = "testing")]

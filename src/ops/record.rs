@@ -77,7 +77,7 @@ pub fn bulk_grants(
         if let Some(branch) = target.branch {
             intent.branch = branch.to_owned();
         }
-        intent.provider = "aws-sts".to_owned();
+        intent.provider = crate::provider::ProviderKind::AwsSts.name().to_owned();
         intent.role = Some(role.to_owned());
         intent.expires_at = Some(requested_at + Duration::minutes(30));
         let appended = ledger::append(repo, &intent, signer)?;

@@ -1,20 +1,22 @@
-//! `tpa request`: policy -> intent record -> STS -> grant record -> keyring. Fail closed: the
-//! secret goes nowhere unless its grant record was written first.
+//! `tpa request`: the policy at the trust ref decides what may be asked for and how; the result is
+//! a planned grant with its provider's [`Issuer`], which `ops::issue` (the one executor every grant
+//! goes through) turns into records, a secret and a keyring entry. Then the policy's required
+//! webhooks are told, before anything is handed out: one that cannot be told ends the grant.
 
 use chrono::{DateTime, Utc};
 use git2::Repository;
 use serde_json::json;
 
-use crate::grant::{self, GrantId, Record, RecordKind, Scope, sha256_hex};
+use crate::grant::{GrantId, Record, Scope, sha256_hex};
 use crate::interrupt::Interruption;
 use crate::ledger::signing::Signer;
-use crate::ledger::{self, LedgerError};
 use crate::ops::context::{self, ContextError, GitContext};
-use crate::ops::database;
-use crate::policy::{DatabasePolicy, DbProvider, POLICY_PATH, PolicyRefusal, RolePolicy};
-use crate::provider::aws_sts::{AwsSts, StsOptions};
-use crate::provider::{Credentials, MintError, MintRequest};
-use crate::secrets::{self, SecretsError};
+use crate::ops::issue::{self, IssueError, IssueRequest};
+use crate::policy::{DbProvider, POLICY_PATH, PolicyRefusal, RolePolicy};
+use crate::provider::aws_sts::{StsIssuer, StsOptions};
+use crate::provider::postgres::PgIssuer;
+use crate::provider::{Issuer, MintRequest, ProviderKind, Secret};
+use crate::secrets::SecretStore;
 use crate::trust::{TrustError, TrustRef};
 
 /// STS's limit on an inline session policy, in characters.
@@ -65,103 +67,88 @@ pub enum RequestError {
         "database {database} is provider = \"postgres\": its grants are asked for with `tpa request --db`"
     )]
     NotRdsIam { database: String },
-    #[error("{error}\n(recorded as failed grant {grant_id})")]
-    DbMint { grant_id: GrantId, error: crate::ops::database::DbAdminError },
     #[error(transparent)]
     Context(#[from] ContextError),
-    #[error(
-        "your signing key {fingerprint} is not a valid signer for {principal} in .tpa/allowed_signers at \
-         {trust} ({why}), so nothing was asked of the provider: records it signs would not verify. \
-         Commit your line (`tpa init` writes it) and get it merged into {trust} through review"
-    )]
-    UntrustedSigner { fingerprint: String, principal: String, trust: String, why: String },
     #[error(transparent)]
-    Signers(#[from] crate::ops::ledger::InspectError),
-    #[error("cannot write the intent record, so nothing was asked of AWS: {0}")]
-    Intent(#[source] LedgerError),
-    #[error("{error}\n(recorded as failed grant {grant_id})")]
-    Mint { grant_id: GrantId, error: MintError },
+    Issue(#[from] IssueError),
     #[error(
-        "the provider issued credentials for grant {grant_id}, but the grant record could not be written \
-         ({source}); the credentials were discarded and not handed out, and {ended}. Run `tpa request` \
-         again once the ledger is writable",
-        ended = if *denied { "their session was ended" } else {
-            "their session could NOT be ended now (it lasts until {expires_at} unless `tpa sweep` denies it)"
-        }
+        "grant {grant_id} was {ended} and not handed out: a required notification could not be delivered ({})",
+        failures.join("; ")
     )]
-    GrantRecord {
-        grant_id: GrantId,
-        expires_at: DateTime<Utc>,
-        denied: bool,
-        #[source]
-        source: LedgerError,
-    },
-    #[error("nothing was asked of the provider: the OS keyring cannot keep the credentials ({source})")]
-    KeyringUnusable {
-        #[source]
-        source: SecretsError,
-    },
-    #[error(
-        "grant {grant_id} was recorded, but its credentials could not be kept in the OS keyring ({source}); \
-         the session was {ended} and nothing was handed out"
-    )]
-    Keyring {
-        grant_id: GrantId,
-        ended: String,
-        #[source]
-        source: SecretsError,
-    },
-    #[error(
-        "interrupted before anything was asked of the provider{}",
-        if *recorded { format!(": recorded as failed grant {grant_id}") } else { String::new() }
-    )]
-    Interrupted { grant_id: GrantId, recorded: bool },
+    NotifyFailed { grant_id: GrantId, ended: String, failures: Vec<String> },
     #[error("git error: {0}")]
     Git(#[from] git2::Error),
 }
 
-/// What a successful request produced. `credentials` is for `--format` output only; everything
-/// else goes through the keyring.
+/// What a successful request produced. `secret` is for `--format` output only; everything else
+/// goes through the keyring.
 pub struct Granted {
     pub record: Record,
-    pub credentials: Credentials,
+    pub secret: Secret,
     pub policy_commit: String,
-    /// How long the STS round trip and the keyring write took (for benchmarks).
-    pub sts_elapsed: std::time::Duration,
+    /// How long the provider's round trip and the keyring write took (for benchmarks).
+    pub mint_elapsed: std::time::Duration,
     pub keyring_elapsed: std::time::Duration,
 }
 
-/// Everything decided before any record is written or any AWS call made.
-pub struct Plan {
+impl RequestError {
+    /// Interrupted by a signal, with what was started recorded.
+    pub fn is_interruption(&self) -> bool {
+        matches!(self, RequestError::Issue(e) if e.is_interruption())
+    }
+}
+
+/// A grant decided against the policy, with the issuer of its provider: nothing written yet.
+pub struct Planned {
     pub ctx: GitContext,
     pub trust: TrustRef,
-    pub role: RolePolicy,
-    pub database: Option<DatabasePolicy>,
+    pub grant_id: GrantId,
     pub reason: String,
     pub ttl_seconds: u64,
-    pub mint: MintRequest,
-    pub scope: Option<Scope>,
-    pub grant_id: GrantId,
     pub now: DateTime<Utc>,
+    pub issuer: Box<dyn Issuer>,
+    /// What is asked for, for people: the role, or the database.
+    pub what: String,
+    /// How to reach the provider again to end the grant, if it has to be ended at once.
+    pub profile: Option<String>,
+    pub timeout: std::time::Duration,
+}
+
+impl Planned {
+    pub fn kind(&self) -> ProviderKind {
+        self.issuer.kind()
+    }
 }
 
 /// Reads policy from the trust ref and checks the request against it. No side effects.
-pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result<Plan, RequestError> {
+pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result<Planned, RequestError> {
     let trust = TrustRef::resolve(repo)?;
     let (policy, _) = crate::policy::load(repo, &trust)?;
     let ctx = context::capture(repo, Some(&trust))?;
     let reason = spec.reason.clone().unwrap_or_default();
     policy.check_reason(&reason)?;
-    let database = match &spec.database {
-        Some(name) => {
-            let database = policy.database(name)?.clone();
-            if database.provider != DbProvider::RdsIam {
-                return Err(RequestError::NotRdsIam { database: name.clone() });
-            }
-            Some(database)
-        }
-        None => None,
-    };
+    policy.check_branch(&ctx.branch)?;
+    let grant_id = GrantId::generate(now);
+    let database = spec.database.as_ref().map(|name| policy.database(name).cloned()).transpose()?;
+    if let Some(database) = database.as_ref().filter(|d| d.provider == DbProvider::Postgres) {
+        let ttl_seconds = spec.ttl_seconds.unwrap_or_else(|| policy.default_ttl_within(database.max_ttl));
+        database.check_ttl(ttl_seconds)?;
+        let valid_until = now + chrono::Duration::seconds(ttl_seconds as i64);
+        let issuer = PgIssuer::new(database.clone(), grant_id.clone(), valid_until, spec.sts.timeout);
+        return Ok(Planned {
+            ctx,
+            trust,
+            grant_id,
+            reason,
+            ttl_seconds,
+            now,
+            issuer: Box::new(issuer),
+            what: format!("database {}", database.name),
+            profile: spec.sts.profile.clone(),
+            timeout: spec.sts.timeout,
+        });
+    }
+    // A role's STS session; for an rds-iam database, the session of the role its tokens are signed with.
     let role_name = database.as_ref().and_then(|d| d.role.clone()).unwrap_or_else(|| spec.role.clone());
     let role = policy.role(&role_name)?.clone();
     let max_ttl = database.as_ref().map_or(role.max_ttl, |d| d.max_ttl.min(role.max_ttl));
@@ -170,7 +157,6 @@ pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result
     if let Some(database) = &database {
         database.check_ttl(ttl_seconds)?;
     }
-    policy.check_branch(&ctx.branch)?;
     let mfa = if role.require_mfa {
         let code =
             spec.mfa_code.clone().ok_or_else(|| RequestError::MfaRequired { role: role.name.clone() })?;
@@ -183,7 +169,6 @@ pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result
         None
     };
     let (session_policy, scope) = session_policy(repo, &trust, &role)?;
-    let grant_id = GrantId::generate(now);
     let tags = if role.session_tags { session_tags(&grant_id, &ctx) } else { Vec::new() };
     if tags.len() > MAX_SESSION_TAGS {
         return Err(RequestError::TooManyTags { count: tags.len() });
@@ -198,195 +183,85 @@ pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result
         mfa,
         external_id: role.external_id.clone(),
     };
-    Ok(Plan { ctx, trust, role, database, reason, ttl_seconds, mint, scope, grant_id, now })
+    let issuer = StsIssuer {
+        kind: if database.is_some() { ProviderKind::RdsIam } else { ProviderKind::AwsSts },
+        mint,
+        role: role.name.clone(),
+        database: database.as_ref().map(|d| d.name.clone()),
+        scope,
+        options: StsOptions { region: role.region.clone().or(spec.sts.region.clone()), ..spec.sts.clone() },
+    };
+    let what = match &database {
+        Some(database) => format!("database {}", database.name),
+        None => role.arn.clone(),
+    };
+    Ok(Planned {
+        ctx,
+        trust,
+        grant_id,
+        reason,
+        ttl_seconds,
+        now,
+        issuer: Box::new(issuer),
+        what,
+        profile: spec.sts.profile.clone(),
+        timeout: spec.sts.timeout,
+    })
 }
 
-/// Executes a plan: intent, AssumeRole, grant record, keyring.
+/// Issues a planned grant through the one executor, then tells the required webhooks before
+/// anything is handed out: a grant they cannot be told of is ended (trigger `notify-failed`) and
+/// refused.
 pub fn execute(
     repo: &Repository,
-    plan: Plan,
+    mut planned: Planned,
     signer: &Signer,
-    sts: &StsOptions,
-    faults: &Faults,
+    store: &dyn SecretStore,
     interruption: &Interruption,
 ) -> Result<Granted, RequestError> {
-    check_signer(repo, &plan.trust, signer, &plan.ctx.principal.email, plan.now)?;
-    // A keyring that is locked, full or refuses shows itself before anything exists to undo.
-    let until = plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64);
-    secrets::reserve(&plan.grant_id, until).map_err(|source| RequestError::KeyringUnusable { source })?;
-    if interruption.is_set() {
-        let _ = secrets::delete_credentials(&plan.grant_id);
-        return Err(RequestError::Interrupted { grant_id: plan.grant_id, recorded: false });
-    }
-    let intent = record(&plan, RecordKind::Intent, plan.now);
-    let appended = match ledger::append(repo, &intent, signer) {
-        Ok(appended) => appended,
-        Err(e) => {
-            let _ = secrets::delete_credentials(&plan.grant_id);
-            return Err(RequestError::Intent(e));
-        }
+    let request = IssueRequest {
+        ctx: &planned.ctx,
+        trust: &planned.trust,
+        grant_id: planned.grant_id.clone(),
+        reason: &planned.reason,
+        ttl_seconds: planned.ttl_seconds,
+        now: planned.now,
+        profile: planned.profile.clone(),
+        timeout: planned.timeout,
     };
-    let intent_sha256 = appended.payload_sha256;
-    if interruption.is_set() {
-        let mut failed = record(&plan, RecordKind::Failed, Utc::now().max(plan.now));
-        failed.intent_sha256 = Some(intent_sha256);
-        return Err(end_interrupted(repo, failed, signer));
+    let issued = issue::issue(repo, &request, planned.issuer.as_mut(), signer, store, interruption)?;
+    if let Err(failed) = crate::ops::notifications::required(repo, &issued.record) {
+        use crate::ops::revoke::{RevokeSelector, RevokeSpec};
+        let spec = RevokeSpec {
+            selector: RevokeSelector::Grant(planned.grant_id.clone()),
+            reason: Some("a required notification could not be delivered".into()),
+            trigger: crate::grant::RevokeTrigger::NotifyFailed,
+            profile: planned.profile.clone(),
+            timeout: planned.timeout,
+        };
+        // Whatever happens to the revocation, nothing of this grant stays to be handed out.
+        store.forget(&planned.grant_id);
+        drop(issued.secret);
+        let ended = match crate::ops::revoke::revoke(repo, &spec, signer, crate::clock::now()) {
+            Ok(outcomes) if outcomes.iter().all(|o| o.result == Some(crate::grant::RevokeResult::Done)) => {
+                "revoked".to_owned()
+            }
+            Ok(_) => "recorded for revocation (pending: `tpa sweep` retries)".to_owned(),
+            Err(e) => format!("NOT revoked ({e}): run `tpa revoke {}`", planned.grant_id),
+        };
+        return Err(RequestError::NotifyFailed {
+            grant_id: planned.grant_id,
+            ended,
+            failures: failed.failures,
+        });
     }
-
-    // From here on AWS may have issued credentials: an interruption waits for the outcome to be
-    // recorded, so that no live session is left without its record.
-    let client =
-        AwsSts::new(&StsOptions { region: plan.role.region.clone().or(sts.region.clone()), ..sts.clone() });
-    let started = std::time::Instant::now();
-    let minted = client.assume_role(&plan.mint);
-    let sts_elapsed = started.elapsed();
-    let now = Utc::now().max(plan.now);
-    let credentials = match minted {
-        Ok(credentials) => credentials,
-        Err(error) => {
-            let mut failed = record(&plan, RecordKind::Failed, now);
-            failed.intent_sha256 = Some(intent_sha256);
-            failed.error = Some(error.to_string());
-            // The failure itself is the news; a ledger problem now is secondary and reported by verify.
-            let _ = ledger::append(repo, &failed, signer);
-            let _ = secrets::delete_credentials(&plan.grant_id);
-            return Err(RequestError::Mint { grant_id: plan.grant_id, error });
-        }
-    };
-
-    let mut granted = record(&plan, RecordKind::Grant, now);
-    granted.intent_sha256 = Some(intent_sha256);
-    granted.expires_at = Some(credentials.expiration);
-    granted.credential_fingerprint = Some(grant::credential_fingerprint(&credentials.access_key_id));
-    let written = match faults.fail_grant_record {
-        true => Err(LedgerError::BadCommit("injected fault: grant record write".into())),
-        false => ledger::append(repo, &granted, signer),
-    };
-    if let Err(source) = written {
-        let expires_at = credentials.expiration;
-        drop(credentials); // zeroized: nothing of it is kept or shown
-        let _ = secrets::delete_credentials(&plan.grant_id);
-        // Unrecorded access must not stay usable: deny the session, best effort (the intent record
-        // already names it, and the sweep denies intents that never got an outcome).
-        use crate::provider::aws_iam::{AwsIam, RevocationTarget, session_names};
-        let iam = AwsIam::new(sts.profile.as_deref(), sts.timeout);
-        let denied = RevocationTarget::for_role(&plan.role.arn)
-            .and_then(|target| iam.deny(&target, &session_names([&plan.grant_id]), &Default::default()))
-            .is_ok();
-        return Err(RequestError::GrantRecord { grant_id: plan.grant_id, expires_at, denied, source });
-    }
-    // The hooks' fast path: a local index of the grants this clone holds. Best effort: `tpa sweep`
-    // rebuilds it from the ledger.
-    let _ = crate::ops::sweep::index_grant(
-        repo,
-        &plan.grant_id,
-        crate::state::LocalGrant {
-            branch: plan.ctx.branch.clone(),
-            expires_at: Some(credentials.expiration),
-            target: Some(granted.target.clone()),
-            provider: Some(granted.provider.clone()),
-        },
-    );
-    let started = std::time::Instant::now();
-    let stored = match faults.fail_keyring_store {
-        true => Err(SecretsError::Unavailable("injected fault: keyring store".into())),
-        false => secrets::store_credentials(&plan.grant_id, &credentials),
-    };
-    if let Err(source) = stored {
-        drop(credentials);
-        let ended = end_undelivered(repo, &plan.grant_id, signer, sts.profile.clone(), sts.timeout);
-        return Err(RequestError::Keyring { grant_id: plan.grant_id, ended, source });
-    }
-    let keyring_elapsed = started.elapsed();
     Ok(Granted {
-        record: granted,
-        credentials,
-        policy_commit: plan.trust.commit.to_string(),
-        sts_elapsed,
-        keyring_elapsed,
+        record: issued.record,
+        secret: issued.secret,
+        policy_commit: planned.trust.commit.to_string(),
+        mint_elapsed: issued.mint_elapsed,
+        keyring_elapsed: issued.keyring_elapsed,
     })
-}
-
-/// The signer must be one the trust ref's allowed_signers accepts for this principal now: a grant
-/// whose records would not verify is refused before anything is minted.
-fn check_signer(
-    repo: &Repository,
-    trust: &TrustRef,
-    signer: &Signer,
-    principal: &str,
-    now: DateTime<Utc>,
-) -> Result<(), RequestError> {
-    use crate::ledger::signers::SignerCheck;
-    let signers = crate::ops::ledger::load_signers(repo, trust)?;
-    let why = match signers.check(signer.public_key.key_data(), principal, now) {
-        SignerCheck::Allowed => return Ok(()),
-        SignerCheck::UnknownKey => "the key is not listed".to_owned(),
-        SignerCheck::OtherPrincipal(others) => format!("the key is listed for {others}"),
-        SignerCheck::WrongNamespace => "the key's line does not allow namespace \"tpa\"".to_owned(),
-        SignerCheck::NotValidAt => "the key's line is not valid now (valid-after/valid-before)".to_owned(),
-    };
-    Err(RequestError::UntrustedSigner {
-        fingerprint: signer.public_key.fingerprint(ssh_key::HashAlg::Sha256).to_string(),
-        principal: principal.to_owned(),
-        trust: trust.refname.clone(),
-        why,
-    })
-}
-
-/// Records a request interrupted before anything was minted as failed, and drops its keyring
-/// reservation.
-fn end_interrupted(repo: &Repository, mut failed: Record, signer: &Signer) -> RequestError {
-    failed.error = Some("interrupted before anything was asked of the provider".to_owned());
-    let grant_id = failed.grant_id.clone();
-    let _ = ledger::append(repo, &failed, signer);
-    let _ = secrets::delete_credentials(&grant_id);
-    RequestError::Interrupted { grant_id, recorded: true }
-}
-
-/// A recorded grant whose credentials could not be handed over is ended at once: denied and
-/// recorded as revoked (trigger `undelivered`). Returns how it ended, for the error message.
-fn end_undelivered(
-    repo: &Repository,
-    grant_id: &GrantId,
-    signer: &Signer,
-    profile: Option<String>,
-    timeout: std::time::Duration,
-) -> String {
-    use crate::ops::revoke::{RevokeSelector, RevokeSpec};
-    let spec = RevokeSpec {
-        selector: RevokeSelector::Grant(grant_id.clone()),
-        reason: Some("its credentials could not be kept in the OS keyring".into()),
-        trigger: crate::grant::RevokeTrigger::Undelivered,
-        profile,
-        timeout,
-    };
-    let _ = secrets::delete_credentials(grant_id);
-    match crate::ops::revoke::revoke(repo, &spec, signer, crate::clock::now()) {
-        Ok(outcomes) if outcomes.iter().all(|o| o.result == Some(crate::grant::RevokeResult::Done)) => {
-            "revoked".to_owned()
-        }
-        Ok(_) => "recorded for revocation (pending: `tpa sweep` retries)".to_owned(),
-        Err(e) => format!("NOT revoked ({e}): run `tpa revoke {grant_id}`"),
-    }
-}
-
-/// Faults a test build can inject; always off in release builds.
-#[derive(Clone, Debug, Default)]
-pub struct Faults {
-    pub fail_grant_record: bool,
-    pub fail_keyring_store: bool,
-}
-
-fn record(plan: &Plan, kind: RecordKind, issued_at: DateTime<Utc>) -> Record {
-    Record {
-        provider: if plan.database.is_some() { "rds-iam" } else { "aws-sts" }.to_owned(),
-        target: plan.role.arn.clone(),
-        role: Some(plan.role.name.clone()),
-        database: plan.database.as_ref().map(|d| d.name.clone()),
-        scope: plan.scope.clone(),
-        expires_at: Some(plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64)),
-        ..plan.ctx.record(kind, &plan.grant_id, issued_at, &plan.reason, Some(plan.trust.commit.to_string()))
-    }
 }
 
 /// The session policy sent to STS: the role's own (read from the trust ref) plus, unless the role
@@ -483,174 +358,6 @@ pub fn tag_value(text: &str) -> String {
         out.push_str(&encoded);
     }
     out
-}
-
-/// What a request turned into, before anything is written: an STS session (roles and rds-iam
-/// databases), or a PostgreSQL login role.
-pub enum Planned {
-    Sts(Box<Plan>),
-    Postgres(Box<PgPlan>),
-}
-
-/// A request for a `provider = "postgres"` database, checked against the policy.
-pub struct PgPlan {
-    pub ctx: GitContext,
-    pub trust: TrustRef,
-    pub database: DatabasePolicy,
-    pub reason: String,
-    pub ttl_seconds: u64,
-    pub grant_id: GrantId,
-    pub now: DateTime<Utc>,
-    pub timeout: std::time::Duration,
-}
-
-/// Plans any request: postgres databases get a [`PgPlan`], everything else an STS [`Plan`].
-pub fn plan_request(
-    repo: &Repository,
-    spec: &RequestSpec,
-    now: DateTime<Utc>,
-) -> Result<Planned, RequestError> {
-    if let Some(name) = &spec.database {
-        let trust = TrustRef::resolve(repo)?;
-        let (policy, _) = crate::policy::load(repo, &trust)?;
-        let database = policy.database(name)?.clone();
-        if database.provider == DbProvider::Postgres {
-            let ctx = context::capture(repo, Some(&trust))?;
-            let reason = spec.reason.clone().unwrap_or_default();
-            policy.check_reason(&reason)?;
-            let ttl_seconds = spec.ttl_seconds.unwrap_or_else(|| policy.default_ttl_within(database.max_ttl));
-            database.check_ttl(ttl_seconds)?;
-            policy.check_branch(&ctx.branch)?;
-            return Ok(Planned::Postgres(Box::new(PgPlan {
-                ctx,
-                trust,
-                database,
-                reason,
-                ttl_seconds,
-                grant_id: GrantId::generate(now),
-                now,
-                timeout: spec.sts.timeout,
-            })));
-        }
-    }
-    plan(repo, spec, now).map(|plan| Planned::Sts(Box::new(plan)))
-}
-
-/// Executes a postgres plan: intent, a login role made by the admin connection, grant record,
-/// keyring. The keyring entry holds the role name as its key id and the password as its secret.
-pub fn execute_postgres(
-    repo: &Repository,
-    plan: PgPlan,
-    signer: &Signer,
-    faults: &Faults,
-    interruption: &Interruption,
-) -> Result<Granted, RequestError> {
-    check_signer(repo, &plan.trust, signer, &plan.ctx.principal.email, plan.now)?;
-    let valid_until = plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64);
-    secrets::reserve(&plan.grant_id, valid_until)
-        .map_err(|source| RequestError::KeyringUnusable { source })?;
-    if interruption.is_set() {
-        let _ = secrets::delete_credentials(&plan.grant_id);
-        return Err(RequestError::Interrupted { grant_id: plan.grant_id, recorded: false });
-    }
-    let intent = pg_record(&plan, RecordKind::Intent, plan.now);
-    let intent_sha256 = match ledger::append(repo, &intent, signer) {
-        Ok(appended) => appended.payload_sha256,
-        Err(e) => {
-            let _ = secrets::delete_credentials(&plan.grant_id);
-            return Err(RequestError::Intent(e));
-        }
-    };
-    if interruption.is_set() {
-        let mut failed = pg_record(&plan, RecordKind::Failed, Utc::now().max(plan.now));
-        failed.intent_sha256 = Some(intent_sha256);
-        return Err(end_interrupted(repo, failed, signer));
-    }
-    let role = database::pg_role_name(&plan.grant_id);
-    let started = std::time::Instant::now();
-    let mut admin = None;
-    let created = database::pg_admin(&plan.database, plan.timeout).and_then(|mut pg| {
-        let password =
-            pg.create_login(&role, valid_until, &plan.database.grant_roles, plan.database.connection_limit)?;
-        admin = Some(pg);
-        Ok(password)
-    });
-    let elapsed = started.elapsed();
-    let now = Utc::now().max(plan.now);
-    let password = match created {
-        Ok(password) => password,
-        Err(error) => {
-            let mut failed = pg_record(&plan, RecordKind::Failed, now);
-            failed.intent_sha256 = Some(intent_sha256);
-            failed.error = Some(error.to_string());
-            let _ = ledger::append(repo, &failed, signer);
-            let _ = secrets::delete_credentials(&plan.grant_id);
-            return Err(RequestError::DbMint { grant_id: plan.grant_id, error });
-        }
-    };
-    let mut granted = pg_record(&plan, RecordKind::Grant, now);
-    granted.intent_sha256 = Some(intent_sha256);
-    granted.expires_at = Some(valid_until);
-    granted.credential_fingerprint = Some(grant::credential_fingerprint(&role));
-    if let Err(source) = ledger::append(repo, &granted, signer) {
-        // Unrecorded access must not exist: the role goes again (VALID UNTIL ends it otherwise).
-        let denied = admin.as_mut().is_some_and(|pg| pg.revoke_login(&role).is_ok());
-        let _ = secrets::delete_credentials(&plan.grant_id);
-        return Err(RequestError::GrantRecord {
-            grant_id: plan.grant_id,
-            expires_at: valid_until,
-            denied,
-            source,
-        });
-    }
-    let _ = crate::ops::sweep::index_grant(
-        repo,
-        &plan.grant_id,
-        crate::state::LocalGrant {
-            branch: plan.ctx.branch.clone(),
-            expires_at: Some(valid_until),
-            target: Some(granted.target.clone()),
-            provider: Some(granted.provider.clone()),
-        },
-    );
-    let credentials = Credentials {
-        access_key_id: role,
-        secret_access_key: password,
-        session_token: zeroize::Zeroizing::new(String::new()),
-        expiration: valid_until,
-    };
-    let started = std::time::Instant::now();
-    let stored = match faults.fail_keyring_store {
-        true => Err(SecretsError::Unavailable("injected fault: keyring store".into())),
-        false => secrets::store_credentials(&plan.grant_id, &credentials),
-    };
-    if let Err(source) = stored {
-        drop(credentials);
-        let ended = end_undelivered(repo, &plan.grant_id, signer, None, plan.timeout);
-        return Err(RequestError::Keyring { grant_id: plan.grant_id, ended, source });
-    }
-    Ok(Granted {
-        record: granted,
-        credentials,
-        policy_commit: plan.trust.commit.to_string(),
-        sts_elapsed: elapsed,
-        keyring_elapsed: started.elapsed(),
-    })
-}
-
-/// Where a postgres grant's role lives, as recorded: never with credentials.
-pub fn pg_target(database: &DatabasePolicy) -> String {
-    format!("postgresql://{}:{}/{}", database.host, database.port, database.dbname)
-}
-
-fn pg_record(plan: &PgPlan, kind: RecordKind, issued_at: DateTime<Utc>) -> Record {
-    Record {
-        provider: "postgres".to_owned(),
-        target: pg_target(&plan.database),
-        database: Some(plan.database.name.clone()),
-        expires_at: Some(plan.now + chrono::Duration::seconds(plan.ttl_seconds as i64)),
-        ..plan.ctx.record(kind, &plan.grant_id, issued_at, &plan.reason, Some(plan.trust.commit.to_string()))
-    }
 }
 
 #[cfg(test)]

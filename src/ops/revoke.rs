@@ -12,10 +12,9 @@ use crate::grant::{GrantId, GrantState, Record, RecordKind, RevokeResult, Revoke
 use crate::ledger::signing::Signer;
 use crate::ledger::{self, LedgerError};
 use crate::ops::context::{self, ContextError};
-use crate::ops::database;
 use crate::ops::grants::{self, GrantView};
 use crate::ops::ledger::InspectError;
-use crate::provider::aws_iam::{AwsIam, Denied, RevocationTarget, session_names};
+use crate::provider::{self, ProviderKind, Reach};
 use crate::secrets;
 
 #[derive(Clone, Debug)]
@@ -117,8 +116,9 @@ pub struct Author<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// Revokes the given grants: one IAM deny per role, then one signed revoke record per grant. A
-/// grant in `last_attempt` whose deny fails is recorded `irrevocable` instead of `pending`.
+/// Revokes the given grants through their providers' backends (one IAM write per role, one admin
+/// connection per database), then writes one signed revoke record per grant. A grant in
+/// `last_attempt` whose revocation fails is recorded `irrevocable` instead of `pending`.
 /// `expiries` ([`known_expiries`] of the ledger) lets expired deny entries be pruned.
 pub fn revoke_grants(
     repo: &Repository,
@@ -129,66 +129,49 @@ pub fn revoke_grants(
     expiries: &BTreeMap<String, DateTime<Utc>>,
 ) -> Vec<Revoked> {
     let mut outcomes = Vec::new();
-    let mut to_deny: BTreeMap<String, Vec<GrantView>> = BTreeMap::new();
-    let mut to_drop: Vec<GrantView> = Vec::new();
+    let mut to_end: BTreeMap<ProviderKind, Vec<GrantView>> = BTreeMap::new();
     for grant in chosen {
         match grant.state {
-            // A login role outlives its VALID UNTIL (and so may its open sessions): drop it.
-            GrantState::Expired
-            | GrantState::Active
-            | GrantState::Pending
-            | GrantState::Irrevocable
-            | GrantState::Incomplete
-                if grant.provider == "postgres" =>
-            {
-                to_drop.push(grant)
-            }
             GrantState::Revoked => outcomes.push(skipped(&grant, "already revoked")),
-            GrantState::Expired => {
+            GrantState::Failed => outcomes.push(skipped(&grant, "never issued (the provider refused it)")),
+            // Expired by the provider's clock, nothing left to end; except where access outlives
+            // the expiry (a login role and its open sessions).
+            GrantState::Expired if !grant.provider.outlives_expiry() => {
                 let _ = secrets::delete_credentials(&grant.grant_id);
-                outcomes.push(skipped(&grant, "already expired at AWS; nothing to deny"))
+                outcomes.push(skipped(&grant, "already expired at the provider; nothing to end"))
             }
-            GrantState::Failed => outcomes.push(skipped(&grant, "never issued (AWS refused it)")),
-            _ => to_deny.entry(grant.target.clone()).or_default().push(grant),
+            _ => to_end.entry(grant.provider.clone()).or_default().push(grant),
         }
     }
-    for grant in to_drop {
-        let dropped = drop_login(repo, &grant, spec.timeout);
-        let (result, error) = match dropped {
-            Ok(note) => (RevokeResult::Done, note),
-            Err(e) if last_attempt.contains(&grant.grant_id) => (RevokeResult::Irrevocable, Some(e)),
-            Err(e) => (RevokeResult::Pending, Some(e)),
-        };
-        outcomes.push(record_outcome(repo, &grant, spec, author, result, error));
-    }
-    if to_deny.is_empty() {
+    if to_end.is_empty() {
         return outcomes;
     }
-    let iam = AwsIam::new(spec.profile.as_deref(), spec.timeout);
-    for (role_arn, grants) in to_deny {
-        let denied = RevocationTarget::for_role(&role_arn).and_then(|target| {
-            iam.deny(&target, &session_names(grants.iter().map(|g| &g.grant_id)), expiries)
-        });
-        for grant in grants {
-            let (result, error) = match &denied {
-                Ok(Denied::Listed) => (RevokeResult::Done, None),
-                Ok(Denied::CutOlderSessions(before)) => (
-                    RevokeResult::Done,
-                    Some(format!(
-                        "the revocation policy of this role is full: EVERY session of the role issued before {} \
-                         was cut, not only this grant's (see docs/revocation.md)",
-                        before.to_rfc3339()
-                    )),
-                ),
-                Err(e) if last_attempt.contains(&grant.grant_id) => {
-                    (RevokeResult::Irrevocable, Some(e.to_string()))
-                }
-                Err(e) => (RevokeResult::Pending, Some(e.to_string())),
+    let policy = policy_now(repo);
+    let reach = Reach {
+        profile: spec.profile.as_deref(),
+        timeout: spec.timeout,
+        policy: policy.as_ref().map_err(String::as_str),
+    };
+    for (kind, grants) in to_end {
+        let mut backend = provider::backend(&kind, &reach);
+        let endings: Vec<_> = grants.iter().map(GrantView::ending).collect();
+        let ended = backend.end(&endings, expiries);
+        for (grant, ended) in grants.iter().zip(ended) {
+            let (result, note) = match ended {
+                Ok(note) => (RevokeResult::Done, note),
+                Err(e) if last_attempt.contains(&grant.grant_id) => (RevokeResult::Irrevocable, Some(e)),
+                Err(e) => (RevokeResult::Pending, Some(e)),
             };
-            outcomes.push(record_outcome(repo, &grant, spec, author, result, error));
+            outcomes.push(record_outcome(repo, grant, spec, author, result, note));
         }
     }
     outcomes
+}
+
+/// The policy at the trust ref now: where a backend finds what to connect to (a database's host).
+pub fn policy_now(repo: &Repository) -> Result<crate::policy::Policy, String> {
+    let trust = crate::trust::TrustRef::resolve(repo).map_err(|e| e.to_string())?;
+    crate::policy::load(repo, &trust).map(|(policy, _)| policy).map_err(|e| e.to_string())
 }
 
 /// Drops the keyring copy and writes the revoke record of one grant.
@@ -212,25 +195,6 @@ fn record_outcome(
         note: error,
         record_error,
     }
-}
-
-/// Ends a postgres grant's login role: no more logins, its sessions terminated, the role dropped.
-/// The database's connection details come from the policy at the trust ref now.
-fn drop_login(repo: &Repository, grant: &GrantView, timeout: Duration) -> Result<Option<String>, String> {
-    let name = grant.intent.database.clone().ok_or("the grant records no database")?;
-    let trust = crate::trust::TrustRef::resolve(repo).map_err(|e| e.to_string())?;
-    let (policy, _) = crate::policy::load(repo, &trust).map_err(|e| e.to_string())?;
-    let database = policy
-        .databases
-        .get(&name)
-        .ok_or_else(|| format!("database {name} is no longer in the policy at {}", trust.refname))?;
-    let mut pg = database::pg_admin(database, timeout).map_err(|e| e.to_string())?;
-    let outcome = pg.revoke_login(&database::pg_role_name(&grant.grant_id)).map_err(|e| e.to_string())?;
-    Ok(match (outcome.existed, outcome.terminated) {
-        (false, _) => Some("the login role was already gone".to_owned()),
-        (true, 0) => None,
-        (true, n) => Some(format!("{n} open session(s) terminated")),
-    })
 }
 
 fn skipped(grant: &GrantView, why: &str) -> Revoked {

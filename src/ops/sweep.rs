@@ -5,7 +5,7 @@
 //! denies sessions of intents that never got an outcome, and re-asserts the deny entries of every
 //! revoked, unexpired grant it knows of (IAM has no compare-and-swap).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -20,7 +20,7 @@ use crate::ops::context::{self, ContextError};
 use crate::ops::grants::{self, GrantView};
 use crate::ops::ledger::InspectError;
 use crate::ops::revoke::{self, RevokeSpec, Revoked};
-use crate::provider::aws_iam::{AwsIam, RevocationTarget, session_names};
+use crate::provider::{self, Ending, ProviderKind, Reach};
 use crate::secrets;
 use crate::state::{LocalGrant, LocalGrants, StateDir, StateError};
 use crate::trust::TrustRef;
@@ -51,13 +51,58 @@ pub enum SweepError {
     Git(#[from] git2::Error),
 }
 
+/// What the sweep decided for a grant. Stable names (`--json`, docs/revocation.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Keep,
+    Merged,
+    Abandoned,
+    Expired,
+    /// A pending revocation, due for another try.
+    Retry,
+    /// A pending revocation, not yet due.
+    Wait,
+    /// An intent that never got an outcome.
+    Incomplete,
+    Irrevocable,
+    /// Its records had been removed from the ledger and were put back.
+    Restored,
+    /// Held here, with no record of it left anywhere.
+    Unrecorded,
+    Error,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Keep => "keep",
+            Decision::Merged => "merged",
+            Decision::Abandoned => "abandoned",
+            Decision::Expired => "expired",
+            Decision::Retry => "retry",
+            Decision::Wait => "wait",
+            Decision::Incomplete => "incomplete",
+            Decision::Irrevocable => "irrevocable",
+            Decision::Restored => "restored",
+            Decision::Unrecorded => "unrecorded",
+            Decision::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the sweep decided for one open grant.
 #[derive(Clone, Debug, Serialize)]
 pub struct SweepItem {
     pub grant_id: GrantId,
     pub branch: String,
-    /// keep, merged, abandoned, expired, retry, wait, incomplete, irrevocable, error
-    pub decision: &'static str,
+    pub decision: Decision,
     pub detail: Option<String>,
     pub outcome: Option<Revoked>,
 }
@@ -80,8 +125,10 @@ impl SweepReport {
     pub fn needs_attention(&self) -> bool {
         !self.reassert_errors.is_empty()
             || self.items.iter().any(|i| {
-                matches!(i.decision, "error" | "irrevocable" | "wait" | "unrecorded")
-                    || i.outcome.as_ref().is_some_and(|o| o.result != Some(RevokeResult::Done))
+                matches!(
+                    i.decision,
+                    Decision::Error | Decision::Irrevocable | Decision::Wait | Decision::Unrecorded
+                ) || i.outcome.as_ref().is_some_and(|o| o.result != Some(RevokeResult::Done))
             })
     }
 }
@@ -118,17 +165,18 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
     let all = grants::list(repo, now)?;
     let expiries = revoke::known_expiries(&all);
 
-    let mut to_revoke: Vec<(&'static str, RevokeTrigger, Option<String>, GrantView)> = Vec::new();
+    let mut to_revoke: Vec<(Decision, RevokeTrigger, Option<String>, GrantView)> = Vec::new();
     let mut last_attempt: HashSet<GrantId> = HashSet::new();
     // An expired postgres grant still has a login role (and maybe open sessions) until dropped.
-    let needs_sweep =
-        |g: &&GrantView| g.state.is_open() || (g.provider == "postgres" && g.state == GrantState::Expired);
+    let needs_sweep = |g: &&GrantView| {
+        g.state.is_open() || (g.provider.outlives_expiry() && g.state == GrantState::Expired)
+    };
     for grant in all.iter().filter(needs_sweep) {
         let holds = grant.intent.principal.email == me.email && grant.intent.principal.host == me.host;
         let mut facts = match GrantFacts::from_record(grant.issued.as_ref().unwrap_or(&grant.intent)) {
             Ok(facts) => facts,
             Err(e) => {
-                report.items.push(item(grant, "error", Some(e.to_string())));
+                report.items.push(item(grant, Decision::Error, Some(e.to_string())));
                 continue;
             }
         };
@@ -144,17 +192,17 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
         let verdict = match lifecycle::decide(repo, &facts, &situation) {
             Ok(verdict) => verdict,
             Err(e) => {
-                report.items.push(item(grant, "error", Some(e.to_string())));
+                report.items.push(item(grant, Decision::Error, Some(e.to_string())));
                 continue;
             }
         };
-        let mut queue = |decision: &'static str, trigger: RevokeTrigger, detail: Option<String>| {
+        let mut queue = |decision: Decision, trigger: RevokeTrigger, detail: Option<String>| {
             to_revoke.push((decision, trigger, detail, grant.clone()));
         };
         if tampered.contains(&grant.grant_id) && grant.state.is_open() && verdict != Verdict::Expired {
             // Someone removed this grant's records: it ends now, whatever its branch is doing.
             queue(
-                "restored",
+                Decision::Restored,
                 RevokeTrigger::Audit,
                 Some("its records had been removed from the ledger; they were put back".into()),
             );
@@ -162,17 +210,19 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
         }
         match (verdict, grant.state) {
             // PostgreSQL refuses new logins after VALID UNTIL but keeps open sessions: end them.
-            (Verdict::Expired, _) if grant.provider == "postgres" => {
-                queue("expired", RevokeTrigger::Expired, Some("the login role and its sessions end".into()))
-            }
+            (Verdict::Expired, _) if grant.provider.outlives_expiry() => queue(
+                Decision::Expired,
+                RevokeTrigger::Expired,
+                Some("the login role and its sessions end".into()),
+            ),
             (Verdict::Expired, _) => {
                 // AWS ended it; nothing to deny. Only the local copy of the secret goes.
                 let _ = secrets::delete_credentials(&grant.grant_id);
-                report.items.push(item(grant, "expired", None));
+                report.items.push(item(grant, Decision::Expired, None));
             }
             (_, GrantState::Irrevocable) => report.items.push(item(
                 grant,
-                "irrevocable",
+                Decision::Irrevocable,
                 Some("an operator must resolve it: `tpa revoke GRANT`".into()),
             )),
             (_, GrantState::Pending) => {
@@ -182,44 +232,44 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
                 if now < last + backoff(attempts) {
                     report.items.push(item(
                         grant,
-                        "wait",
+                        Decision::Wait,
                         Some(format!("attempt {attempts} failed; retrying later")),
                     ));
                 } else {
                     if attempts + 1 >= MAX_ATTEMPTS {
                         last_attempt.insert(grant.grant_id.clone());
                     }
-                    queue("retry", trigger, Some(format!("attempt {}", attempts + 1)));
+                    queue(Decision::Retry, trigger, Some(format!("attempt {}", attempts + 1)));
                 }
             }
             (Verdict::Merged { into, how }, _) => {
-                queue("merged", RevokeTrigger::Merged, Some(format!("into {into} ({how:?})")))
+                queue(Decision::Merged, RevokeTrigger::Merged, Some(format!("into {into} ({how:?})")))
             }
             (Verdict::Abandoned(reason), _) => {
                 let detail = match reason {
                     AbandonReason::BranchGone => "the branch is gone".to_owned(),
                     AbandonReason::LeftTooLong { since } => format!("left at {}", since.to_rfc3339()),
                 };
-                queue("abandoned", RevokeTrigger::Abandoned, Some(detail))
+                queue(Decision::Abandoned, RevokeTrigger::Abandoned, Some(detail))
             }
             (Verdict::Keep, GrantState::Incomplete)
                 if (now - grant.requested_at).num_seconds() >= INCOMPLETE_GRACE_SECONDS =>
             {
                 // tpa stopped between intent and outcome: a session may exist with no record.
                 queue(
-                    "incomplete",
+                    Decision::Incomplete,
                     RevokeTrigger::Audit,
                     Some("intent with no grant or failed record".into()),
                 )
             }
-            (Verdict::Keep, _) => report.items.push(item(grant, "keep", None)),
+            (Verdict::Keep, _) => report.items.push(item(grant, Decision::Keep, None)),
         }
     }
 
-    deny_unrecorded(&state, &all, options, &mut report)?;
+    deny_unrecorded(repo, &state, &all, options, &mut report)?;
 
     let author = revoke::Author { signer, principal: &me, now };
-    let mut by_trigger: BTreeMap<&'static str, (RevokeTrigger, Vec<GrantView>)> = BTreeMap::new();
+    let mut by_trigger: BTreeMap<Decision, (RevokeTrigger, Vec<GrantView>)> = BTreeMap::new();
     for (decision, trigger, detail, grant) in to_revoke {
         report.items.push(item(&grant, decision, detail));
         by_trigger.entry(decision).or_insert((trigger, Vec::new())).1.push(grant);
@@ -239,12 +289,12 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
         }
     }
 
-    reassert(&all, &expiries, options, now, &mut report);
+    reassert(repo, &all, &expiries, options, now, &mut report);
     update_index(repo, &state, &me, now)?;
     Ok(report)
 }
 
-fn item(grant: &GrantView, decision: &'static str, detail: Option<String>) -> SweepItem {
+fn item(grant: &GrantView, decision: Decision, detail: Option<String>) -> SweepItem {
     SweepItem {
         grant_id: grant.grant_id.clone(),
         branch: grant.branch.clone(),
@@ -262,28 +312,35 @@ pub fn backoff(attempts: usize) -> chrono::Duration {
     chrono::Duration::seconds(base + jitter)
 }
 
-/// Every revoked grant that has not expired keeps its deny entry: write back any that went missing.
+/// Every revoked grant that has not expired stays ended: its backend writes back what keeps it so.
 fn reassert(
+    repo: &Repository,
     all: &[GrantView],
     expiries: &BTreeMap<String, DateTime<Utc>>,
     options: &SweepOptions,
     now: DateTime<Utc>,
     report: &mut SweepReport,
 ) {
-    let mut by_role: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    for grant in all.iter().filter(|g| {
-        g.state == GrantState::Revoked && g.provider != "postgres" && g.expires_at.is_some_and(|e| e > now)
-    }) {
-        by_role.entry(grant.target.as_str()).or_default().extend(session_names([&grant.grant_id]));
+    let mut by_kind: BTreeMap<&ProviderKind, Vec<&GrantView>> = BTreeMap::new();
+    for grant in
+        all.iter().filter(|g| g.state == GrantState::Revoked && g.expires_at.is_some_and(|e| e > now))
+    {
+        by_kind.entry(&grant.provider).or_default().push(grant);
     }
-    if by_role.is_empty() {
+    if by_kind.is_empty() {
         return;
     }
-    let iam = AwsIam::new(options.profile.as_deref(), options.timeout);
-    for (role_arn, sessions) in by_role {
-        match RevocationTarget::for_role(role_arn).and_then(|t| iam.deny(&t, &sessions, expiries)) {
-            Ok(_) => report.reasserted += sessions.len(),
-            Err(e) => report.reassert_errors.push(format!("{role_arn}: {e}")),
+    let policy = revoke::policy_now(repo);
+    let reach = Reach {
+        profile: options.profile.as_deref(),
+        timeout: options.timeout,
+        policy: policy.as_ref().map_err(String::as_str),
+    };
+    for (kind, grants) in by_kind {
+        let endings: Vec<_> = grants.iter().map(|g| g.ending()).collect();
+        match provider::backend(kind, &reach).reassert(&endings, expiries) {
+            Ok(n) => report.reasserted += n,
+            Err(e) => report.reassert_errors.push(e),
         }
     }
 }
@@ -292,24 +349,32 @@ fn reassert(
 /// after putting back what was removed (the notes history itself was rewritten and pruned): their
 /// sessions are denied from what the index remembers, every sweep until they expire.
 fn deny_unrecorded(
+    repo: &Repository,
     state: &StateDir,
     all: &[GrantView],
     options: &SweepOptions,
     report: &mut SweepReport,
 ) -> Result<(), SweepError> {
     let known: HashSet<String> = all.iter().map(|g| g.grant_id.to_string()).collect();
+    let mut policy = None;
     for (id, local) in state.local_grants()? {
         if known.contains(&id) || local.expires_at.is_some_and(|e| e <= options.now) {
             continue;
         }
+        let policy = policy.get_or_insert_with(|| revoke::policy_now(repo));
         let Ok(grant_id) = id.parse::<GrantId>() else { continue };
-        let denied = match (&local.target, local.provider.as_deref()) {
-            (Some(role_arn), Some("aws-sts" | "rds-iam")) => {
-                let iam = AwsIam::new(options.profile.as_deref(), options.timeout);
-                RevocationTarget::for_role(role_arn)
-                    .and_then(|t| iam.deny(&t, &session_names([&grant_id]), &BTreeMap::new()))
-                    .map(|_| "denied in IAM from the local index".to_owned())
-                    .map_err(|e| e.to_string())
+        let denied = match (&local.target, local.provider.as_deref().map(ProviderKind::parse)) {
+            (Some(target), Some(kind)) => {
+                let reach = Reach {
+                    profile: options.profile.as_deref(),
+                    timeout: options.timeout,
+                    policy: policy.as_ref().map_err(String::as_str),
+                };
+                let ending = Ending { grant_id: &grant_id, target, database: local.database.as_deref() };
+                match provider::backend(&kind, &reach).end(&[ending], &BTreeMap::new()).remove(0) {
+                    Ok(_) => Ok(format!("it was ended through its provider ({kind}) from the local index")),
+                    Err(e) => Err(e),
+                }
             }
             _ => Err("the local index does not say how to end it: end it at its provider".to_owned()),
         };
@@ -320,7 +385,7 @@ fn deny_unrecorded(
         report.items.push(SweepItem {
             grant_id,
             branch: local.branch.clone(),
-            decision: "unrecorded",
+            decision: Decision::Unrecorded,
             detail: Some(detail),
             outcome: None,
         });
@@ -355,7 +420,8 @@ fn update_index(
                 branch: g.branch.clone(),
                 expires_at: g.expires_at,
                 target: Some(g.target.clone()),
-                provider: Some(g.provider.clone()),
+                provider: Some(g.provider.name().to_owned()),
+                database: g.intent.database.clone(),
             };
             (g.grant_id.to_string(), local)
         })
@@ -370,15 +436,6 @@ fn update_index(
         state.set_left_branches(&lock, &left)?;
     }
     Ok(())
-}
-
-/// Adds a grant this clone just took to the hooks' index.
-pub fn index_grant(repo: &Repository, grant_id: &GrantId, grant: LocalGrant) -> Result<(), StateError> {
-    let state = StateDir::open(repo)?;
-    let lock = state.lock()?;
-    let mut grants = state.local_grants()?;
-    grants.insert(grant_id.to_string(), grant);
-    state.set_local_grants(&lock, &grants)
 }
 
 #[cfg(test)]

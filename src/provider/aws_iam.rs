@@ -560,6 +560,80 @@ pub fn session_names<'a>(grants: impl IntoIterator<Item = &'a GrantId>) -> BTree
     grants.into_iter().map(|g| g.session_name()).collect()
 }
 
+/// Ends STS sessions (`aws-sts`, `rds-iam`) with a deny in their role's revocation policy, one
+/// write per role for however many grants, read back; a list too long for IAM falls back to the
+/// `aws:TokenIssueTime` cut (and says so in the outcome's note).
+pub struct IamBackend {
+    profile: Option<String>,
+    timeout: Duration,
+    iam: Option<AwsIam>,
+}
+
+impl IamBackend {
+    pub fn new(profile: Option<&str>, timeout: Duration) -> Self {
+        IamBackend { profile: profile.map(str::to_owned), timeout, iam: None }
+    }
+
+    /// The client, made on first use: a backend that has nothing to do costs no SDK set-up.
+    fn iam(&mut self) -> &AwsIam {
+        self.iam.get_or_insert_with(|| AwsIam::new(self.profile.as_deref(), self.timeout))
+    }
+
+    fn by_role<'g>(grants: &[super::Ending<'g>]) -> BTreeMap<&'g str, Vec<usize>> {
+        let mut by_role: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (index, grant) in grants.iter().enumerate() {
+            by_role.entry(grant.target).or_default().push(index);
+        }
+        by_role
+    }
+}
+
+impl super::Backend for IamBackend {
+    fn end(
+        &mut self,
+        grants: &[super::Ending<'_>],
+        expiries: &BTreeMap<String, DateTime<Utc>>,
+    ) -> Vec<super::Ended> {
+        let mut outcomes: Vec<super::Ended> = vec![Ok(None); grants.len()];
+        for (role_arn, indexes) in Self::by_role(grants) {
+            let sessions = session_names(indexes.iter().map(|&i| grants[i].grant_id));
+            let iam = self.iam();
+            let denied = RevocationTarget::for_role(role_arn).and_then(|t| iam.deny(&t, &sessions, expiries));
+            let outcome: super::Ended = match denied {
+                Ok(Denied::Listed) => Ok(None),
+                Ok(Denied::CutOlderSessions(before)) => Ok(Some(format!(
+                    "the revocation policy of this role is full: EVERY session of the role issued before {} was \
+                     cut, not only this grant's (see docs/revocation.md)",
+                    before.to_rfc3339()
+                ))),
+                Err(e) => Err(e.to_string()),
+            };
+            for i in indexes {
+                outcomes[i] = outcome.clone();
+            }
+        }
+        outcomes
+    }
+
+    fn reassert(
+        &mut self,
+        grants: &[super::Ending<'_>],
+        expiries: &BTreeMap<String, DateTime<Utc>>,
+    ) -> Result<usize, String> {
+        let mut reasserted = 0;
+        let mut errors = Vec::new();
+        for (role_arn, indexes) in Self::by_role(grants) {
+            let sessions = session_names(indexes.iter().map(|&i| grants[i].grant_id));
+            let iam = self.iam();
+            match RevocationTarget::for_role(role_arn).and_then(|t| iam.deny(&t, &sessions, expiries)) {
+                Ok(_) => reasserted += sessions.len(),
+                Err(e) => errors.push(format!("{role_arn}: {e}")),
+            }
+        }
+        if errors.is_empty() { Ok(reasserted) } else { Err(errors.join("; ")) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,6 +148,49 @@ pub fn classify_service_error(code: &str, message: &str) -> MintError {
     }
 }
 
+/// Issues an STS session of a role: a grant of a role (`aws-sts`), or of the role a database's IAM
+/// tokens are signed with (`rds-iam`).
+pub struct StsIssuer {
+    pub kind: super::ProviderKind,
+    pub mint: MintRequest,
+    /// The policy's role name.
+    pub role: String,
+    /// The policy's database, for `rds-iam`.
+    pub database: Option<String>,
+    pub scope: Option<crate::grant::Scope>,
+    pub options: StsOptions,
+}
+
+impl super::Issuer for StsIssuer {
+    fn kind(&self) -> super::ProviderKind {
+        self.kind.clone()
+    }
+
+    fn describe(&self, record: &mut crate::grant::Record) {
+        record.provider = self.kind.name().to_owned();
+        record.target = self.mint.role_arn.clone();
+        record.role = Some(self.role.clone());
+        record.database = self.database.clone();
+        record.scope = self.scope.clone();
+    }
+
+    fn mint(&mut self) -> Result<super::Secret, super::MintFailure> {
+        Ok(super::Secret::Aws(AwsSts::new(&self.options).assume_role(&self.mint)?))
+    }
+
+    /// STS credentials cannot be taken back: the session is denied in its role's revocation policy.
+    fn unmint(&mut self, _: &super::Secret) -> bool {
+        use super::Backend;
+        let Some(grant_id) = self.mint.session_name.strip_prefix("tpa-").and_then(|id| id.parse().ok())
+        else {
+            return false;
+        };
+        let ending = super::Ending { grant_id: &grant_id, target: &self.mint.role_arn, database: None };
+        let mut iam = super::aws_iam::IamBackend::new(self.options.profile.as_deref(), self.options.timeout);
+        matches!(iam.end(&[ending], &Default::default()).as_slice(), [Ok(_)])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

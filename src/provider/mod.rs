@@ -58,6 +58,66 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// A grant's secret, as minted: what the keyring keeps and `tpa exec` hands to a child.
+#[derive(Clone, Debug)]
+pub enum Secret {
+    /// An STS session's credentials.
+    Aws(Credentials),
+    /// A database login made for the grant: a PostgreSQL role and its password.
+    DbLogin(DbLogin),
+}
+
+/// A login role and its password. The password is wiped from memory when dropped.
+#[derive(Clone)]
+pub struct DbLogin {
+    pub user: String,
+    pub password: Zeroizing<String>,
+    /// When the password stops working for new logins.
+    pub valid_until: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for DbLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbLogin").field("user", &self.user).field("valid_until", &self.valid_until).finish()
+    }
+}
+
+impl Secret {
+    /// When the provider stops honouring it.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        match self {
+            Secret::Aws(credentials) => credentials.expiration,
+            Secret::DbLogin(login) => login.valid_until,
+        }
+    }
+
+    /// What the ledger may say of it: a fingerprint of its public half (the access key id, the
+    /// role name), never the key id or the secret itself.
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Secret::Aws(credentials) => crate::grant::credential_fingerprint(&credentials.access_key_id),
+            Secret::DbLogin(login) => crate::grant::credential_fingerprint(&login.user),
+        }
+    }
+}
+
+/// Why minting failed. Each provider's own error, shown as it says it.
+pub type MintFailure = Box<dyn std::error::Error + Send + Sync>;
+
+/// The side of a provider that issues a grant. The executor (`ops::issue`) does everything else:
+/// records, keyring, interruptions, undoing a mint whose record could not be written.
+pub trait Issuer {
+    fn kind(&self) -> ProviderKind;
+    /// Fills in what this provider adds to the grant's records: provider, target, role,
+    /// database, scope.
+    fn describe(&self, record: &mut crate::grant::Record);
+    /// Mints the grant's secret (an STS session, a login role).
+    fn mint(&mut self) -> Result<Secret, MintFailure>;
+    /// Ends what `mint` made, when the grant record could not be written: unrecorded access must
+    /// not stay usable. Best effort; whether it worked.
+    fn unmint(&mut self, secret: &Secret) -> bool;
+}
+
 /// Why minting failed, classified so the CLI can say what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
@@ -86,4 +146,144 @@ pub enum MintError {
     Rejected { code: String, message: String },
     #[error("STS answered without credentials")]
     NoCredentialsInResponse,
+}
+
+/// Which provider issued a grant. Records carry it as text (`provider`), so that a ledger written by
+/// a newer tpa still reads; a kind this tpa does not know is `Other`, and never mistaken for one it
+/// does (its grants are refused an IAM deny that would end nothing).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProviderKind {
+    /// An STS session of a role (`tpa request --role`).
+    AwsSts,
+    /// An STS session of a database's role, turned into RDS IAM auth tokens.
+    RdsIam,
+    /// A PostgreSQL login role made for the grant.
+    Postgres,
+    Other(String),
+}
+
+impl ProviderKind {
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "aws-sts" => ProviderKind::AwsSts,
+            "rds-iam" => ProviderKind::RdsIam,
+            "postgres" => ProviderKind::Postgres,
+            other => ProviderKind::Other(other.to_owned()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            ProviderKind::AwsSts => "aws-sts",
+            ProviderKind::RdsIam => "rds-iam",
+            ProviderKind::Postgres => "postgres",
+            ProviderKind::Other(name) => name,
+        }
+    }
+
+    /// Its grants are STS sessions of the role in the record's `target`: they hand out AWS
+    /// credentials, and a deny in that role's revocation policy ends them.
+    pub fn is_sts_session(&self) -> bool {
+        matches!(self, ProviderKind::AwsSts | ProviderKind::RdsIam)
+    }
+
+    /// Its access outlives the recorded expiry until tpa ends it: PostgreSQL refuses new logins
+    /// after VALID UNTIL but keeps the role and its open sessions.
+    pub fn outlives_expiry(&self) -> bool {
+        matches!(self, ProviderKind::Postgres)
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for ProviderKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// One grant, as the side that ends it needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct Ending<'a> {
+    pub grant_id: &'a crate::grant::GrantId,
+    /// The record's `target`: the role ARN of an STS session.
+    pub target: &'a str,
+    /// The policy's database, for database grants.
+    pub database: Option<&'a str>,
+}
+
+/// How one grant's access was ended: a note worth telling (e.g. that more was cut than asked).
+pub type Ended = Result<Option<String>, String>;
+
+/// The side of a provider that ends grants of its kind and keeps them ended.
+pub trait Backend {
+    /// Ends the access of each grant; one outcome per grant, in order. An `Err` is worth a retry.
+    fn end(
+        &mut self,
+        grants: &[Ending<'_>],
+        expiries: &std::collections::BTreeMap<String, DateTime<Utc>>,
+    ) -> Vec<Ended>;
+
+    /// Writes back what keeps revoked, unexpired grants ended, where the provider cannot be
+    /// trusted to keep it (IAM has no compare-and-swap). Returns how many were re-asserted.
+    fn reassert(
+        &mut self,
+        grants: &[Ending<'_>],
+        expiries: &std::collections::BTreeMap<String, DateTime<Utc>>,
+    ) -> Result<usize, String>;
+}
+
+/// What a backend may need to reach its provider.
+pub struct Reach<'a> {
+    /// The AWS profile whose credentials may write revocation policies.
+    pub profile: Option<&'a str>,
+    pub timeout: std::time::Duration,
+    /// The policy at the trust ref (database connection details), when it could be read.
+    pub policy: Result<&'a crate::policy::Policy, &'a str>,
+}
+
+/// The backend that ends grants of `kind`.
+pub fn backend<'a>(kind: &ProviderKind, reach: &Reach<'a>) -> Box<dyn Backend + 'a> {
+    match kind {
+        ProviderKind::AwsSts | ProviderKind::RdsIam => {
+            Box::new(aws_iam::IamBackend::new(reach.profile, reach.timeout))
+        }
+        ProviderKind::Postgres => Box::new(postgres::PgBackend::new(reach.policy, reach.timeout)),
+        ProviderKind::Other(name) => Box::new(Unknown(name.clone())),
+    }
+}
+
+/// Grants of a provider this tpa does not know: nothing it could do would end them.
+struct Unknown(String);
+
+impl Unknown {
+    fn refusal(&self) -> String {
+        format!(
+            "tpa does not know how to end grants of provider `{}`: end it at the provider, or use the tpa \
+             that issued it",
+            crate::escape::excerpt(&self.0)
+        )
+    }
+}
+
+impl Backend for Unknown {
+    fn end(
+        &mut self,
+        grants: &[Ending<'_>],
+        _: &std::collections::BTreeMap<String, DateTime<Utc>>,
+    ) -> Vec<Ended> {
+        grants.iter().map(|_| Err(self.refusal())).collect()
+    }
+
+    fn reassert(
+        &mut self,
+        _: &[Ending<'_>],
+        _: &std::collections::BTreeMap<String, DateTime<Utc>>,
+    ) -> Result<usize, String> {
+        Err(self.refusal())
+    }
 }

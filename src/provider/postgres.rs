@@ -432,6 +432,66 @@ fn create_role_sql(
 }
 
 /// `tpa_` followed by `[a-z0-9_]`, no longer than PostgreSQL keeps names.
+/// The login role of a postgres grant: `tpa_` and the grant id in lower case (PostgreSQL folds
+/// unquoted names; tpa always quotes, but people type them unquoted).
+pub fn pg_role_name(grant_id: &crate::grant::GrantId) -> String {
+    format!("{}{}", ROLE_PREFIX, grant_id.as_str().to_ascii_lowercase())
+}
+
+/// The environment variables that name a database's admin connection, most specific first:
+/// `TPA_DB_<NAME>_ADMIN_USER` / `_ADMIN_PASSWORD` / `_CA_FILE` (NAME upper-cased, every character
+/// that is not a letter or digit turned into `_`), then `TPA_DB_ADMIN_USER` / ...
+pub fn admin_variables(database: &str, what: &str) -> [String; 2] {
+    let name: String = database
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect();
+    [format!("TPA_DB_{name}_{what}"), format!("TPA_DB_{what}")]
+}
+
+fn admin_env(database: &str, what: &str) -> Option<String> {
+    admin_variables(database, what).iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+}
+
+/// An admin session on a postgres database, with credentials from the environment (never the
+/// policy file).
+pub fn pg_admin(
+    database: &crate::policy::DatabasePolicy,
+    timeout: std::time::Duration,
+) -> Result<Postgres, DbAdminError> {
+    let user = admin_env(&database.name, "ADMIN_USER").ok_or_else(|| DbAdminError::NoAdmin {
+        database: database.name.clone(),
+        variables: admin_variables(&database.name, "ADMIN_USER").join(" or "),
+        password: admin_variables(&database.name, "ADMIN_PASSWORD")[0].clone(),
+    })?;
+    let admin =
+        AdminCredentials { user, password: admin_env(&database.name, "ADMIN_PASSWORD").map(Zeroizing::new) };
+    let target = PgTarget {
+        host: database.host.clone(),
+        port: database.port,
+        dbname: database.dbname.clone(),
+        ca_file: admin_env(&database.name, "CA_FILE").map(std::path::PathBuf::from),
+    };
+    Ok(Postgres::connect(&target, &admin, timeout)?)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbAdminError {
+    #[error(
+        "no admin connection for database {database}: set {variables} (and {password}) in the \
+         environment of whoever grants and revokes; admin credentials never go in the policy file"
+    )]
+    NoAdmin { database: String, variables: String, password: String },
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+}
+
+impl DbAdminError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbAdminError::Postgres(e) if e.is_transient())
+    }
+}
+
 pub fn validate_role_name(role: &str) -> Result<(), PgError> {
     let bad = |reason| Err(PgError::InvalidRoleName { name: role.to_owned(), reason });
     let Some(rest) = role.strip_prefix(ROLE_PREFIX) else { return bad("it does not start with tpa_") };
@@ -600,6 +660,111 @@ fn db_message(e: &postgres::Error) -> String {
             Some(source) => format!("{e}: {source}"),
             None => e.to_string(),
         },
+    }
+}
+
+/// Issues a PostgreSQL login role for a grant, over the database's admin connection (credentials
+/// from the environment, never the policy file), valid until the grant's expiry.
+pub struct PgIssuer {
+    pub database: crate::policy::DatabasePolicy,
+    pub grant_id: crate::grant::GrantId,
+    pub valid_until: DateTime<Utc>,
+    pub timeout: std::time::Duration,
+    /// The admin session that made the role, kept to drop it again if need be.
+    admin: Option<Postgres>,
+}
+
+impl PgIssuer {
+    pub fn new(
+        database: crate::policy::DatabasePolicy,
+        grant_id: crate::grant::GrantId,
+        valid_until: DateTime<Utc>,
+        timeout: std::time::Duration,
+    ) -> Self {
+        PgIssuer { database, grant_id, valid_until, timeout, admin: None }
+    }
+
+    /// Where a grant's role lives, as recorded: never with credentials.
+    pub fn target(&self) -> String {
+        format!("postgresql://{}:{}/{}", self.database.host, self.database.port, self.database.dbname)
+    }
+}
+
+impl super::Issuer for PgIssuer {
+    fn kind(&self) -> super::ProviderKind {
+        super::ProviderKind::Postgres
+    }
+
+    fn describe(&self, record: &mut crate::grant::Record) {
+        record.provider = self.kind().name().to_owned();
+        record.target = self.target();
+        record.database = Some(self.database.name.clone());
+    }
+
+    fn mint(&mut self) -> Result<super::Secret, super::MintFailure> {
+        let mut admin = pg_admin(&self.database, self.timeout)?;
+        let role = pg_role_name(&self.grant_id);
+        let password = admin.create_login(
+            &role,
+            self.valid_until,
+            &self.database.grant_roles,
+            self.database.connection_limit,
+        )?;
+        self.admin = Some(admin);
+        Ok(super::Secret::DbLogin(super::DbLogin { user: role, password, valid_until: self.valid_until }))
+    }
+
+    fn unmint(&mut self, _: &super::Secret) -> bool {
+        let role = pg_role_name(&self.grant_id);
+        self.admin.as_mut().is_some_and(|admin| admin.revoke_login(&role).is_ok())
+    }
+}
+
+/// Ends `postgres` grants: no more logins, open sessions terminated, the login role dropped, over
+/// an admin connection to the database the policy (at the trust ref, now) names.
+pub struct PgBackend<'a> {
+    policy: Result<&'a crate::policy::Policy, &'a str>,
+    timeout: std::time::Duration,
+}
+
+impl<'a> PgBackend<'a> {
+    pub fn new(policy: Result<&'a crate::policy::Policy, &'a str>, timeout: std::time::Duration) -> Self {
+        PgBackend { policy, timeout }
+    }
+
+    fn end_one(&self, grant: &super::Ending<'_>) -> Result<Option<String>, String> {
+        let name = grant.database.ok_or("the grant records no database")?;
+        let policy = self.policy.map_err(|e| format!("the policy cannot be read: {e}"))?;
+        let database = policy
+            .databases
+            .get(name)
+            .ok_or_else(|| format!("database {name} is no longer in the policy at the trust ref"))?;
+        let mut pg = pg_admin(database, self.timeout).map_err(|e| e.to_string())?;
+        let outcome = pg.revoke_login(&pg_role_name(grant.grant_id)).map_err(|e| e.to_string())?;
+        Ok(match (outcome.existed, outcome.terminated) {
+            (false, _) => Some("the login role was already gone".to_owned()),
+            (true, 0) => None,
+            (true, n) => Some(format!("{n} open session(s) terminated")),
+        })
+    }
+}
+
+impl super::Backend for PgBackend<'_> {
+    fn end(
+        &mut self,
+        grants: &[super::Ending<'_>],
+        _: &std::collections::BTreeMap<String, DateTime<Utc>>,
+    ) -> Vec<super::Ended> {
+        grants.iter().map(|grant| self.end_one(grant)).collect()
+    }
+
+    /// A dropped role stays dropped: nothing to write back.
+    fn reassert(
+        &mut self,
+        _: &[super::Ending<'_>],
+        _: &std::collections::BTreeMap<String, DateTime<Utc>>,
+    ) -> Result<usize, String> {
+        Ok(0)
     }
 }
 

@@ -108,7 +108,7 @@ fn a_grant_with_no_record_left_anywhere_is_denied_from_the_local_index() {
     let item =
         sweep["items"].as_array().unwrap().iter().find(|i| i["grant_id"] == id.as_str()).unwrap().clone();
     assert_eq!(item["decision"], "unrecorded", "{sweep}");
-    assert!(item["detail"].as_str().unwrap().contains("denied in IAM"), "{sweep}");
+    assert!(item["detail"].as_str().unwrap().contains("ended through its provider (aws-sts)"), "{sweep}");
     assert!(denied(&aws.role_name).contains(&format!("tpa-{id}")));
 }
 
@@ -159,18 +159,9 @@ fn an_interrupted_request_is_never_left_half_done() {
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
-#[test]
-fn credentials_the_keyring_refuses_after_the_grant_record_end_the_session_at_once() {
-    let aws = AwsRepo::new();
-    let out = aws.request().env("TPA_TEST_FAULT", "keyring-store").run().code(2);
-    assert!(out.stderr.contains("the session was revoked"), "{}", out.stderr);
-    let status = aws.tpa().args(["status", "--all", "--history", "--json"]).run().success().json();
-    let id = status[0]["grant_id"].as_str().unwrap().to_owned();
-    assert_eq!(status[0]["state"], "revoked");
-    let revoke = records_of(&aws, &id).into_iter().find(|r| r["kind"] == "revoke").unwrap();
-    assert_eq!(revoke["trigger"], "undelivered");
-    assert!(denied(&aws.role_name).contains(&format!("tpa-{id}")));
-}
+// A keyring that refuses the credentials after the grant record, and a grant record that cannot be
+// written, are the executor's failure paths: tested in-process with a fake issuer and keyring
+// (src/ops/issue.rs), since a release build has no way to inject them.
 
 #[test]
 fn exec_and_env_pick_the_newest_grant_that_can_be_used() {

@@ -377,21 +377,6 @@ fn access_denied_becomes_advice_and_a_failed_record() {
 }
 
 #[test]
-fn a_grant_record_that_cannot_be_written_discards_the_credentials() {
-    let aws = AwsRepo::new();
-    let out = aws.request().env("TPA_TEST_FAULT", "grant-record").run().code(2);
-    assert!(out.stderr.contains("credentials were discarded"), "{}", out.stderr);
-    assert!(out.stderr.contains("their session was ended"), "{}", out.stderr);
-    assert!(aws.proxy.connections() >= 2, "AWS was asked, then IAM told to deny the session");
-    assert_eq!(aws.kinds(), ["intent"], "no grant record");
-    assert_eq!(aws.keyring_grants(), 0, "nothing in the keyring");
-    let status = aws.tpa().args(["status", "--json"]).run().success().json();
-    assert_eq!(status[0]["state"], "incomplete");
-    let id = status[0]["grant_id"].as_str().unwrap();
-    assert!(crate::revoke::denied(&aws.role_name).contains(&format!("tpa-{id}")));
-}
-
-#[test]
 fn secrets_appear_nowhere_but_where_they_were_asked_for() {
     let aws = AwsRepo::new();
     let mut outputs: Vec<String> = Vec::new();
