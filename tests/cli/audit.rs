@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::common::aws::AwsRepo;
+use crate::common::aws::{denied, seed_policy};
 use crate::common::cloudtrail::{FakeCloudTrail, assume_role_event};
 use crate::common::moto::{moto, unique_name};
-use crate::request::AwsRepo;
-use crate::revoke::{denied, seed_policy};
 
 fn grant(aws: &AwsRepo, dir: &Path, role: &str) -> String {
     aws.env

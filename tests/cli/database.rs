@@ -6,10 +6,10 @@ use std::io::{BufRead, BufReader, Write};
 
 use serde_json::json;
 
+use crate::common::aws::AwsRepo;
+use crate::common::aws::denied;
+use crate::common::botocore::botocore;
 use crate::common::postgres::{ADMIN_PASSWORD, ADMIN_USER, GROUP_ROLE, PgServer, pg};
-use crate::db_token::botocore;
-use crate::request::AwsRepo;
-use crate::revoke::denied;
 
 const HOST: &str = "orders.abc123xyz.us-east-1.rds.amazonaws.com";
 const NOW: &str = "2026-11-28T12:00:00Z";

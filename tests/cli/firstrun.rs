@@ -4,8 +4,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use crate::common::aws::AwsRepo;
 use crate::common::*;
-use crate::request::AwsRepo;
 
 fn check<'a>(report: &'a Value, id: &str) -> &'a Value {
     report["checks"]

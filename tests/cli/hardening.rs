@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::common::aws::AwsRepo;
+use crate::common::aws::denied;
 use crate::common::moto::{moto, xml_text};
 use crate::common::*;
-use crate::request::AwsRepo;
-use crate::revoke::denied;
 
 fn grant(aws: &AwsRepo) -> String {
     aws.request().arg("--json").run().success().json()["grant_id"].as_str().unwrap().to_owned()
@@ -180,7 +180,7 @@ fn exec_and_env_pick_the_newest_grant_that_can_be_used() {
     let whoami = aws
         .tpa()
         .args(["exec", "--"])
-        .arg(crate::request::python())
+        .arg(crate::common::aws::python())
         .args(["-c", "import boto3; print(boto3.client('sts').get_caller_identity()['Arn'])"])
         .run()
         .success();

@@ -142,17 +142,3 @@ pub fn assert_no_secret_in_repo(env: &TestEnv, dir: &std::path::Path, pem: &str)
         }
     }
 }
-
-pub fn walk(dir: &std::path::PathBuf) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}

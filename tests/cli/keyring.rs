@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::common::aws::AwsRepo;
 use crate::common::*;
-use crate::request::AwsRepo;
 
 /// `keyctl search @s user tpa:grant:ID`: is the grant's entry in the kernel keyring tpa uses?
 fn in_kernel_keyring(env: &TestEnv, grant_id: &str) -> bool {
@@ -41,7 +41,7 @@ fn headless_grants_live_in_the_kernel_keyring_from_request_to_revoke() {
     assert!(status.contains("keyring: keyutils"), "{status}");
 
     let whoami =
-        aws.tpa().args(["exec", "--"]).arg(crate::request::python()).args(["-c", WHOAMI]).run().success();
+        aws.tpa().args(["exec", "--"]).arg(crate::common::aws::python()).args(["-c", WHOAMI]).run().success();
     assert!(whoami.stdout.trim().ends_with(&format!("/tpa-{grant_id}")), "{}", whoami.stdout);
     let env = aws.tpa().arg("env").run().success().stdout;
     let secret = env
@@ -56,7 +56,7 @@ fn headless_grants_live_in_the_kernel_keyring_from_request_to_revoke() {
     assert!(!in_kernel_keyring(&aws.env, &grant_id), "revoking drops the kernel keyring entry");
     aws.tpa().arg("env").run().code(2);
 
-    for file in crate::init::walk(&aws.env.root.path().to_path_buf()) {
+    for file in crate::common::walk(&aws.env.root.path().to_path_buf()) {
         let bytes = std::fs::read(&file).unwrap_or_default();
         assert!(
             !String::from_utf8_lossy(&bytes).contains(&secret),

@@ -4,29 +4,11 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::common::notes::head;
+use crate::common::notes::intent_json;
+use crate::common::notes::note_lines;
 use crate::common::*;
 use crate::init::{assert_no_secret_in_repo, keyring_secret};
-
-/// A valid intent payload for `commit`, as a JSON value to tweak.
-pub fn intent_json(commit: &str, grant_id: &str, issued_at: &str) -> Value {
-    json!({
-        "version": 1, "kind": "intent", "grant_id": grant_id, "issued_at": issued_at,
-        "principal": {"email": EMAIL, "user": "alice", "host": "laptop"},
-        "reason": "INC-42: crafted by the test", "repo": "origin", "branch": "refs/heads/hotfix/one",
-        "commit": commit, "base": null, "policy_commit": null, "provider": "test",
-        "target": "arn:aws:iam::123456789012:role/test", "scope": null, "expires_at": null,
-        "credential_fingerprint": null
-    })
-}
-
-pub fn head(env: &TestEnv, dir: &Path) -> String {
-    env.git(dir, &["rev-parse", "HEAD"])
-}
-
-/// The note on `commit` as its lines.
-pub fn note_lines(env: &TestEnv, dir: &Path, commit: &str) -> Vec<String> {
-    env.git(dir, &["notes", "--ref=tpa", "show", commit]).lines().map(str::to_owned).collect()
-}
 
 fn ssh_keygen_verify(env: &TestEnv, dir: &Path, line: &str, principal: &str) -> (bool, String) {
     let parsed: Value = serde_json::from_str(line).unwrap();

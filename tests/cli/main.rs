@@ -17,6 +17,7 @@ mod notify_flow;
 mod postgres;
 mod request;
 mod revoke;
+mod snapshots;
 mod sweep;
 mod sync;
 mod tamper;

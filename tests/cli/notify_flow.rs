@@ -1,9 +1,9 @@
 //! Webhooks around real requests and revocations: the payloads, fail-closed `required` webhooks,
 //! and optional ones queued and retried by the sweep. The receiver is a local HTTP server.
 
+use crate::common::aws::AwsRepo;
+use crate::common::aws::denied;
 use crate::common::webhook::{Reply, Webhook};
-use crate::request::AwsRepo;
-use crate::revoke::denied;
 
 fn notify(url: &str, events: &str, format: &str, required: bool) -> String {
     format!(

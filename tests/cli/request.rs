@@ -1,144 +1,13 @@
 //! `tpa request`, `exec`, `env`, `credential-process` and `status` against a real moto server,
 //! reached through a fault-injection proxy the tests control.
 
-use std::path::{Path, PathBuf};
-
 use serde_json::Value;
 
-use crate::common::moto::{moto, unique_name};
-use crate::common::proxy::{Mode, Proxy};
+use crate::common::aws::policy;
+use crate::common::aws::python;
+use crate::common::aws::{AwsRepo, REASON};
+use crate::common::proxy::Mode;
 use crate::common::*;
-
-const BASE_KEY_ID: &str = "AKIABASECREDENTIALS0";
-const REASON: &str = "INC-4211: fix stuck invoices";
-
-/// A repository cloned from `origin`, whose reviewed main (pushed to origin) holds a policy for
-/// one moto role; HEAD on `hotfix/INC-4211` with a commit of its own. tpa talks to moto through
-/// `proxy`.
-pub struct AwsRepo {
-    pub env: TestEnv,
-    pub dir: PathBuf,
-    pub proxy: Proxy,
-    pub role_name: String,
-    pub role_arn: String,
-}
-
-pub fn policy(arn: &str, extra: &str) -> String {
-    policy_with_top(arn, "", extra)
-}
-
-/// `top` goes before the first table (top-level keys), `extra` after the role's table.
-pub fn policy_with_top(arn: &str, top: &str, extra: &str) -> String {
-    format!(
-        "protected_branches = [\"main\"]\nrequest_branches = [\"hotfix/*\", \"fix/*\"]\nmin_reason_length = 10\n\
-         default_ttl = \"30m\"\n{top}\n[roles.prod-readonly]\narn = \"{arn}\"\nregion = \"us-east-1\"\nmax_ttl = \"1h\"\n{extra}"
-    )
-}
-
-impl AwsRepo {
-    pub fn new() -> Self {
-        Self::with_policy_extra("")
-    }
-
-    pub fn with_policy_extra(extra: &str) -> Self {
-        Self::with_policy_parts("", extra)
-    }
-
-    pub fn with_policy_parts(top: &str, extra: &str) -> Self {
-        Self::in_env(TestEnv::new(), top, extra)
-    }
-
-    /// On a headless machine: grant credentials go to the kernel keyring.
-    pub fn headless() -> Self {
-        Self::in_env(TestEnv::headless(), "", "")
-    }
-
-    pub fn in_env(mut env: TestEnv, top: &str, extra: &str) -> Self {
-        let moto = moto();
-        let role_name = unique_name("tpa-test-role");
-        let role_arn = moto.create_role(&role_name);
-        let proxy = Proxy::start(moto.addr);
-        env.set_env("AWS_ENDPOINT_URL", proxy.endpoint());
-        env.set_env("AWS_ACCESS_KEY_ID", BASE_KEY_ID);
-        env.set_env("AWS_SECRET_ACCESS_KEY", "base-secret-not-a-grant");
-        env.set_env("AWS_REGION", "us-east-1");
-        env.set_env("AWS_DEFAULT_REGION", "us-east-1");
-        env.set_env("AWS_EC2_METADATA_DISABLED", "true");
-        env.set_env("TPA_NONINTERACTIVE", "1");
-        let (dir, _origin) = env.repo_with_origin("work");
-        env.tpa(&dir).arg("init").run().success();
-        std::fs::write(dir.join(".tpa/policy.toml"), policy_with_top(&role_arn, top, extra)).unwrap();
-        env.git(&dir, &["add", ".tpa"]);
-        env.git(&dir, &["commit", "-q", "-m", "tpa policy"]);
-        env.git(&dir, &["push", "-q", "origin", "main"]);
-        env.git(&dir, &["switch", "-q", "-c", "hotfix/INC-4211"]);
-        env.git(&dir, &["commit", "-q", "--allow-empty", "-m", "fix stuck invoices"]);
-        AwsRepo { env, dir, proxy, role_name, role_arn }
-    }
-
-    pub fn tpa(&self) -> Run {
-        self.env.tpa(&self.dir)
-    }
-
-    pub fn request(&self) -> Run {
-        self.tpa().args(["request", "--role", "prod-readonly", "--reason", REASON])
-    }
-
-    pub fn notes_tip(&self) -> Option<String> {
-        let out = self.env.git_output(&self.dir, &["rev-parse", "--verify", "-q", "refs/notes/tpa"]);
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    }
-
-    pub fn head(&self) -> String {
-        self.env.git(&self.dir, &["rev-parse", "HEAD"])
-    }
-
-    /// Record kinds in the ledger, oldest first.
-    pub fn kinds(&self) -> Vec<String> {
-        let log = self.tpa().args(["log", "--json"]).run().success().json();
-        let mut kinds: Vec<String> = log
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["record"]["kind"].as_str().unwrap().to_owned())
-            .collect();
-        kinds.reverse();
-        kinds
-    }
-
-    /// How many of this repository's grants have credentials in the (shared) test keyring.
-    pub fn keyring_grants(&self) -> usize {
-        let log = self.tpa().args(["log", "--json"]).run().success().json();
-        let mut ids: Vec<String> = log
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["record"]["grant_id"].as_str().unwrap().to_owned())
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids.iter()
-            .filter(|id| {
-                self.env
-                    .command("secret-tool")
-                    .args(["lookup", "service", "tpa", "username", &format!("grant:{id}")])
-                    .output()
-                    .unwrap()
-                    .status
-                    .success()
-            })
-            .count()
-    }
-}
-
-/// The Python that has boto3 (moto's own environment).
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("TPA_TEST_PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.exists() { venv } else { PathBuf::from("python3") }
-}
 
 const WHOAMI: &str =
     "import boto3; i = boto3.client('sts').get_caller_identity(); print(i['Arn']); print(i['UserId'])";
@@ -420,7 +289,7 @@ fn secrets_appear_nowhere_but_where_they_were_asked_for() {
         .output()
         .unwrap();
     let objects = String::from_utf8_lossy(&objects.stdout);
-    for file in crate::init::walk(&aws.dir.join(".git")) {
+    for file in crate::common::walk(&aws.dir.join(".git")) {
         let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
         for secret in &secrets {
             assert!(!text.contains(secret.as_str()), "secret in {}", file.display());
@@ -429,7 +298,7 @@ fn secrets_appear_nowhere_but_where_they_were_asked_for() {
     for secret in &secrets {
         assert!(!objects.contains(secret.as_str()), "secret in a git object");
     }
-    for file in crate::init::walk(&aws.env.home) {
+    for file in crate::common::walk(&aws.env.home) {
         let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
         assert!(!secrets.iter().any(|s| text.contains(s.as_str())), "secret in {}", file.display());
     }

@@ -3,62 +3,12 @@
 
 use std::collections::BTreeSet;
 
-use crate::common::moto::{moto, xml_text};
+use crate::common::aws::AwsRepo;
+use crate::common::aws::default_document;
+use crate::common::aws::seed_policy;
+use crate::common::aws::{POLICY_PREFIX, denied};
+use crate::common::moto::moto;
 use crate::common::proxy::Mode;
-use crate::request::AwsRepo;
-
-const POLICY_PREFIX: &str = "arn:aws:iam::123456789012:policy/tpa/tpa-revocations-";
-
-fn unescape_xml(text: &str) -> String {
-    text.replace("&quot;", "\"")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
-}
-
-/// The role's revocation policy's default document, as moto has it now.
-pub fn default_document(role: &str) -> Option<String> {
-    let arn = format!("{POLICY_PREFIX}{role}");
-    let (status, body) =
-        moto().call("iam", &[("Action", "GetPolicy"), ("Version", "2010-05-08"), ("PolicyArn", &arn)]);
-    if status != 200 {
-        return None;
-    }
-    let version = xml_text(&body, "DefaultVersionId").unwrap().to_owned();
-    let (status, body) = moto().call(
-        "iam",
-        &[
-            ("Action", "GetPolicyVersion"),
-            ("Version", "2010-05-08"),
-            ("PolicyArn", &arn),
-            ("VersionId", &version),
-        ],
-    );
-    assert_eq!(status, 200, "{body}");
-    Some(tpa::provider::aws_iam::percent_decode(&unescape_xml(xml_text(&body, "Document").unwrap())))
-}
-
-/// The session names the role's revocation policy denies, as moto has it now.
-pub fn denied(role: &str) -> BTreeSet<String> {
-    default_document(role).map(|d| tpa::provider::aws_iam::denied_sessions(&d)).unwrap_or_default()
-}
-
-/// Makes `document` the default version of the role's revocation policy, behind tpa's back.
-pub fn seed_policy(role: &str, document: &str) {
-    let arn = format!("{POLICY_PREFIX}{role}");
-    let (status, body) = moto().call(
-        "iam",
-        &[
-            ("Action", "CreatePolicyVersion"),
-            ("Version", "2010-05-08"),
-            ("PolicyArn", &arn),
-            ("PolicyDocument", document),
-            ("SetAsDefault", "true"),
-        ],
-    );
-    assert_eq!(status, 200, "{body}");
-}
 
 fn grant(aws: &AwsRepo) -> String {
     aws.request().arg("--json").run().success().json()["grant_id"].as_str().unwrap().to_owned()
@@ -174,7 +124,7 @@ fn entries_of_grants_expired_by_aws_clock_are_pruned_at_the_next_revocation() {
     // A grant of long ago, in the ledger and still in the role's revocation policy.
     let old = "01HZZZZZZZZZZZZZZZZZZZZZZZ";
     let head = aws.head();
-    let mut intent = crate::ledger::intent_json(&head, old, "2026-01-01T00:00:00Z");
+    let mut intent = crate::common::notes::intent_json(&head, old, "2026-01-01T00:00:00Z");
     intent["branch"] = serde_json::json!("refs/heads/hotfix/INC-4211");
     intent["provider"] = serde_json::json!("aws-sts");
     intent["target"] = serde_json::json!(aws.role_arn);
@@ -240,7 +190,7 @@ fn recorded_grant(aws: &AwsRepo, grant_id: &str) {
     let head = aws.head();
     let now = chrono::Utc::now();
     let at = |offset: i64| (now + chrono::Duration::seconds(offset)).to_rfc3339();
-    let mut intent = crate::ledger::intent_json(&head, grant_id, &at(-60));
+    let mut intent = crate::common::notes::intent_json(&head, grant_id, &at(-60));
     intent["branch"] = serde_json::json!("refs/heads/hotfix/INC-4211");
     intent["provider"] = serde_json::json!("aws-sts");
     intent["target"] = serde_json::json!(aws.role_arn);

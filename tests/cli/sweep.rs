@@ -1,10 +1,10 @@
 //! Revocation driven by git: the hooks tpa init installs, and `tpa sweep`, with the real git doing
 //! real merges, checkouts and branch deletions, and moto's IAM showing the deny entries.
 
+use crate::common::aws::AwsRepo;
+use crate::common::aws::denied;
 use crate::common::proxy::Mode;
 use crate::common::*;
-use crate::request::AwsRepo;
-use crate::revoke::denied;
 
 fn grant(aws: &AwsRepo) -> String {
     aws.request().arg("--json").run().success().json()["grant_id"].as_str().unwrap().to_owned()
@@ -227,7 +227,8 @@ fn a_hostile_branch_name_is_revoked_like_any_other() {
 #[test]
 fn access_denied_until_the_last_retry_makes_the_grant_irrevocable() {
     let aws = AwsRepo::with_policy_parts("", "");
-    let policy = crate::request::policy(&aws.role_arn, "").replace("max_ttl = \"1h\"", "max_ttl = \"4h\"");
+    let policy =
+        crate::common::aws::policy(&aws.role_arn, "").replace("max_ttl = \"1h\"", "max_ttl = \"4h\"");
     aws.env.git(&aws.dir, &["switch", "-q", "main"]);
     std::fs::write(aws.dir.join(".tpa/policy.toml"), policy).unwrap();
     aws.env.git(&aws.dir, &["commit", "-q", "-am", "longer grants"]);

@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::common::aws::AwsRepo;
 use crate::common::*;
-use crate::request::AwsRepo;
 
 /// (grant id, kind) of every record in the clone's ledger.
 fn records(env: &TestEnv, dir: &Path) -> BTreeSet<(String, String)> {

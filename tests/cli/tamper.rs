@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use crate::common::notes::{head, intent_json, note_lines};
 use crate::common::*;
-use crate::ledger::{head, intent_json, note_lines};
 
 /// A repo whose signer is a key file trusted on main; HEAD on hotfix/one with one clean record.
 fn key_file_repo(env: &TestEnv, name: &str) -> (PathBuf, PathBuf) {

@@ -5,8 +5,11 @@
 
 #![allow(dead_code)]
 
+pub mod aws;
+pub mod botocore;
 pub mod cloudtrail;
 pub mod moto;
+pub mod notes;
 pub mod postgres;
 pub mod proxy;
 pub mod webhook;
@@ -85,6 +88,8 @@ pub struct TestEnv {
     /// With the test binary's gnome-keyring session bus; without, a headless machine.
     desktop: bool,
     extra_env: Vec<(String, String)>,
+    /// A pinned clock and a fresh id seed for every tpa command (see [`TestEnv::pin`]).
+    pinned: Option<(String, std::sync::atomic::AtomicU64)>,
 }
 
 impl TestEnv {
@@ -105,7 +110,14 @@ impl TestEnv {
         let root = tempfile::Builder::new().prefix("tpa-test-").tempdir().unwrap();
         let home = root.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
-        TestEnv { root, home, desktop, extra_env: Vec::new() }
+        TestEnv { root, home, desktop, extra_env: Vec::new(), pinned: None }
+    }
+
+    /// Every tpa command from now on sees the clock at `now` (RFC 3339) and a grant-id seed of its
+    /// own (the first command 1, the next 2, ...): with crafted records, outputs are the same at
+    /// every run, and can be pinned as snapshots. (jj's test environment does the same.)
+    pub fn pin(&mut self, now: &str) {
+        self.pinned = Some((now.to_owned(), std::sync::atomic::AtomicU64::new(0)));
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -149,6 +161,10 @@ impl TestEnv {
     pub fn tpa(&self, dir: &Path) -> Run {
         let mut cmd = self.sealed(TPA);
         cmd.current_dir(dir);
+        if let Some((now, seed)) = &self.pinned {
+            let seed = seed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            cmd.env("TPA_TEST_NOW", now).env("TPA_TEST_SEED", seed.to_string());
+        }
         Run { cmd, stdin: None }
     }
 
@@ -332,4 +348,19 @@ pub fn finding_kinds(verify_json: &serde_json::Value) -> Vec<String> {
     kinds.sort();
     kinds.dedup();
     kinds
+}
+
+/// Every file under `dir`, recursively.
+pub fn walk(dir: &std::path::PathBuf) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
