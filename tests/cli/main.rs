@@ -21,3 +21,4 @@ mod snapshots;
 mod sweep;
 mod sync;
 mod tamper;
+mod verify_cache;

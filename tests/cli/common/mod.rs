@@ -350,6 +350,48 @@ pub fn finding_kinds(verify_json: &serde_json::Value) -> Vec<String> {
     kinds
 }
 
+/// `tpa verify --json` as a developer runs it (since the witness, when a verified tip and its
+/// cache are there), then `--full`, then once more from the cache the full run left: the three
+/// must agree on the record count, on every finding (every field) and on the git copies, so a
+/// check since the witness can never report less than a full one. Returns the first run's exit
+/// code and JSON (whose `checked` says how it checked).
+pub fn verify_each_way(env: &TestEnv, dir: &Path) -> (i32, serde_json::Value) {
+    let runs: Vec<(i32, serde_json::Value)> =
+        [&["verify", "--json"][..], &["verify", "--json", "--full"], &["verify", "--json"]]
+            .iter()
+            .map(|args| {
+                let run = env.tpa(dir).args(*args).run();
+                let json = run.json();
+                (run.code, json)
+            })
+            .collect();
+    let comparable = |(code, json): &(i32, serde_json::Value)| {
+        (
+            *code,
+            json["records"].clone(),
+            json["findings"].clone(),
+            json["git_copies"].clone(),
+            json["ok"].clone(),
+        )
+    };
+    assert_eq!(
+        comparable(&runs[0]),
+        comparable(&runs[1]),
+        "since the witness vs --full:\n{}\n{}",
+        runs[0].1,
+        runs[1].1
+    );
+    assert_eq!(
+        comparable(&runs[2]),
+        comparable(&runs[1]),
+        "again from the cache vs --full:\n{}\n{}",
+        runs[2].1,
+        runs[1].1
+    );
+    assert_eq!(runs[1].1["checked"]["mode"], "full");
+    runs.into_iter().next().unwrap()
+}
+
 /// Every file under `dir`, recursively.
 pub fn walk(dir: &std::path::PathBuf) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
