@@ -131,6 +131,17 @@ pub fn slack_text(event: &Event) -> String {
             format!(":warning: tpa irrevocable: {who}'s access to {what} could NOT be revoked")
         }
         NotifyEvent::Audit => format!("tpa audit: a finding on {who}'s access to {what}"),
+        NotifyEvent::ApprovalRequested => format!(
+            "tpa approval requested: {who} asks for {what}; to approve: `tpa approve {}` (or `tpa deny {} --reason ...`)",
+            slack_escape(&event.grant_id),
+            slack_escape(&event.grant_id)
+        ),
+        NotifyEvent::BreakGlass => {
+            format!(
+                ":rotating_light: tpa BREAK-GLASS: {who} was granted {what} without approval; review it: `tpa approve {}`",
+                slack_escape(&event.grant_id)
+            )
+        }
     };
     if let Some(at) = event.expires_at {
         let at = at.format("%Y-%m-%d %H:%M UTC");
@@ -320,7 +331,11 @@ impl Outcome {
 /// its own retries, one after the other.
 pub fn notify(entries: &[NotifyPolicy], event: &Event, which: Which, opts: &Options) -> Outcome {
     let selected: Vec<usize> = (0..entries.len())
-        .filter(|&i| entries[i].events.contains(&event.kind) && which.takes(&entries[i]))
+        // Break-glass is told to every webhook, whatever it subscribed to.
+        .filter(|&i| {
+            (event.kind == NotifyEvent::BreakGlass || entries[i].events.contains(&event.kind))
+                && which.takes(&entries[i])
+        })
         .collect();
     if selected.is_empty() {
         return Outcome::default();

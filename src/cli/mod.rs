@@ -1,6 +1,8 @@
 //! The command line: one file per command that parses, calls an op and renders. The only code
 //! that prints, and the one place that decides how errors look and which exit code they get.
 
+mod approvals;
+mod approve;
 mod audit;
 mod completions;
 mod credential_process;
@@ -67,6 +69,9 @@ struct Cli {
 enum Command {
     Init(init::InitArgs),
     Request(request::RequestArgs),
+    Approvals(approvals::ApprovalsArgs),
+    Approve(approve::ApproveArgs),
+    Deny(approve::DenyArgs),
     Revoke(revoke::RevokeArgs),
     Sweep(sweep::SweepArgs),
     Sync(sync::SyncArgs),
@@ -122,6 +127,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Init(args) => init::run(&ctx, args),
         Command::Request(args) => request::run(&ctx, args),
+        Command::Approvals(args) => approvals::run(&ctx, args),
+        Command::Approve(args) => approve::approve(&ctx, args),
+        Command::Deny(args) => approve::deny(&ctx, args),
         Command::Revoke(args) => revoke::run(&ctx, args),
         Command::Sweep(args) => sweep::run(&ctx, args),
         Command::Sync(args) => sync::run(&ctx, args),

@@ -103,6 +103,9 @@ pub struct CheckedRecord {
     pub line_no: usize,
     pub record: Option<Record>,
     pub payload_sha256: Option<String>,
+    /// The SHA256 fingerprint of the key whose signature over the payload verified (trusted or
+    /// not): who really signed, whatever the record says (self-approval is judged by key too).
+    pub signer: Option<String>,
     pub findings: Vec<Finding>,
 }
 
@@ -229,6 +232,7 @@ fn check_line(stored: &StoredLine, signers: &AllowedSigners, keys: &mut KeyCache
         line_no: stored.line_no,
         record: None,
         payload_sha256: None,
+        signer: None,
         findings: Vec::new(),
     };
     let finding = |kind, grant_id: Option<GrantId>, message: String| Finding {
@@ -278,6 +282,7 @@ fn check_line(stored: &StoredLine, signers: &AllowedSigners, keys: &mut KeyCache
         checked.findings.push(finding(FindingKind::BadSignature, grant_id.clone(), message));
     } else if let Ok(record) = &record {
         let fingerprint = signature.public_key().fingerprint(ssh_key::HashAlg::Sha256);
+        checked.signer = Some(fingerprint.to_string());
         let email = &record.principal.email;
         let at = record.issued_at;
         let problem = match signers.check(signature.public_key(), email, at) {
@@ -337,16 +342,44 @@ fn parse_payload(payload: &str) -> Result<Record, (FindingKind, String)> {
 /// Links each later record to its grant's intent.
 pub fn check_intents(records: &mut [CheckedRecord]) {
     let mut intents: HashMap<GrantId, Vec<String>> = HashMap::new();
+    let mut requests: HashMap<GrantId, Vec<String>> = HashMap::new();
     for checked in records.iter() {
-        if let (Some(record), Some(sha)) = (&checked.record, &checked.payload_sha256)
-            && record.kind == RecordKind::Intent
-        {
-            intents.entry(record.grant_id.clone()).or_default().push(sha.clone());
+        if let (Some(record), Some(sha)) = (&checked.record, &checked.payload_sha256) {
+            match record.kind {
+                RecordKind::Intent => intents.entry(record.grant_id.clone()).or_default().push(sha.clone()),
+                RecordKind::Request => requests.entry(record.grant_id.clone()).or_default().push(sha.clone()),
+                _ => {}
+            }
         }
     }
     for checked in records.iter_mut() {
         let Some(record) = &checked.record else { continue };
-        if record.kind == RecordKind::Intent {
+        if record.kind == RecordKind::Request {
+            continue;
+        }
+        // A record naming a request (approvals, the intent of an approved grant, a cancelled
+        // request) must name this grant's request.
+        if let Some(named) = &record.request_sha256
+            && !requests.get(&record.grant_id).is_some_and(|shas| shas.contains(named))
+        {
+            checked.findings.push(Finding {
+                kind: if requests.contains_key(&record.grant_id) {
+                    FindingKind::IntentMismatch
+                } else {
+                    FindingKind::OrphanRecord
+                },
+                commit: Some(checked.annotated.to_string()),
+                line: Some(checked.line_no),
+                grant_id: Some(record.grant_id.clone()),
+                message: format!(
+                    "{} record names a request that is not grant {}'s",
+                    record.kind, record.grant_id
+                ),
+            });
+            continue;
+        }
+        if matches!(record.kind, RecordKind::Intent | RecordKind::Approval) || record.intent_sha256.is_none()
+        {
             continue;
         }
         let base = Finding {

@@ -505,6 +505,94 @@ fn history_findings(
     if grant.issued.is_some() {
         findings.extend(audit::policy_deviations(facts, then.as_ref(), current));
     }
+    approval_findings(grant, facts, then.as_ref().unwrap_or(current), findings);
+}
+
+/// Approvals, judged under the policy the grant was checked against: a grant on a role that
+/// required approvals without a counting quorum before its intent (how a modified tpa or a
+/// hand-written record shows), approvals that could never count, and break-glass grants nobody
+/// reviewed.
+fn approval_findings(grant: &GrantView, facts: &GrantFacts, policy: &Policy, findings: &mut Vec<Finding>) {
+    use crate::ops::approval::{self, ApprovalProblem, Quorum};
+    let Some(rules) = approval::rules_for(policy, grant) else { return };
+    for a in &grant.approvals {
+        let (kind, message) = match approval::problem(grant, a, policy, rules) {
+            Some(ApprovalProblem::SelfApproval) => (
+                "self_approval",
+                format!("{} approved their own request", crate::escape::text(&a.record.principal.email)),
+            ),
+            Some(ApprovalProblem::NotAnApprover) => (
+                "approval_by_non_approver",
+                format!(
+                    "{} signed an approval but is not an approver of {}",
+                    crate::escape::text(&a.record.principal.email),
+                    crate::escape::text(&approval::what(grant))
+                ),
+            ),
+            None => continue,
+        };
+        findings.push(
+            Finding::new(
+                Severity::Error,
+                Category::Policy,
+                kind,
+                message,
+                "it did not count; find out why it was written",
+            )
+            .about(facts),
+        );
+    }
+    let Some(intent_at) = grant.issued.as_ref().map(|_| grant.intent.issued_at) else { return };
+    if grant.break_glass && rules.break_glass {
+        if !approval::reviewed(grant, policy) {
+            let due = intent_at + chrono::Duration::seconds(rules.review_within as i64);
+            let late = crate::clock::now() > due;
+            findings.push(
+                Finding::new(
+                    if late { Severity::Error } else { Severity::Warning },
+                    Category::Policy,
+                    "break_glass_unreviewed",
+                    format!(
+                        "a break-glass grant nobody has reviewed{}",
+                        if late { format!(" (it was due by {})", due.to_rfc3339()) } else { String::new() }
+                    ),
+                    "an approver looks at what was done and runs `tpa approve GRANT` (a review)",
+                )
+                .about(facts),
+            );
+        }
+        return;
+    }
+    if rules.approvals == 0 {
+        return;
+    }
+    // The approvals that counted when the grant was minted: judged as of its intent.
+    let quorum = match (&grant.request, grant.request_sha256.as_ref()) {
+        (Some(_), Some(_)) => {
+            let mut before = grant.clone();
+            before.state = GrantState::AwaitingApproval;
+            before.approvals.retain(|a| a.record.issued_at <= intent_at);
+            approval::evaluate(&before, policy, rules, intent_at)
+        }
+        _ => Quorum::Closed,
+    };
+    if !matches!(quorum, Quorum::Reached { .. }) {
+        findings.push(
+            Finding::new(
+                Severity::Error,
+                Category::Policy,
+                "grant_without_approval",
+                format!(
+                    "{} needed {} approval(s) under the policy it was checked against, and no counting \
+                     quorum came before it was minted",
+                    crate::escape::text(&approval::what(grant)),
+                    rules.approvals
+                ),
+                "find out how it was minted (a modified tpa, a hand-written record); revoke it if it is still open",
+            )
+            .about(facts),
+        );
+    }
 }
 
 /// A grant that is an STS session on a role (rds-iam grants are too).

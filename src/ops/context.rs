@@ -75,6 +75,11 @@ impl GitContext {
             trigger: None,
             result: None,
             error: None,
+            request_sha256: None,
+            decision: None,
+            approvals: None,
+            break_glass: None,
+            approve_by: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The flows, one function each, called by the CLI (and later the hooks). They never print.
 
+pub mod approval;
 pub mod audit;
 pub mod context;
 pub mod database;

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `tpa` binary against real git, ssh-keygen and the OS keyring.
 //! One test binary, so everything links once.
 
+mod approvals;
 mod audit;
 mod common;
 mod database;

@@ -42,6 +42,8 @@ fn colour(state: GrantState) -> &'static str {
         GrantState::Expired => "#868e96",
         GrantState::Failed => "#adb5bd",
         GrantState::Incomplete | GrantState::Pending | GrantState::Irrevocable => "#e03131",
+        GrantState::AwaitingApproval => "#f08c00",
+        GrantState::Denied | GrantState::Lapsed | GrantState::Cancelled => "#ced4da",
     }
 }
 
