@@ -272,6 +272,10 @@ pub struct Record {
     /// policy's `approval_window` after the request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approve_by: Option<DateTime<Utc>>,
+    /// Request records of a broker-minted role only: the one-time age X25519 recipient the broker
+    /// encrypts the credentials to (its identity stays in the requester's keyring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -364,6 +368,13 @@ impl Record {
         }
         if kind != Request {
             forbid(self.approve_by.is_some(), "approve_by")?;
+            forbid(self.delivery_key.is_some(), "delivery_key")?;
+        }
+        if let Some(key) = self.delivery_key.as_ref().filter(|k| !crate::ledger::delivery::is_recipient(k)) {
+            return Err(RecordError::BadObjectId {
+                field: "delivery_key",
+                value: crate::escape::excerpt(key),
+            });
         }
         Ok(())
     }
@@ -519,6 +530,10 @@ impl GrantState {
             if records.iter().any(|r| r.kind == RecordKind::Revoke) {
                 return GrantState::Cancelled;
             }
+            // A broker refused it, with its reason.
+            if records.iter().any(|r| r.kind == RecordKind::Failed) {
+                return GrantState::Failed;
+            }
             if request.approve_by.is_some_and(|by| by <= now) {
                 return GrantState::Lapsed;
             }
@@ -633,6 +648,7 @@ mod tests {
             approvals: None,
             break_glass: None,
             approve_by: None,
+            delivery_key: None,
         }
     }
 

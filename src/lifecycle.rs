@@ -1141,6 +1141,7 @@ mod tests {
             approvals: None,
             break_glass: None,
             approve_by: None,
+            delivery_key: None,
         };
         let facts = GrantFacts::from_record(&record).unwrap();
         assert_eq!(facts.branch, "refs/heads/hotfix/a");

@@ -3,6 +3,7 @@
 //! A note line is `{"payload": "<JSON string>", "sig": "<armored SSHSIG, namespace tpa>"}`; the
 //! signed bytes are exactly the UTF-8 bytes of `payload` (see docs/ledger-format.md).
 
+pub mod delivery;
 pub mod notes;
 pub mod restore;
 pub mod signers;

@@ -353,8 +353,7 @@ fn dangling(
     me: Option<&crate::grant::Principal>,
     now: DateTime<Utc>,
 ) -> Option<Finding> {
-    let holds = me
-        .is_some_and(|me| grant.intent.principal.email == me.email && grant.intent.principal.host == me.host);
+    let holds = me.is_some_and(|me| grant.grantee().email == me.email && grant.grantee().host == me.host);
     let mut lifecycle_facts =
         lifecycle::GrantFacts::from_record(grant.issued.as_ref().unwrap_or(&grant.intent)).ok()?;
     lifecycle_facts.expires_at = grant.expires_at;

@@ -80,6 +80,7 @@ impl GitContext {
             approvals: None,
             break_glass: None,
             approve_by: None,
+            delivery_key: None,
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct GrantView {
     pub approvals: Vec<ApprovalView>,
     /// Granted at once under `break_glass`.
     pub break_glass: bool,
+    /// The request's signature verifies with a key trusted at the trust ref (what a broker checks).
+    #[serde(skip)]
+    pub request_verified: bool,
     /// The newest grant record, once AWS issued credentials.
     #[serde(skip)]
     pub issued: Option<Record>,
@@ -57,6 +60,11 @@ pub struct GrantView {
 }
 
 impl GrantView {
+    /// Whom the grant is for: the requester (a broker may have written its intent and grant).
+    pub fn grantee(&self) -> &crate::grant::Principal {
+        &self.request.as_ref().unwrap_or(&self.intent).principal
+    }
+
     /// What the provider's backend needs to end it.
     pub fn ending(&self) -> Ending<'_> {
         Ending { grant_id: &self.grant_id, target: &self.target, database: self.intent.database.as_deref() }
@@ -140,7 +148,8 @@ fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) 
     Some(GrantView {
         grant_id,
         state,
-        principal: intent.principal.email.clone(),
+        // Whom the grant is for: the requester, also when a broker wrote its intent and grant.
+        principal: request_checked.and_then(|c| c.record.as_ref()).unwrap_or(intent).principal.email.clone(),
         role: intent.role.clone(),
         target: intent.target.clone(),
         provider: ProviderKind::parse(&intent.provider),
@@ -158,6 +167,7 @@ fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) 
         requester_key: origin.signer.clone(),
         approvals,
         break_glass: intent.break_glass == Some(true),
+        request_verified: request_checked.is_some_and(|c| c.is_verified()),
         issued: issued.map(|r| (*r).clone()),
         revokes: {
             let mut revokes: Vec<Record> =

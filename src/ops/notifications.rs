@@ -131,7 +131,7 @@ pub fn tell_revoked(
         };
         let mut record = record.clone();
         // The grantee, not the revoker, is who the event is about.
-        record.principal = grant.intent.principal.clone();
+        record.principal = grant.grantee().clone();
         failed.extend(tell(repo, &record, kind, outcome.note.clone(), now));
     }
     failed
