@@ -7,6 +7,7 @@ mod database;
 mod db_token;
 mod firstrun;
 mod fixtures;
+mod hook_managers;
 mod init;
 mod install;
 mod keyring;
