@@ -28,7 +28,7 @@ export PATH=$(dirname "$tpa"):$(dirname "$lefthook"):$PATH
 mkdir -p "$HOME"
 ssh-keygen -q -t ed25519 -N '' -f "$work/key"
 export TPA_SIGNING_KEY=$work/key
-runs=${RUNS:-200}
+runs=${RUNS:-20}
 
 # tpa's hook repository as pre-commit clones it: .pre-commit-hooks.yaml and hooks/ of this checkout.
 mkdir -p "$work/tpa-hooks/hooks"
@@ -74,19 +74,31 @@ setup() {
   cd "$root"
 }
 
-printf 'idle post-checkout through each manager, medians of %d runs (ms)\n' "$runs"
+# The machine may be shared: hyperfine runs the two commands in alternating rounds, and the medians
+# are of all the rounds' runs pooled, so a change of load hits both alike. CPU time (user + system,
+# hyperfine's means) is shown too: it hardly moves with the load of other processes.
+rounds=${ROUNDS:-10}
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) * 1000 }'; }
+mean() { awk '{ s += $1 } END { print s / NR * 1000 }'; }
+printf 'idle post-checkout through each manager: medians of %d runs each (%d alternating rounds), ms\n' "$((runs * rounds))" "$rounds"
 for manager in pre-commit lefthook husky; do
-  setup "$manager" alone; alone=$hook
-  setup "$manager" tpa; with=$hook
+  setup "$manager" alone >/dev/null 2>&1; alone=$hook
+  setup "$manager" tpa >/dev/null 2>&1; with=$hook
   sha=$(git -C "$work/$manager-tpa" rev-parse HEAD)
   # The first run of each clones or builds what it needs (pre-commit's hook repository).
   (cd "$work/$manager-alone" && "$alone" "$sha" "$sha" 1 >/dev/null 2>&1)
   (cd "$work/$manager-tpa" && "$with" "$sha" "$sha" 1 >/dev/null 2>&1)
-  out=$work/$manager.json
-  hyperfine -N --warmup 10 --runs "$runs" --export-json "$out" \
-    --command-name "$manager alone" "sh -c 'cd $work/$manager-alone && exec $alone $sha $sha 1'" \
-    --command-name "$manager + tpa" "sh -c 'cd $work/$manager-tpa && exec $with $sha $sha 1'" >/dev/null 2>&1
-  base=$(jq '.results[0].median * 1000' "$out"); tpa_ms=$(jq '.results[1].median * 1000' "$out")
-  printf '  %-11s alone %7.2f   + tpa %7.2f   ratio %.3f   (tpa adds %.2f ms)\n' \
-    "$manager" "$base" "$tpa_ms" "$(echo "$tpa_ms / $base" | bc -l)" "$(echo "$tpa_ms - $base" | bc -l)"
+  : > "$work/a.wall"; : > "$work/b.wall"; : > "$work/a.cpu"; : > "$work/b.cpu"
+  for round in $(seq "$rounds"); do
+    out=$work/$manager-$round.json
+    hyperfine -N --warmup 3 --runs "$runs" --export-json "$out" \
+      "sh -c 'cd $work/$manager-alone && exec $alone $sha $sha 1'" \
+      "sh -c 'cd $work/$manager-tpa && exec $with $sha $sha 1'" >/dev/null 2>&1
+    jq '.results[0].times[]' "$out" >> "$work/a.wall"; jq '.results[1].times[]' "$out" >> "$work/b.wall"
+    jq '.results[0].user + .results[0].system' "$out" >> "$work/a.cpu"
+    jq '.results[1].user + .results[1].system' "$out" >> "$work/b.cpu"
+  done
+  a=$(median < "$work/a.wall"); b=$(median < "$work/b.wall"); ac=$(mean < "$work/a.cpu"); bc_=$(mean < "$work/b.cpu")
+  printf '  %-11s alone %7.2f   + tpa %7.2f   ratio %.3f   | cpu alone %7.2f   + tpa %7.2f   ratio %.3f\n' \
+    "$manager" "$a" "$b" "$(echo "$b / $a" | bc -l)" "$ac" "$bc_" "$(echo "$bc_ / $ac" | bc -l)"
 done

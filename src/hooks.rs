@@ -132,9 +132,9 @@ impl InstallReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HookLine {
     pub name: &'static str,
-    /// [`hook_line`]: tpa-hook from PATH, no path of this machine (the file is committed). Best
-    /// placed right after the shebang line: it always succeeds, so the hook's own exit status stays
-    /// that of its last command.
+    /// [`hook_line`] (three lines of sh): tpa-hook from PATH, no path of this machine (the file is
+    /// committed). Best placed right after the shebang line: it always succeeds, so the hook's own
+    /// exit status stays that of its last command.
     pub line: String,
 }
 
@@ -468,12 +468,34 @@ pub fn script(tpa: &Path, name: &str) -> Vec<u8> {
     s
 }
 
-/// The line that runs tpa from a hook file someone else manages and that is committed (husky, a
+/// The lines that run tpa from a hook file someone else manages and that is committed (husky, a
 /// `core.hooksPath` in the tree): tpa-hook from PATH, never a path of this machine, and a no-op
-/// where tpa is not installed. It always succeeds, so placed first in a hook it leaves that hook's
-/// exit status to the hook's own commands; it reads no stdin.
+/// where tpa is not installed. They always succeed, so placed first in a hook they leave that hook's
+/// exit status to the hook's own commands; they read no stdin.
+///
+/// A hook with nothing to do must cost next to nothing, and a manager such as husky costs only a
+/// few shells: so where git runs the hook at the top of a main work tree (`.git` a directory, no
+/// `$GIT_DIR`) and this clone holds no grant ([`INDEX`] absent, see [`drop_empty_index`]), they
+/// start no process at all. Anywhere else tpa-hook decides.
 pub fn hook_line(name: &str) -> String {
-    format!("if command -v tpa-hook >/dev/null 2>&1; then tpa-hook hook {name} \"$@\" || :; fi")
+    format!(
+        "if [ -e .git/{INDEX} ] || [ ! -d .git ] || [ -n \"${{GIT_DIR-}}\" ]; then\n  \
+         if command -v tpa-hook >/dev/null 2>&1; then tpa-hook hook {name} \"$@\" || :; fi\nfi"
+    )
+}
+
+/// The local index of the grants this clone holds, relative to the common git dir (state.rs).
+pub const INDEX: &str = "tpa/active.json";
+
+/// Removes the local index of grants when, read again under the state lock, it lists none: an
+/// absent index reads as empty, and its absence is what [`hook_line`] tests without starting a
+/// process. Best-effort: a hook never fails for it.
+pub fn drop_empty_index(repo: &Repository) {
+    let Ok(state) = crate::state::StateDir::open(repo) else { return };
+    let Ok(_lock) = state.lock() else { return };
+    if state.local_grants().is_ok_and(|grants| grants.is_empty()) {
+        let _ = fs::remove_file(repo.commondir().join(INDEX));
+    }
 }
 
 /// Quotes bytes as one sh word: single quotes, each `'` written as `'\''`. Every other byte,
@@ -999,6 +1021,7 @@ mod tests {
         assert_eq!(in_tree.dir, fs::canonicalize(&f.repo_dir).unwrap().join(".husky"));
         // The lines go into committed files: tpa-hook from PATH, no path of this machine.
         let lines: Vec<_> = in_tree.lines.iter().map(|l| (l.name, l.line.clone())).collect();
+        assert!(lines.iter().all(|(n, l)| l.contains(&format!("tpa-hook hook {n} \"$@\""))));
         let expected: Vec<_> = HOOKS.iter().map(|&n| (n, hook_line(n))).collect();
         assert!(lines.iter().all(|(n, l)| l.contains(&format!("tpa-hook hook {n} \"$@\""))
             && !l.contains(f.tmp.path().to_str().unwrap())));
@@ -1149,6 +1172,38 @@ mod tests {
     }
 
     #[test]
+    fn the_committed_lines_start_tpa_hook_only_where_a_grant_may_be_held() {
+        let f = Fixture::new();
+        let bin = f.tmp.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        fs::copy(&f.tpa, bin.join("tpa-hook")).unwrap();
+        let log = f.tmp.path().join("tpa.log");
+        let run = || {
+            let out = Command::new("/bin/sh")
+                .args(["-e", "-c", &format!("{}\nexit 5", hook_line("post-merge")), "sh", "0"])
+                .current_dir(&f.repo_dir)
+                .env_clear()
+                .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+                .env("TPA_FAKE_LOG", &log)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+            fs::read_to_string(&log).unwrap_or_default()
+        };
+        assert_eq!(run(), "", "no index: no process");
+        let index = f.repo_dir.join(".git").join(INDEX);
+        fs::create_dir_all(index.parent().unwrap()).unwrap();
+        fs::write(&index, "{}").unwrap();
+        assert_eq!(run(), "hook\npost-merge\n0\ndir=\n");
+        // tpa-hook drops an index that lists no grant, under the state lock.
+        drop_empty_index(&f.repo());
+        assert!(!index.exists());
+        fs::write(&index, r#"{"01J": {"branch": "refs/heads/x", "expires_at": null}}"#).unwrap();
+        drop_empty_index(&f.repo());
+        assert!(index.exists(), "an index listing a grant stays");
+    }
+
+    #[test]
     fn git_args_come_from_pre_commits_variables_only_when_pre_commit_gave_none() {
         let env = |vars: &'static [(&'static str, &'static str)]| {
             move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v))
@@ -1202,18 +1257,34 @@ pub fn git_args(
 /// directory, or a `.git` file's `gitdir:` with its `commondir`); anything unusual answers false,
 /// and [`needs_tpa`] decides.
 pub fn holds_no_grant_fast(top: &Path, env: impl Fn(&str) -> Option<OsString>) -> bool {
+    fast_index(top, env).is_some_and(|index| index != FastIndex::Grants)
+}
+
+/// What [`fast_index`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastIndex {
+    /// No index: no grant.
+    Absent,
+    /// An index listing no grant (or a damaged one, which reads as empty): [`drop_empty_index`].
+    Empty,
+    Grants,
+}
+
+/// The local index of grants of the repository whose work tree is `top`, read without libgit2;
+/// None when the repository is not laid out as [`holds_no_grant_fast`] expects.
+pub fn fast_index(top: &Path, env: impl Fn(&str) -> Option<OsString>) -> Option<FastIndex> {
     let git_dir = match env("GIT_DIR").filter(|d| !d.is_empty()) {
         Some(dir) => top.join(dir),
         None => {
             let dot_git = top.join(".git");
-            match fs::symlink_metadata(&dot_git) {
-                Ok(meta) if meta.is_dir() => dot_git,
-                Ok(meta) if meta.is_file() => {
-                    let Ok(text) = fs::read_to_string(&dot_git) else { return false };
-                    let Some(dir) = text.strip_prefix("gitdir:").map(str::trim) else { return false };
-                    top.join(dir)
-                }
-                _ => return false,
+            let meta = fs::symlink_metadata(&dot_git).ok()?;
+            if meta.is_dir() {
+                dot_git
+            } else if meta.is_file() {
+                let text = fs::read_to_string(&dot_git).ok()?;
+                top.join(text.strip_prefix("gitdir:")?.trim())
+            } else {
+                return None;
             }
         }
     };
@@ -1222,18 +1293,20 @@ pub fn holds_no_grant_fast(top: &Path, env: impl Fn(&str) -> Option<OsString>) -
         None => match fs::read_to_string(git_dir.join("commondir")) {
             Ok(text) => git_dir.join(text.trim_end_matches(['\n', '\r'])),
             Err(e) if e.kind() == io::ErrorKind::NotFound => git_dir,
-            Err(_) => return false,
+            Err(_) => return None,
         },
     };
     if !common.join("HEAD").is_file() {
-        return false; // not what it seemed: let libgit2 find the repository
+        return None; // not what it seemed: let libgit2 find the repository
     }
-    match fs::read(common.join("tpa").join("active.json")) {
-        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    match fs::read(common.join(INDEX)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(FastIndex::Absent),
+        Err(_) => None,
         // As StateDir::local_grants reads it: damaged reads as empty.
-        Ok(bytes) => {
-            serde_json::from_slice::<crate::state::LocalGrants>(&bytes).map_or(true, |g| g.is_empty())
-        }
+        Ok(bytes) => match serde_json::from_slice::<crate::state::LocalGrants>(&bytes) {
+            Ok(grants) if !grants.is_empty() => Some(FastIndex::Grants),
+            _ => Some(FastIndex::Empty),
+        },
     }
 }
 

@@ -52,10 +52,17 @@ fn main() -> ExitCode {
 /// Decided from local state in a few file reads: usually there is nothing to do, and then not even
 /// libgit2 is asked.
 fn needs_tpa(name: &str, rest: &[OsString]) -> bool {
-    if hooks::holds_no_grant_fast(std::path::Path::new("."), |k| std::env::var_os(k)) {
+    let fast = hooks::fast_index(std::path::Path::new("."), |k| std::env::var_os(k));
+    if fast == Some(hooks::FastIndex::Absent) {
         return false;
     }
     match git2::Repository::discover(".") {
+        // Once: then the index is gone, and the next hook (and the lines in a manager's files)
+        // need not even start.
+        Ok(repo) if fast == Some(hooks::FastIndex::Empty) => {
+            hooks::drop_empty_index(&repo);
+            false
+        }
         Ok(repo) => hooks::needs_tpa(&repo, name, rest),
         Err(_) => false, // not in a repository: nothing of tpa's to look after
     }

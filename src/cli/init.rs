@@ -144,7 +144,10 @@ fn print_hooks(out: &mut impl Write, outcome: &InstallOutcome, dry_run: bool) ->
                 in_tree.dir.display()
             )?;
             for line in &in_tree.lines {
-                writeln!(out, "                 {}: {}", line.name, line.line)?;
+                writeln!(out, "                 {}:", line.name)?;
+                for text in line.line.lines() {
+                    writeln!(out, "                   {text}")?;
+                }
             }
         }
         InstallOutcome::Manager(report) => print_manager(out, report)?,
