@@ -426,3 +426,29 @@ fn without_tpa_on_path_the_managers_lines_do_nothing_and_fail_nothing() {
     assert_eq!(check["status"], "fail", "{check}");
     assert!(check["detail"].as_str().unwrap().contains("tpa-hook"), "{check}");
 }
+
+#[test]
+fn dry_run_in_a_plain_repository_writes_nothing_and_an_in_tree_hooks_path_gets_no_machine_path() {
+    let env = TestEnv::headless();
+    let dir = env.repo("work");
+    let hooks = dir.join(".git/hooks");
+    let installed =
+        |name: &str| std::fs::read_to_string(hooks.join(name)).is_ok_and(|t| t.contains("tpa-managed-hook"));
+    let plan = env.tpa(&dir).args(["init", "--dry-run", "--json"]).run().success().json();
+    assert_eq!(plan["outcome"], "installed");
+    let changes: Vec<&str> =
+        plan["hooks"].as_array().unwrap().iter().map(|h| h["change"].as_str().unwrap()).collect();
+    assert_eq!(changes, ["installed"; 4]);
+    assert!(!installed("post-merge") && !dir.join(".tpa").exists(), "a dry run writes nothing");
+    env.tpa(&dir).arg("init").run().success();
+    assert!(["post-merge", "post-commit", "post-checkout", "post-rewrite"].iter().all(|n| installed(n)));
+
+    // A hooks directory of the team's own, in the tree, and no manager tpa knows: it says what to add.
+    env.git(&dir, &["config", "core.hooksPath", ".githooks"]);
+    let out = env.tpa(&dir).arg("init").run().success();
+    assert!(out.stdout.contains("tpa-hook hook post-rewrite \"$@\""), "{}", out.stdout);
+    let lines: String =
+        out.stdout.lines().skip_while(|l| !l.contains("core.hooksPath")).collect::<Vec<_>>().join("\n");
+    assert!(!lines.contains(Path::new(TPA).parent().unwrap().to_str().unwrap()), "{lines}");
+    assert!(!dir.join(".githooks").exists());
+}
