@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{HOOKS, HookError, HooksDir, hook_line, io_err};
+use super::{HOOKS, HookError, HooksDir, INDEX, hook_line, io_err};
 
 /// The hook managers tpa knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -433,7 +433,11 @@ pub fn lefthook_run(name: &str) -> String {
         "post-merge" | "post-rewrite" => " {1}",
         _ => "",
     };
-    format!("'if command -v tpa-hook >/dev/null 2>&1; then tpa-hook hook {name}{args} || :; fi'")
+    // As in hook_line: where this clone certainly holds no grant, no tpa-hook is started.
+    format!(
+        "'if [ -e .git/{INDEX} ] || [ ! -d .git ] || [ -n \"$GIT_DIR\" ]; then \
+         if command -v tpa-hook >/dev/null 2>&1; then tpa-hook hook {name}{args} || :; fi; fi'"
+    )
 }
 
 /// A whole lefthook section running tpa for `name`, indented by `step`.
@@ -640,10 +644,10 @@ mod tests {
         }
         assert_eq!(team.next(), None, "{text}");
         assert!(text.contains(
-            "post-checkout:\n  commands:\n    tpa:\n      run: 'if command -v tpa-hook >/dev/null 2>&1; then tpa-hook hook post-checkout {1} {2} {3} || :; fi'\n    deps:\n"
+            "post-checkout:\n  commands:\n    tpa:\n      run: 'if [ -e .git/tpa/active.json ] || [ ! -d .git ] || [ -n \"$GIT_DIR\" ]; then if command -v tpa-hook >/dev/null 2>&1; then tpa-hook hook post-checkout {1} {2} {3} || :; fi; fi'\n    deps:\n"
         ), "{text}");
-        assert!(text.contains("\npost-merge:\n  commands:\n    tpa:\n      run: 'if command -v tpa-hook >/dev/null 2>&1; then tpa-hook hook post-merge {1} || :; fi'\n"), "{text}");
-        assert!(text.contains("tpa-hook hook post-commit || :; fi'"), "{text}");
+        assert!(text.contains("\npost-merge:\n  commands:\n    tpa:\n      run: 'if [ -e .git/tpa/active.json ] || [ ! -d .git ] || [ -n \"$GIT_DIR\" ]; then if command -v tpa-hook >/dev/null 2>&1; then tpa-hook hook post-merge {1} || :; fi; fi'\n"), "{text}");
+        assert!(text.contains("tpa-hook hook post-commit || :; fi; fi'"), "{text}");
         let found = Found { manager: Manager::Lefthook, config: PathBuf::new() };
         assert!(HOOKS.iter().all(|n| configured(&found, Some(&text), n)));
         assert!(!configured(&found, Some(TEAM), "post-checkout"));
@@ -654,7 +658,7 @@ mod tests {
         let jobs = "post-merge:\n    jobs:\n        - name: deps\n          run: npm ci\n";
         let text = lefthook_add(jobs, "post-merge").unwrap();
         assert!(
-            text.starts_with("post-merge:\n    jobs:\n        - name: tpa\n          run: 'if command"),
+            text.starts_with("post-merge:\n    jobs:\n        - name: tpa\n          run: 'if [ -e .git/tpa"),
             "{text}"
         );
         let other =
