@@ -9,6 +9,7 @@ mod db_token;
 mod firstrun;
 mod fixtures;
 mod hardening;
+mod hook_managers;
 mod init;
 mod install;
 mod keyring;
