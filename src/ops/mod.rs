@@ -5,6 +5,7 @@ pub mod context;
 pub mod database;
 pub mod deliver;
 pub mod doctor;
+pub mod export;
 pub mod grants;
 pub mod init;
 pub mod ledger;
