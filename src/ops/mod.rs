@@ -10,6 +10,7 @@ pub mod grants;
 pub mod init;
 pub mod ledger;
 pub mod notifications;
+pub mod org_audit;
 #[cfg(feature = "testing")]
 pub mod record;
 pub mod request;
