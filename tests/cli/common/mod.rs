@@ -6,7 +6,9 @@
 #![allow(dead_code)]
 
 pub mod cloudtrail;
+pub mod grants;
 pub mod moto;
+pub mod ocsf;
 pub mod postgres;
 pub mod proxy;
 pub mod webhook;
