@@ -94,7 +94,7 @@ fn three_repositories_and_two_unreachable_in_one_report() {
     .unwrap();
     let cache = env.path("cache");
     let audit = |extra: &[&str]| {
-        env.tpa(&env.root.path().to_path_buf())
+        env.tpa(env.root.path())
             .args(["audit", "--offline", "--jobs", "3", "--repos"])
             .arg(&list)
             .arg("--cache")
