@@ -107,16 +107,18 @@ printf 'one repository: %d commits, %d grants, %d records (ledger filled in %.1f
 
 list=$work/repos.txt
 : >"$list"
-for i in $(seq -w 1 "$repos"); do
-  cp -a "$base" "$work/repo-$i"
-  echo "$work/repo-$i" >>"$list"
+for i in $(seq 1 "$repos"); do
+  n=$(printf %03d "$i")
+  cp -a "$base" "$work/repo-$n"
+  echo "$work/repo-$n" >>"$list"
 done
 
 # The single audits, one after the other.
 max_single_rss=0
 start=$(now)
-for i in $(seq -w 1 "$repos"); do
-  /usr/bin/time -v -o "$work/time-single" "$tpa" -C "$work/repo-$i" audit --offline --json >"$work/single.json"
+for i in $(seq 1 "$repos"); do
+  n=$(printf %03d "$i")
+  /usr/bin/time -v -o "$work/time-single" "$tpa" -C "$work/repo-$n" audit --offline --json >"$work/single.json"
   rss=$(rss_mib "$work/time-single")
   [ "$rss" -gt "$max_single_rss" ] && max_single_rss=$rss
 done
