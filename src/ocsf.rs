@@ -184,13 +184,15 @@ pub struct SignatureInfo {
     pub key_fingerprint: String,
     /// `ssh-ed25519`, `ecdsa-sha2-nistp256`, ...
     pub key_algorithm: String,
-    /// Whether the signature verified and its key was an allowed signer at the record's time.
-    pub verified: bool,
+    /// Whether the signature verified and its key was an allowed signer at the record's time;
+    /// absent when the export did not check (`tpa export --no-verify`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
 }
 
 impl SignatureInfo {
     /// Reads the signer's key from an armored SSHSIG (without verifying it).
-    pub fn from_armored(sig: &str, verified: bool) -> Option<SignatureInfo> {
+    pub fn from_armored(sig: &str, verified: Option<bool>) -> Option<SignatureInfo> {
         let sig = ssh_key::SshSig::from_pem(sig).ok()?;
         let key = ssh_key::PublicKey::from(sig.public_key().clone());
         Some(SignatureInfo {
@@ -218,7 +220,8 @@ struct TpaRecord<'a> {
     /// The commit whose note holds the record, and the line in it.
     note_commit: &'a str,
     note_line: usize,
-    verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verified: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     signature: Option<&'a SignatureInfo>,
 }
@@ -232,8 +235,9 @@ pub struct RecordInput<'a> {
     /// revoked). None when the intent is not in the ledger: the record's principal stands in.
     pub grantee: Option<&'a Principal>,
     pub signature: Option<&'a SignatureInfo>,
-    /// Signature verified and signer allowed (tpa verify's checks of this one record).
-    pub verified: bool,
+    /// Signature verified and signer allowed (tpa verify's checks of this one record); None when
+    /// not checked.
+    pub verified: Option<bool>,
     pub note_commit: &'a str,
     pub note_line: usize,
 }
@@ -541,7 +545,7 @@ mod tests {
             payload_sha256: "ab",
             grantee,
             signature: None,
-            verified: true,
+            verified: Some(true),
             note_commit: &record.commit,
             note_line: 1,
         };

@@ -135,6 +135,13 @@ fn every_exported_event_validates_against_the_ocsf_schema() {
     let stuck = of(&grants["stuck"].0, "revoke");
     assert_eq!((stuck["status_id"].as_u64(), stuck["severity_id"].as_u64()), (Some(2), Some(4)));
 
+    // Without the signature checks: the same events, less `verified`.
+    let fast = lines(&env.tpa(&dir).args(["export", "--no-verify"]).run().success().stdout);
+    assert_valid(&fast);
+    assert_eq!(uids(&fast), uids(&events));
+    assert!(fast.iter().all(|e| e["unmapped"]["tpa"].get("verified").is_none()));
+    assert!(fast.iter().all(|e| e["unmapped"]["tpa"]["signature"]["key_fingerprint"].is_string()));
+
     // A tampered record is shipped as it now reads, marked unverified; audit's findings are
     // Compliance Findings, valid too.
     tamper(&env, &dir, &env.git(&dir, &["rev-parse", "HEAD"]), "grant");

@@ -265,7 +265,7 @@ fn ocsf_of(
     let ids: HashSet<&str> = report.grants.iter().map(|g| g.grant_id.as_str()).collect();
     let signers = crate::ops::export::signers(repo);
     let keep = |r: &crate::grant::Record| ids.contains(r.grant_id.as_str());
-    let shipped = crate::ops::export::ship_lines(lines, &[], &signers, &keep, sink)?;
+    let shipped = crate::ops::export::ship_lines(lines, &[], Some(&signers), &keep, sink)?;
     Ok(shipped.events + ship_findings(&report.findings, &report.repo, report.generated_at, sink)?)
 }
 
