@@ -425,7 +425,6 @@ fn raw_blobs(raw: &str) -> impl Iterator<Item = String> + '_ {
 fn open_grant_blobs(dir: &Path, timeout: Duration) -> HashSet<String> {
     let mut blobs = HashSet::new();
     let Ok(repo) = Repository::open(dir) else { return blobs };
-    let Ok(grants) = crate::ops::grants::list(&repo, crate::clock::now()) else { return blobs };
     let protected: Vec<String> = repo
         .references_glob("refs/remotes/origin/*")
         .map(|refs| {
@@ -435,8 +434,8 @@ fn open_grant_blobs(dir: &Path, timeout: Duration) -> HashSet<String> {
                 .collect()
         })
         .unwrap_or_default();
-    for grant in grants.iter().filter(|g| g.state.is_open()) {
-        let Some(base) = grant.intent.base.as_deref() else { continue };
+    for grant in open_grants(&repo) {
+        let Some(base) = grant.base.as_deref() else { continue };
         let mut args: Vec<String> = vec![
             "log".into(),
             "--no-abbrev".into(),
@@ -456,6 +455,33 @@ fn open_grant_blobs(dir: &Path, timeout: Duration) -> HashSet<String> {
         }
     }
     blobs
+}
+
+/// The intents of the ledger's open grants, read without checking signatures (the audit does that):
+/// they only choose which blobs to fetch, so a forged record can cost a few blobs, nothing more.
+fn open_grants(repo: &Repository) -> Vec<crate::grant::Record> {
+    use crate::grant::{GrantId, Record, RecordKind};
+    let Ok(lines) = crate::ledger::notes::tip(repo)
+        .map_err(|_| ())
+        .and_then(|tip| crate::ledger::read_lines(repo, tip).map_err(|_| ()))
+    else {
+        return Vec::new();
+    };
+    let mut by_grant: BTreeMap<GrantId, Vec<Record>> = BTreeMap::new();
+    for line in &lines {
+        let record = serde_json::from_str::<crate::ledger::NoteLine>(&line.text)
+            .ok()
+            .and_then(|l| serde_json::from_str::<Record>(&l.payload).ok());
+        if let Some(record) = record {
+            by_grant.entry(record.grant_id.clone()).or_default().push(record);
+        }
+    }
+    let now = crate::clock::now();
+    by_grant
+        .into_values()
+        .filter(|records| GrantState::of(records.iter(), now).is_open())
+        .filter_map(|records| records.into_iter().find(|r| r.kind == RecordKind::Intent))
+        .collect()
 }
 
 /// Runs git (in `dir`, with `stdin`) under a deadline; its stdout, or its stderr as the error.
