@@ -53,6 +53,8 @@ const MAX_REDIRECTS: usize = 5;
 /// How much of an error response's body is read, and how many characters of it are kept.
 const BODY_READ_LIMIT: usize = 4096;
 const BODY_SNIPPET_CHARS: usize = 200;
+/// How much of a successful answer to a [`Poster`] is read.
+const ANSWER_READ_LIMIT: usize = 64 << 20;
 
 /// What happened, as webhooks are told. Metadata only: there is deliberately no field for a
 /// credential, a token, a password or a connection string.
@@ -471,25 +473,85 @@ impl<'o> Sender<'o> {
         };
         let body = payload(entry.format, event);
         let opts = self.opts;
-        let (attempts, result) = self.runtime.block_on(send_with_retries(&client, &target, &body, opts));
+        let (attempts, result) =
+            self.runtime.block_on(send_with_retries(&client, &target, Body::Json(&body), opts));
         delivery.attempts = attempts;
-        delivery.result = result;
+        delivery.result = result.map(drop);
         delivery
+    }
+}
+
+/// What a POST carries: a webhook's JSON, or the ready bytes of another kind of receiver.
+#[derive(Clone, Copy)]
+enum Body<'b> {
+    Json(&'b Value),
+    Raw(&'b RawPost<'b>),
+}
+
+/// A body for [`Poster::post`]: bytes of a content type, and an `Authorization` value (sent as a
+/// sensitive header, never shown).
+pub struct RawPost<'b> {
+    pub bytes: &'b [u8],
+    pub content_type: &'b str,
+    pub authorization: Option<&'b str>,
+}
+
+/// The webhooks' sending rules (https or loopback http, retries with jittered backoff on
+/// connection errors, timeouts, 408, 429 and 5xx, errors that name the host only) for other
+/// receivers: the SIEM collectors `tpa export --to` ships to. One runtime and client per poster.
+pub struct Poster<'o> {
+    sender: Sender<'o>,
+}
+
+/// What became of one [`Poster::post`].
+#[derive(Debug)]
+pub struct Posted {
+    /// The receiver's host (and port): never its path or query.
+    pub host: String,
+    pub attempts: u32,
+    /// The answer's body (its first 64 MiB) on success.
+    pub result: Result<Vec<u8>, SendError>,
+}
+
+impl<'o> Poster<'o> {
+    pub fn new(opts: &'o Options) -> Self {
+        Poster { sender: Sender::new(opts) }
+    }
+
+    pub fn post(&mut self, url: &str, body: &RawPost<'_>) -> Posted {
+        let target = match target(url) {
+            Ok(target) => target,
+            Err(e) => {
+                let host = match &e {
+                    SendError::Insecure { host, .. } | SendError::Userinfo { host } => host.clone(),
+                    _ => String::new(),
+                };
+                return Posted { host, attempts: 0, result: Err(e) };
+            }
+        };
+        let client = match self.sender.client(target.loopback) {
+            Ok(client) => client,
+            Err(e) => return Posted { host: target.host, attempts: 0, result: Err(e) },
+        };
+        let opts = self.sender.opts;
+        let (attempts, result) =
+            self.sender.runtime.block_on(send_with_retries(&client, &target, Body::Raw(body), opts));
+        Posted { host: target.host, attempts, result }
     }
 }
 
 async fn send_with_retries(
     client: &reqwest::Client,
     target: &Target,
-    body: &Value,
+    body: Body<'_>,
     opts: &Options,
-) -> (u32, Result<(), SendError>) {
+) -> (u32, Result<Vec<u8>, SendError>) {
     let attempts = opts.attempts.max(1);
     let mut n = 0;
     loop {
         n += 1;
         let (error, retry_after) = match attempt(client, target, body, opts.timeout).await {
-            Ok(()) => return (n, Ok(())),
+            Ok(answer) => return (n, Ok(answer)),
             Err(Failure::Permanent(e)) => return (n, Err(e)),
             Err(Failure::Transient(e, retry_after)) => (e, retry_after),
         };
@@ -515,11 +577,26 @@ fn backoff(base: Duration, n: u32, retry_after: Option<Duration>, cap: Duration)
 async fn attempt(
     client: &reqwest::Client,
     target: &Target,
-    body: &Value,
+    body: Body<'_>,
     timeout: Duration,
-) -> Result<(), Failure> {
+) -> Result<Vec<u8>, Failure> {
     let host = || target.host.clone();
-    let response = client.post(target.url.clone()).timeout(timeout).json(body).send().await.map_err(|e| {
+    let request = client.post(target.url.clone()).timeout(timeout);
+    let request = match body {
+        Body::Json(value) => request.json(value),
+        Body::Raw(raw) => {
+            let mut request =
+                request.header(reqwest::header::CONTENT_TYPE, raw.content_type).body(raw.bytes.to_vec());
+            if let Some(value) = raw.authorization
+                && let Ok(mut value) = reqwest::header::HeaderValue::from_str(value)
+            {
+                value.set_sensitive(true);
+                request = request.header(reqwest::header::AUTHORIZATION, value);
+            }
+            request
+        }
+    };
+    let response = request.send().await.map_err(|e| {
         // reqwest's errors name the URL; ours name the host.
         let source = e.without_url();
         if source.is_timeout() {
@@ -532,7 +609,11 @@ async fn attempt(
     })?;
     let status = response.status();
     if status.is_success() {
-        return Ok(());
+        // A webhook's answer is not looked at; a collector's may say which events it refused.
+        return Ok(match body {
+            Body::Json(_) => Vec::new(),
+            Body::Raw(_) => read_limited(response, ANSWER_READ_LIMIT).await,
+        });
     }
     if status.is_redirection() {
         return Err(Failure::Permanent(SendError::Redirect { host: host(), status: status.as_u16() }));
@@ -551,15 +632,20 @@ async fn attempt(
     }
 }
 
-/// The start of an error answer (Slack says `no_service`, `invalid_payload`...), made safe to show.
-async fn snippet(mut response: reqwest::Response) -> String {
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut bytes = Vec::new();
-    while bytes.len() < BODY_READ_LIMIT {
+    while bytes.len() < limit {
         match response.chunk().await {
             Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
             _ => break,
         }
     }
+    bytes
+}
+
+/// The start of an error answer (Slack says `no_service`, `invalid_payload`...), made safe to show.
+async fn snippet(response: reqwest::Response) -> String {
+    let bytes = read_limited(response, BODY_READ_LIMIT).await;
     let text: String = String::from_utf8_lossy(&bytes).trim().chars().take(BODY_SNIPPET_CHARS).collect();
     crate::escape::text(&text)
 }

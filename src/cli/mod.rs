@@ -12,6 +12,7 @@ mod debug;
 mod doctor;
 mod env;
 mod exec;
+mod export;
 mod hook;
 mod init;
 mod log;
@@ -89,6 +90,7 @@ enum Command {
     Show(show::ShowArgs),
     Verify(verify::VerifyArgs),
     Audit(audit::AuditArgs),
+    Export(export::ExportArgs),
     Doctor(doctor::DoctorArgs),
     Completions(completions::CompletionsArgs),
     Man(man::ManArgs),
@@ -146,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Show(args) => show::run(&ctx, args),
         Command::Verify(args) => verify::run(&ctx, args),
         Command::Audit(args) => audit::run(&ctx, args),
+        Command::Export(args) => export::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man::run(args),

@@ -6,12 +6,14 @@ pub mod context;
 pub mod database;
 pub mod deliver;
 pub mod doctor;
+pub mod export;
 pub mod finish;
 pub mod grants;
 pub mod init;
 pub mod issue;
 pub mod ledger;
 pub mod notifications;
+pub mod org_audit;
 #[cfg(feature = "testing")]
 pub mod record;
 pub mod request;

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::common::*;
 use crate::common::aws::AwsRepo;
 use crate::common::aws::denied;
+use crate::common::*;
 
 const TOOLS_INSTALL: &str = "scripts/test --setup-only (npm install --prefix .tools lefthook@2.2.1 husky@9)";
 

@@ -8,8 +8,10 @@
 pub mod aws;
 pub mod botocore;
 pub mod cloudtrail;
+pub mod grants;
 pub mod moto;
 pub mod notes;
+pub mod ocsf;
 pub mod postgres;
 pub mod proxy;
 pub mod webhook;
