@@ -82,11 +82,51 @@ pub struct AuditedGrant {
     pub verified: bool,
 }
 
+/// The checks an audit runs, beyond the ledger's own: stable names (`--json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    Ledger,
+    Aws,
+    Iam,
+    Cloudtrail,
+    Postgres,
+}
+
+impl Check {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Ledger => "ledger",
+            Check::Aws => "aws",
+            Check::Iam => "iam",
+            Check::Cloudtrail => "cloudtrail",
+            Check::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Ran,
+    Skipped,
+    Failed,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Ran => "ran",
+            CheckStatus::Skipped => "skipped",
+            CheckStatus::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckRun {
-    pub name: &'static str,
-    /// `ran`, `skipped` or `failed`.
-    pub status: &'static str,
+    pub name: Check,
+    pub status: CheckStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -124,7 +164,7 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
     let now = options.now;
     let view = ledger::verify_read_only(repo)?;
     let mut findings: Vec<Finding> = view.report.all_findings().map(integrity_finding).collect();
-    let mut checks = vec![CheckRun { name: "ledger", status: "ran", detail: None }];
+    let mut checks = vec![CheckRun { name: Check::Ledger, status: CheckStatus::Ran, detail: None }];
     let all = grants::from_records(&view.report.records, now);
 
     let trust = view.trust.clone().or_else(|| TrustRef::resolve(repo).ok());
@@ -236,8 +276,8 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
     match &options.aws {
         Some(aws) => provider_checks(&all, aws, options, &mut findings, &mut checks, now),
         None => checks.push(CheckRun {
-            name: "aws",
-            status: "skipped",
+            name: Check::Aws,
+            status: CheckStatus::Skipped,
             detail: Some("--offline: IAM and CloudTrail were not asked".into()),
         }),
     }
@@ -619,7 +659,11 @@ fn provider_checks(
         .filter(|g| matches!(g.state, GrantState::Active | GrantState::Pending | GrantState::Irrevocable))
         .collect();
     if revoked.is_empty() && open.is_empty() && !options.cloudtrail {
-        checks.push(CheckRun { name: "iam", status: "skipped", detail: Some("no grant needed it".into()) });
+        checks.push(CheckRun {
+            name: Check::Iam,
+            status: CheckStatus::Skipped,
+            detail: Some("no grant needed it".into()),
+        });
         return;
     }
     let iam = AwsIam::new(aws.profile.as_deref(), aws.timeout);
@@ -686,7 +730,7 @@ fn provider_checks(
         }
     }
     checks.push(match failed.is_empty() {
-        true => CheckRun { name: "iam", status: "ran", detail: None },
+        true => CheckRun { name: Check::Iam, status: CheckStatus::Ran, detail: None },
         false => {
             findings.push(Finding::new(
                 Severity::Error,
@@ -696,7 +740,7 @@ fn provider_checks(
                 "give the auditor iam:GetPolicy, iam:ListPolicyVersions, iam:GetPolicyVersion, iam:ListAttachedRolePolicies and \
                  iam:GetRole, or run with --offline to audit the ledger alone",
             ));
-            CheckRun { name: "iam", status: "failed", detail: Some(failed.join("; ")) }
+            CheckRun { name: Check::Iam, status: CheckStatus::Failed, detail: Some(failed.join("; ")) }
         }
     });
 
@@ -725,7 +769,11 @@ fn cloudtrail_check(
                 format!("CloudTrail could not be read: {e}"),
                 "give the auditor cloudtrail:LookupEvents in the roles' region (--region)",
             ));
-            checks.push(CheckRun { name: "cloudtrail", status: "failed", detail: Some(e.to_string()) });
+            checks.push(CheckRun {
+                name: Check::Cloudtrail,
+                status: CheckStatus::Failed,
+                detail: Some(e.to_string()),
+            });
             return;
         }
     };
@@ -741,8 +789,8 @@ fn cloudtrail_check(
         findings.push(unrecorded_finding(event));
     }
     checks.push(CheckRun {
-        name: "cloudtrail",
-        status: "ran",
+        name: Check::Cloudtrail,
+        status: CheckStatus::Ran,
         detail: Some(format!("{} AssumeRole events, {unrecorded} with no record", events.len())),
     });
 }
@@ -806,8 +854,8 @@ fn postgres_checks(
             Ok(roles) => roles,
             Err(crate::provider::postgres::DbAdminError::NoAdmin { variables, .. }) => {
                 checks.push(CheckRun {
-                    name: "postgres",
-                    status: "skipped",
+                    name: Check::Postgres,
+                    status: CheckStatus::Skipped,
                     detail: Some(format!("database {}: no admin connection ({variables})", database.name)),
                 });
                 continue;
@@ -821,8 +869,8 @@ fn postgres_checks(
                     "give the auditor an admin connection that may read pg_roles, or run with --offline",
                 ));
                 checks.push(CheckRun {
-                    name: "postgres",
-                    status: "failed",
+                    name: Check::Postgres,
+                    status: CheckStatus::Failed,
                     detail: Some(database.name.clone()),
                 });
                 continue;
@@ -878,6 +926,10 @@ fn postgres_checks(
                 );
             }
         }
-        checks.push(CheckRun { name: "postgres", status: "ran", detail: Some(database.name.clone()) });
+        checks.push(CheckRun {
+            name: Check::Postgres,
+            status: CheckStatus::Ran,
+            detail: Some(database.name.clone()),
+        });
     }
 }

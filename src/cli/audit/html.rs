@@ -185,14 +185,15 @@ fn sections(report: &AuditReport, out: &mut String) {
         }
         out.push_str("</table>\n");
     }
-    let skipped: Vec<_> = report.checks.iter().filter(|c| c.status != "ran").collect();
+    let skipped: Vec<_> =
+        report.checks.iter().filter(|c| c.status != crate::ops::audit::CheckStatus::Ran).collect();
     if !skipped.is_empty() {
         out.push_str("<h2>Checks not run</h2>\n<ul>\n");
         for c in skipped {
             out.push_str(&format!(
                 "<li>{} {}: {}</li>\n",
-                h(c.name),
-                h(c.status),
+                h(c.name.as_str()),
+                h(c.status.as_str()),
                 h(c.detail.as_deref().unwrap_or(""))
             ));
         }

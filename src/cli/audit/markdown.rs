@@ -79,11 +79,11 @@ pub fn render(report: &AuditReport) -> String {
         }
         out.push('\n');
     }
-    for check in report.checks.iter().filter(|c| c.status != "ran") {
+    for check in report.checks.iter().filter(|c| c.status != crate::ops::audit::CheckStatus::Ran) {
         out.push_str(&format!(
             "_{} check {}{}_\n",
-            cell(check.name),
-            check.status,
+            cell(check.name.as_str()),
+            check.status.as_str(),
             check.detail.as_deref().map(|d| format!(": {}", cell(d))).unwrap_or_default()
         ));
     }

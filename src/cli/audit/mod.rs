@@ -426,11 +426,11 @@ fn table(report: &AuditReport, colour: bool) -> String {
             ));
         }
     }
-    for check in report.checks.iter().filter(|c| c.status != "ran") {
+    for check in report.checks.iter().filter(|c| c.status != crate::ops::audit::CheckStatus::Ran) {
         out.push_str(&format!(
             "\nnote: {} check {}{}\n",
-            check.name,
-            check.status,
+            check.name.as_str(),
+            check.status.as_str(),
             check.detail.as_deref().map(|d| format!(": {}", escape::text(d))).unwrap_or_default()
         ));
     }
