@@ -108,6 +108,12 @@ impl From<GrantId> for String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordKind {
+    /// Asks for access that needs approvals (or is break-glass): what exactly is asked, before
+    /// anyone approves it.
+    Request,
+    /// An approver's signed decision on a request: approve, deny, or review (a break-glass grant,
+    /// after the fact).
+    Approval,
     Intent,
     Grant,
     Failed,
@@ -117,11 +123,34 @@ pub enum RecordKind {
 impl fmt::Display for RecordKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            RecordKind::Request => "request",
+            RecordKind::Approval => "approval",
             RecordKind::Intent => "intent",
             RecordKind::Grant => "grant",
             RecordKind::Failed => "failed",
             RecordKind::Revoke => "revoke",
         })
+    }
+}
+
+/// What an approver decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalDecision {
+    Approve,
+    /// Ends the request.
+    Deny,
+    /// A break-glass grant, looked at after the fact.
+    Review,
+}
+
+impl ApprovalDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalDecision::Approve => "approve",
+            ApprovalDecision::Deny => "deny",
+            ApprovalDecision::Review => "review",
+        }
     }
 }
 
@@ -226,6 +255,27 @@ pub struct Record {
     pub result: Option<RevokeResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// sha256 (hex) of the payload of this grant's request record: on approvals, and on the
+    /// records of a grant that was asked for with a request (approvals, break-glass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_sha256: Option<String>,
+    /// Approval records only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<ApprovalDecision>,
+    /// The sha256 of each approval record the grant relied on (intent and grant records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<Vec<String>>,
+    /// Granted at once under the role's `break_glass`, to be reviewed after the fact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<bool>,
+    /// Request records only: when the request lapses if no quorum of approvals is reached (the
+    /// policy's `approval_window` after the request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approve_by: Option<DateTime<Utc>>,
+    /// Request records of a broker-minted role only: the one-time age X25519 recipient the broker
+    /// encrypts the credentials to (its identity stays in the requester's keyring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -272,14 +322,28 @@ impl Record {
         let forbid = |present: bool, field| {
             if present { Err(RecordError::Unexpected { kind, field }) } else { Ok(()) }
         };
+        // Every record after the first of its grant names it: the intent, else (a request that
+        // never got one: an approval, a cancelled request) the request.
         match kind {
-            Intent => forbid(self.intent_sha256.is_some(), "intent_sha256")?,
-            _ => require(self.intent_sha256.is_some(), "intent_sha256")?,
+            Request | Intent | Approval => forbid(self.intent_sha256.is_some(), "intent_sha256")?,
+            _ => require(self.intent_sha256.is_some() || self.request_sha256.is_some(), "intent_sha256")?,
         }
-        if let Some(digest) = &self.intent_sha256
-            && !(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+        match kind {
+            Request => forbid(self.request_sha256.is_some(), "request_sha256")?,
+            Approval => require(self.request_sha256.is_some(), "request_sha256")?,
+            _ => {}
+        }
+        for (field, digest) in
+            [("intent_sha256", &self.intent_sha256), ("request_sha256", &self.request_sha256)]
         {
-            return Err(RecordError::BadObjectId { field: "intent_sha256", value: digest.clone() });
+            if let Some(digest) = digest
+                && !is_sha256(digest)
+            {
+                return Err(RecordError::BadObjectId { field, value: digest.clone() });
+            }
+        }
+        if let Some(approval) = self.approvals.iter().flatten().find(|a| !is_sha256(a)) {
+            return Err(RecordError::BadObjectId { field: "approvals", value: approval.clone() });
         }
         match kind {
             Grant => {
@@ -291,14 +355,33 @@ impl Record {
                 require(self.trigger.is_some(), "trigger")?;
                 require(self.result.is_some(), "result")?;
             }
+            Request => require(self.approve_by.is_some(), "approve_by")?,
+            Approval => require(self.decision.is_some(), "decision")?,
             Intent => {}
         }
         if kind != Revoke {
             forbid(self.trigger.is_some(), "trigger")?;
             forbid(self.result.is_some(), "result")?;
         }
+        if kind != Approval {
+            forbid(self.decision.is_some(), "decision")?;
+        }
+        if kind != Request {
+            forbid(self.approve_by.is_some(), "approve_by")?;
+            forbid(self.delivery_key.is_some(), "delivery_key")?;
+        }
+        if let Some(key) = self.delivery_key.as_ref().filter(|k| !crate::ledger::delivery::is_recipient(k)) {
+            return Err(RecordError::BadObjectId {
+                field: "delivery_key",
+                value: crate::escape::excerpt(key),
+            });
+        }
         Ok(())
     }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 pub fn is_object_id(s: &str) -> bool {
@@ -377,8 +460,16 @@ pub enum BadTimeout {
 
 /// Where a grant stands, from its records alone (what the ledger says, not what AWS says).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum GrantState {
+    /// A request waiting for its approvals.
+    AwaitingApproval,
+    /// A request an approver denied.
+    Denied,
+    /// A request that got no quorum of approvals within its window.
+    Lapsed,
+    /// A request ended before it was granted (its branch was merged or abandoned, or by hand).
+    Cancelled,
     /// An intent with no grant or failed record after it: tpa stopped mid-request.
     Incomplete,
     Failed,
@@ -395,14 +486,59 @@ impl GrantState {
     pub fn is_open(self) -> bool {
         matches!(
             self,
-            GrantState::Active | GrantState::Pending | GrantState::Irrevocable | GrantState::Incomplete
+            GrantState::Active
+                | GrantState::Pending
+                | GrantState::Irrevocable
+                | GrantState::Incomplete
+                | GrantState::AwaitingApproval
         )
+    }
+
+    /// A request that has not become a grant (yet, or ever).
+    pub fn is_request(self) -> bool {
+        matches!(
+            self,
+            GrantState::AwaitingApproval | GrantState::Denied | GrantState::Lapsed | GrantState::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantState::AwaitingApproval => "awaiting_approval",
+            GrantState::Denied => "denied",
+            GrantState::Lapsed => "lapsed",
+            GrantState::Cancelled => "cancelled",
+            GrantState::Incomplete => "incomplete",
+            GrantState::Failed => "failed",
+            GrantState::Active => "active",
+            GrantState::Expired => "expired",
+            GrantState::Revoked => "revoked",
+            GrantState::Pending => "pending",
+            GrantState::Irrevocable => "irrevocable",
+        }
     }
 
     /// Derives the state from one grant's records, in any order.
     pub fn of<'a>(records: impl IntoIterator<Item = &'a Record>, now: DateTime<Utc>) -> GrantState {
         let mut records: Vec<&Record> = records.into_iter().collect();
         records.sort_by_key(|r| r.issued_at);
+        // Before its intent, a grant is a request: waiting, ended, or past its window. (A deny
+        // counts only from an approver, which takes the policy: see `ops::approval`.)
+        if !records.iter().any(|r| r.kind == RecordKind::Intent)
+            && let Some(request) = records.iter().find(|r| r.kind == RecordKind::Request)
+        {
+            if records.iter().any(|r| r.kind == RecordKind::Revoke) {
+                return GrantState::Cancelled;
+            }
+            // A broker refused it, with its reason.
+            if records.iter().any(|r| r.kind == RecordKind::Failed) {
+                return GrantState::Failed;
+            }
+            if request.approve_by.is_some_and(|by| by <= now) {
+                return GrantState::Lapsed;
+            }
+            return GrantState::AwaitingApproval;
+        }
         let latest_revoke = records.iter().rev().find(|r| r.kind == RecordKind::Revoke);
         let granted = records.iter().rev().find(|r| r.kind == RecordKind::Grant);
         let expired = granted.and_then(|g| g.expires_at).is_some_and(|at| at <= now);
@@ -426,9 +562,7 @@ impl GrantState {
 
 impl fmt::Display for GrantState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text =
-            serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        f.write_str(&text)
+        f.write_str(self.as_str())
     }
 }
 
@@ -509,6 +643,12 @@ mod tests {
             trigger: None,
             result: None,
             error: None,
+            request_sha256: None,
+            decision: None,
+            approvals: None,
+            break_glass: None,
+            approve_by: None,
+            delivery_key: None,
         }
     }
 

@@ -23,6 +23,10 @@ use std::process::{Command, ExitStatus, Stdio};
 use git2::Repository;
 use serde::Serialize;
 
+pub mod managers;
+
+pub use managers::{Manager, ManagerReport};
+
 /// The hooks tpa installs. post-commit is among them because the commit after `merge --squash`,
 /// after a conflicted merge and after a cherry-pick fires only post-commit.
 pub const HOOKS: [&str; 4] = ["post-merge", "post-commit", "post-checkout", "post-rewrite"];
@@ -58,11 +62,6 @@ pub enum HookError {
     GitTooOld { output: String },
     #[error("the path of tpa written into a hook must be absolute, not {path}")]
     RelativeTpaPath { path: PathBuf },
-    #[error(
-        "the path of tpa is not valid UTF-8, so no line can be suggested for the hooks in {dir}: {path}; \
-         add `tpa hook NAME \"$@\"` to each hook there yourself"
-    )]
-    NonUtf8TpaPath { path: PathBuf, dir: PathBuf },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -133,8 +132,9 @@ impl InstallReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HookLine {
     pub name: &'static str,
-    /// `'<tpa path>' hook <name> "$@"`, the path quoted for sh. Best placed right after the shebang
-    /// line: tpa always exits 0, so the hook's own exit status stays that of its last command.
+    /// [`hook_line`] (three lines of sh): tpa-hook from PATH, no path of this machine (the file is
+    /// committed). Best placed right after the shebang line: it always succeeds, so the hook's own
+    /// exit status stays that of its last command.
     pub line: String,
 }
 
@@ -150,6 +150,8 @@ pub struct HooksPathInTree {
 pub enum InstallOutcome {
     Installed(InstallReport),
     HooksPathInTree(HooksPathInTree),
+    /// A hook manager (husky, lefthook, pre-commit) owns the hooks: tpa went through it.
+    Manager(ManagerReport),
 }
 
 /// What happened to one hook at uninstall time.
@@ -190,9 +192,11 @@ pub fn hooks_dir(repo: &Repository) -> Result<HooksDir, HookError> {
     hooks_dir_with(repo, Command::new("git"))
 }
 
-/// Installs tpa's hooks, `tpa` being the absolute path of the running binary, written into each hook.
-pub fn install(repo: &Repository, tpa: &Path) -> Result<InstallOutcome, HookError> {
-    install_with(repo, tpa, Command::new("git"))
+/// Installs tpa's hooks, `tpa` being the absolute path of the running binary, written into each hook;
+/// or, where a hook manager owns the hooks ([`managers::detect`]), adds tpa to the manager's files.
+/// With `dry_run`, writes nothing and reports what would change.
+pub fn install(repo: &Repository, tpa: &Path, dry_run: bool) -> Result<InstallOutcome, HookError> {
+    install_dry_with(repo, tpa, Command::new("git"), dry_run)
 }
 
 /// Removes tpa's hooks and restores the ones they replaced. `tpa` is only used to name the lines to
@@ -239,13 +243,27 @@ fn hooks_dir_with(repo: &Repository, mut git: Command) -> Result<HooksDir, HookE
     Ok(HooksDir { dir, in_work_tree, configured })
 }
 
+#[cfg(test)]
 fn install_with(repo: &Repository, tpa: &Path, git: Command) -> Result<InstallOutcome, HookError> {
+    install_dry_with(repo, tpa, git, false)
+}
+
+fn install_dry_with(
+    repo: &Repository,
+    tpa: &Path,
+    git: Command,
+    dry_run: bool,
+) -> Result<InstallOutcome, HookError> {
     check_tpa_path(tpa)?;
     let hooks = hooks_dir_with(repo, git)?;
-    if hooks.in_work_tree {
-        return Ok(InstallOutcome::HooksPathInTree(in_tree(hooks.dir, tpa)?));
+    if let Some(found) = repo.workdir().and_then(managers::detect) {
+        let workdir = repo.workdir().unwrap_or(Path::new("."));
+        return Ok(InstallOutcome::Manager(managers::install(workdir, &hooks, &found, dry_run)?));
     }
-    let mut report = install_in(&hooks.dir, tpa)?;
+    if hooks.in_work_tree {
+        return Ok(InstallOutcome::HooksPathInTree(in_tree(hooks.dir)));
+    }
+    let mut report = install_in_with(&hooks.dir, tpa, dry_run)?;
     report.configured = hooks.configured;
     Ok(InstallOutcome::Installed(report))
 }
@@ -254,7 +272,7 @@ fn uninstall_with(repo: &Repository, tpa: &Path, git: Command) -> Result<Uninsta
     let hooks = hooks_dir_with(repo, git)?;
     if hooks.in_work_tree {
         check_tpa_path(tpa)?;
-        return Ok(UninstallOutcome::HooksPathInTree(in_tree(hooks.dir, tpa)?));
+        return Ok(UninstallOutcome::HooksPathInTree(in_tree(hooks.dir)));
     }
     Ok(UninstallOutcome::Uninstalled(uninstall_in(&hooks.dir)?))
 }
@@ -263,26 +281,27 @@ fn check_tpa_path(tpa: &Path) -> Result<(), HookError> {
     if tpa.is_absolute() { Ok(()) } else { Err(HookError::RelativeTpaPath { path: tpa.to_owned() }) }
 }
 
-fn in_tree(dir: PathBuf, tpa: &Path) -> Result<HooksPathInTree, HookError> {
-    let lines = HOOKS
-        .iter()
-        .map(|&name| match String::from_utf8(hook_line(tpa, name)) {
-            Ok(line) => Ok(HookLine { name, line }),
-            Err(_) => Err(HookError::NonUtf8TpaPath { path: tpa.to_owned(), dir: dir.clone() }),
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(HooksPathInTree { dir, lines })
+fn in_tree(dir: PathBuf) -> HooksPathInTree {
+    let lines = HOOKS.iter().map(|&name| HookLine { name, line: hook_line(name) }).collect();
+    HooksPathInTree { dir, lines }
 }
 
 /// Installs tpa's hooks into `dir` (created if missing), whatever git would say about it.
 pub fn install_in(dir: &Path, tpa: &Path) -> Result<InstallReport, HookError> {
+    install_in_with(dir, tpa, false)
+}
+
+fn install_in_with(dir: &Path, tpa: &Path, dry_run: bool) -> Result<InstallReport, HookError> {
     check_tpa_path(tpa)?;
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let hooks = HOOKS.iter().map(|&name| install_one(dir, name, tpa)).collect::<Result<Vec<_>, _>>()?;
+    if !dry_run {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let hooks =
+        HOOKS.iter().map(|&name| install_one(dir, name, tpa, dry_run)).collect::<Result<Vec<_>, _>>()?;
     Ok(InstallReport { dir: dir.to_owned(), configured: false, hooks })
 }
 
-fn install_one(dir: &Path, name: &'static str, tpa: &Path) -> Result<HookResult, HookError> {
+fn install_one(dir: &Path, name: &'static str, tpa: &Path, dry_run: bool) -> Result<HookResult, HookError> {
     let path = dir.join(name);
     let original = original_path(dir, name);
     let wanted = script(tpa, name);
@@ -291,18 +310,23 @@ fn install_one(dir: &Path, name: &'static str, tpa: &Path) -> Result<HookResult,
     let kept = has_original.then(|| original.clone());
     match existing(&path)? {
         Existing::Missing => {
-            write_hook(dir, &path, &wanted, false)?;
+            if !dry_run {
+                write_hook(dir, &path, &wanted, false)?;
+            }
             Ok(result(HookChange::Installed, kept))
         }
         Existing::Tpa { bytes, mode } => {
             if bytes == wanted && mode == 0o755 {
                 Ok(result(HookChange::AlreadyInstalled, kept))
             } else {
-                write_hook(dir, &path, &wanted, true)?;
+                if !dry_run {
+                    write_hook(dir, &path, &wanted, true)?;
+                }
                 Ok(result(HookChange::Updated, kept))
             }
         }
         Existing::Foreign if has_original => Ok(result(HookChange::RefusedBackupExists, Some(original))),
+        Existing::Foreign if dry_run => Ok(result(HookChange::InstalledKeepingOriginal, Some(original))),
         Existing::Foreign => {
             // rename keeps the bytes, the mode, even a symlink as a symlink.
             fs::rename(&path, &original).map_err(io_err(&path))?;
@@ -405,48 +429,73 @@ pub fn is_tpa_hook(bytes: &[u8]) -> bool {
         && lines.next().is_some_and(|l| l.starts_with(MARKER_PREFIX.as_bytes()))
 }
 
-/// The hook script for `name`, running the tpa at `tpa`. Only `tpa` varies, and it is quoted: nothing
+/// The hook scripts as shipped in `hooks/` (one source of truth: what `tpa init` installs and what
+/// pre-commit runs through `.pre-commit-hooks.yaml`), embedded at build time.
+const SHIPPED: [(&str, &[u8]); 4] = [
+    ("post-merge", include_bytes!("../hooks/post-merge")),
+    ("post-commit", include_bytes!("../hooks/post-commit")),
+    ("post-checkout", include_bytes!("../hooks/post-checkout")),
+    ("post-rewrite", include_bytes!("../hooks/post-rewrite")),
+];
+
+/// The line of a shipped script that `tpa init` replaces with the exec of the tpa it installed.
+pub const INSTALLED_PATH_LINE: &str = "# tpa init: the installed tpa-hook";
+
+/// The shipped script for `name` (one of [`HOOKS`]), as in `hooks/`: it finds tpa-hook on PATH.
+pub fn shipped(name: &str) -> Option<&'static [u8]> {
+    SHIPPED.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+}
+
+/// The hook script for `name` as `tpa init` installs it: the shipped script with the exec of the
+/// tpa at `tpa` in place of [`INSTALLED_PATH_LINE`]. Only `tpa` varies, and it is quoted: nothing
 /// from git ends up in the text. LF line endings.
 pub fn script(tpa: &Path, name: &str) -> Vec<u8> {
     let quoted = sh_quote(&path_bytes(tpa));
-    let orig = format!("\"$TPA_HOOKS_DIR/{name}{ORIGINAL_SUFFIX}\"");
-    let mut s = Vec::new();
-    let mut line = |parts: &[&[u8]]| {
-        parts.iter().for_each(|p| s.extend_from_slice(p));
-        s.push(b'\n');
-    };
-    line(&[b"#!/bin/sh"]);
-    line(&[MARKER.as_bytes()]);
-    line(&[
-        b"# Written by `tpa init`; `tpa uninstall` removes it and restores ",
-        name.as_bytes(),
-        b".tpa-orig.",
-    ]);
-    line(&[
-        b"# tpa runs ",
-        name.as_bytes(),
-        b".tpa-orig (the hook that was here before) first, with the same",
-    ]);
-    line(&[b"# arguments and stdin, and exits with its status."]);
-    line(&[b"case $0 in /*) TPA_HOOKS_DIR=${0%/*} ;; *) TPA_HOOKS_DIR=$PWD/${0%/*} ;; esac"]);
-    line(&[b"export TPA_HOOKS_DIR"]);
-    line(&[b"if [ -x ", &quoted, b" ]; then exec ", &quoted, b" hook ", name.as_bytes(), b" \"$@\"; fi"]);
-    line(&[b"if command -v tpa >/dev/null 2>&1; then exec tpa hook ", name.as_bytes(), b" \"$@\"; fi"]);
-    line(&[
-        b"echo 'tpa: ",
-        name.as_bytes(),
-        b" hook: tpa is neither where it was installed nor on PATH; run `tpa init` or `tpa uninstall`' >&2",
-    ]);
-    line(&[b"if [ -x ", orig.as_bytes(), b" ]; then exec ", orig.as_bytes(), b" \"$@\"; fi"]);
-    line(&[b"exit 0"]);
+    let mut exec = b"if [ -x ".to_vec();
+    for part in [&quoted[..], b" ]; then exec ", &quoted, b" hook ", name.as_bytes(), b" \"$@\"; fi"] {
+        exec.extend_from_slice(part);
+    }
+    let template = shipped(name).unwrap_or_else(|| panic!("`{name}` is not one of tpa's hooks"));
+    let mut s = Vec::with_capacity(template.len() + exec.len());
+    for line in template.split_inclusive(|&b| b == b'\n') {
+        if line.strip_suffix(b"\n").unwrap_or(line) == INSTALLED_PATH_LINE.as_bytes() {
+            s.extend_from_slice(&exec);
+            s.push(b'\n');
+        } else {
+            s.extend_from_slice(line);
+        }
+    }
     s
 }
 
-/// The line that runs tpa from a hook someone else manages: `'<tpa>' hook <name> "$@"`.
-pub fn hook_line(tpa: &Path, name: &str) -> Vec<u8> {
-    let mut line = sh_quote(&path_bytes(tpa));
-    line.extend_from_slice(format!(" hook {name} \"$@\"").as_bytes());
-    line
+/// The lines that run tpa from a hook file someone else manages and that is committed (husky, a
+/// `core.hooksPath` in the tree): tpa-hook from PATH, never a path of this machine, and a no-op
+/// where tpa is not installed. They always succeed, so placed first in a hook they leave that hook's
+/// exit status to the hook's own commands; they read no stdin.
+///
+/// A hook with nothing to do must cost next to nothing, and a manager such as husky costs only a
+/// few shells: so where git runs the hook at the top of a main work tree (`.git` a directory, no
+/// `$GIT_DIR`) and this clone holds no grant ([`INDEX`] absent, see [`drop_empty_index`]), they
+/// start no process at all. Anywhere else tpa-hook decides.
+pub fn hook_line(name: &str) -> String {
+    format!(
+        "if [ -e .git/{INDEX} ] || [ ! -d .git ] || [ -n \"${{GIT_DIR-}}\" ]; then\n  \
+         if command -v tpa-hook >/dev/null 2>&1; then tpa-hook hook {name} \"$@\" || :; fi\nfi"
+    )
+}
+
+/// The local index of the grants this clone holds, relative to the common git dir (state.rs).
+pub const INDEX: &str = "tpa/active.json";
+
+/// Removes the local index of grants when, read again under the state lock, it lists none: an
+/// absent index reads as empty, and its absence is what [`hook_line`] tests without starting a
+/// process. Best-effort: a hook never fails for it.
+pub fn drop_empty_index(repo: &Repository) {
+    let Ok(state) = crate::state::StateDir::open(repo) else { return };
+    let Ok(_lock) = state.lock() else { return };
+    if state.local_grants().is_ok_and(|grants| grants.is_empty()) {
+        let _ = fs::remove_file(repo.commondir().join(INDEX));
+    }
 }
 
 /// Quotes bytes as one sh word: single quotes, each `'` written as `'\''`. Every other byte,
@@ -970,9 +1019,12 @@ mod tests {
         let outcome = f.install();
         let InstallOutcome::HooksPathInTree(in_tree) = &outcome else { panic!("{outcome:?}") };
         assert_eq!(in_tree.dir, fs::canonicalize(&f.repo_dir).unwrap().join(".husky"));
-        let quoted = format!("'{}'", f.tpa.to_str().unwrap().replace('\'', r"'\''"));
+        // The lines go into committed files: tpa-hook from PATH, no path of this machine.
         let lines: Vec<_> = in_tree.lines.iter().map(|l| (l.name, l.line.clone())).collect();
-        let expected: Vec<_> = HOOKS.iter().map(|&n| (n, format!("{quoted} hook {n} \"$@\""))).collect();
+        assert!(lines.iter().all(|(n, l)| l.contains(&format!("tpa-hook hook {n} \"$@\""))));
+        let expected: Vec<_> = HOOKS.iter().map(|&n| (n, hook_line(n))).collect();
+        assert!(lines.iter().all(|(n, l)| l.contains(&format!("tpa-hook hook {n} \"$@\""))
+            && !l.contains(f.tmp.path().to_str().unwrap())));
         assert_eq!(lines, expected);
         assert!(!f.repo_dir.join(".husky").exists());
         assert!(!HOOKS.iter().any(|n| f.git_dir_hooks().join(n).exists()));
@@ -1050,6 +1102,211 @@ mod tests {
         let b = script(Path::new("/x"), "post-merge");
         let a = String::from_utf8(a).unwrap().replace("'/opt/tpa/bin/tpa'", "'/x'");
         assert_eq!(a.as_bytes(), b.as_slice());
+    }
+
+    #[test]
+    fn the_shipped_scripts_are_one_shape_and_what_init_installs() {
+        let shape =
+            |name: &str| String::from_utf8(shipped(name).unwrap().to_vec()).unwrap().replace(name, "NAME");
+        for name in HOOKS {
+            assert_eq!(shape(name), shape("post-merge"), "hooks/{name} differs from hooks/post-merge");
+            let text = String::from_utf8(shipped(name).unwrap().to_vec()).unwrap();
+            assert!(is_tpa_hook(text.as_bytes()));
+            assert_eq!(text.lines().filter(|l| *l == INSTALLED_PATH_LINE).count(), 1);
+            assert!(!text.contains('\r') && !text.contains("/work/") && !text.contains("/home/"));
+            // Installed: the shipped script with that one line replaced by the exec of this tpa.
+            let installed = String::from_utf8(script(Path::new("/opt/tpa"), name)).unwrap();
+            let exec = format!("if [ -x '/opt/tpa' ]; then exec '/opt/tpa' hook {name} \"$@\"; fi");
+            assert_eq!(installed, text.replace(INSTALLED_PATH_LINE, &exec));
+        }
+        assert!(shipped("pre-commit").is_none());
+    }
+
+    #[test]
+    fn the_shipped_script_run_as_is_finds_tpa_hook_on_path_and_passes_gits_arguments() {
+        let f = Fixture::new();
+        let dir = f.tmp.path().join("clone/hooks");
+        fs::create_dir_all(&dir).unwrap();
+        write_exec(&dir.join("post-checkout"), shipped("post-checkout").unwrap(), 0o755);
+        let bin = f.tmp.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        fs::copy(&f.tpa, bin.join("tpa-hook")).unwrap();
+        let log = f.tmp.path().join("tpa.log");
+        let out = Command::new(dir.join("post-checkout"))
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("TPA_FAKE_LOG", &log)
+            .args(["a", "b c", "1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            fs::read_to_string(&log).unwrap(),
+            format!("hook\npost-checkout\na\nb c\n1\ndir={}\n", dir.display())
+        );
+    }
+
+    #[test]
+    fn the_fast_idle_check_reads_the_common_dirs_index_without_libgit2() {
+        let f = Fixture::new();
+        let none = |_: &str| None;
+        let common = fs::canonicalize(f.repo_dir.join(".git")).unwrap();
+        assert!(holds_no_grant_fast(&f.repo_dir, none), "no state dir yet");
+        fs::create_dir_all(common.join("tpa")).unwrap();
+        fs::write(common.join("tpa/active.json"), "{}").unwrap();
+        assert!(holds_no_grant_fast(&f.repo_dir, none));
+        let wt = f.tmp.path().join("linked");
+        f.git(&f.repo_dir, &["worktree", "add", "-q", "-b", "side", wt.to_str().unwrap()]);
+        assert!(holds_no_grant_fast(&wt, none));
+        fs::write(
+            common.join("tpa/active.json"),
+            r#"{"01J": {"branch": "refs/heads/x", "expires_at": null}}"#,
+        )
+        .unwrap();
+        assert!(!holds_no_grant_fast(&f.repo_dir, none));
+        assert!(!holds_no_grant_fast(&wt, none), "a linked worktree shares the index");
+        let git_dir = |k: &str| (k == "GIT_DIR").then(|| OsString::from(".git"));
+        assert!(!holds_no_grant_fast(&f.repo_dir, git_dir));
+        // Not at the top of a work tree: no answer, libgit2 decides.
+        assert!(!holds_no_grant_fast(f.tmp.path(), none));
+    }
+
+    #[test]
+    fn the_committed_lines_start_tpa_hook_only_where_a_grant_may_be_held() {
+        let f = Fixture::new();
+        let bin = f.tmp.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        fs::copy(&f.tpa, bin.join("tpa-hook")).unwrap();
+        let log = f.tmp.path().join("tpa.log");
+        let run = || {
+            let out = Command::new("/bin/sh")
+                .args(["-e", "-c", &format!("{}\nexit 5", hook_line("post-merge")), "sh", "0"])
+                .current_dir(&f.repo_dir)
+                .env_clear()
+                .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+                .env("TPA_FAKE_LOG", &log)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+            fs::read_to_string(&log).unwrap_or_default()
+        };
+        assert_eq!(run(), "", "no index: no process");
+        let index = f.repo_dir.join(".git").join(INDEX);
+        fs::create_dir_all(index.parent().unwrap()).unwrap();
+        fs::write(&index, "{}").unwrap();
+        assert_eq!(run(), "hook\npost-merge\n0\ndir=\n");
+        // tpa-hook drops an index that lists no grant, under the state lock.
+        drop_empty_index(&f.repo());
+        assert!(!index.exists());
+        fs::write(&index, r#"{"01J": {"branch": "refs/heads/x", "expires_at": null}}"#).unwrap();
+        drop_empty_index(&f.repo());
+        assert!(index.exists(), "an index listing a grant stays");
+    }
+
+    #[test]
+    fn git_args_come_from_pre_commits_variables_only_when_pre_commit_gave_none() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v))
+        };
+        const PC: &[(&str, &str)] = &[
+            ("PRE_COMMIT", "1"),
+            ("PRE_COMMIT_FROM_REF", "aaa"),
+            ("PRE_COMMIT_TO_REF", "bbb"),
+            ("PRE_COMMIT_CHECKOUT_TYPE", "1"),
+            ("PRE_COMMIT_IS_SQUASH_MERGE", "0"),
+            ("PRE_COMMIT_REWRITE_COMMAND", "rebase"),
+        ];
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(git_args("post-checkout", vec![], env(PC)), (os(&["aaa", "bbb", "1"]), true));
+        assert_eq!(git_args("post-merge", vec![], env(PC)), (os(&["0"]), true));
+        assert_eq!(git_args("post-rewrite", vec![], env(PC)), (os(&["rebase"]), true));
+        assert_eq!(git_args("post-commit", vec![], env(PC)), (vec![], true));
+        // git's own arguments win; without PRE_COMMIT=1 the variables are not pre-commit's.
+        assert_eq!(git_args("post-merge", os(&["1"]), env(PC)), (os(&["1"]), false));
+        assert_eq!(git_args("post-merge", vec![], env(&PC[1..])), (vec![], false));
+    }
+}
+
+/// The variables pre-commit passes git's arguments in, per hook, in git's order.
+const PRE_COMMIT_ARGS: [(&str, &[&str]); 4] = [
+    ("post-checkout", &["PRE_COMMIT_FROM_REF", "PRE_COMMIT_TO_REF", "PRE_COMMIT_CHECKOUT_TYPE"]),
+    ("post-merge", &["PRE_COMMIT_IS_SQUASH_MERGE"]),
+    ("post-rewrite", &["PRE_COMMIT_REWRITE_COMMAND"]),
+    ("post-commit", &[]),
+];
+
+/// git's arguments to hook `name`: `args` as given, or, when pre-commit started the hook (it sets
+/// `PRE_COMMIT=1` and passes no arguments), read back from its `PRE_COMMIT_*` variables. The
+/// second value says whether they came from pre-commit (then git's stdin is not ours to read).
+pub fn git_args(
+    name: &str,
+    args: Vec<OsString>,
+    env: impl Fn(&str) -> Option<OsString>,
+) -> (Vec<OsString>, bool) {
+    if !args.is_empty() || env("PRE_COMMIT").is_none_or(|v| v != "1") {
+        return (args, false);
+    }
+    let Some((_, vars)) = PRE_COMMIT_ARGS.iter().find(|(n, _)| *n == name) else { return (args, false) };
+    (vars.iter().map_while(|v| env(v)).collect(), true)
+}
+
+/// The hooks' cheapest answer, before libgit2 is even asked to open the repository: true when the
+/// repository whose work tree is `top` (git runs hooks at the top of the work tree) certainly holds
+/// no open grant, its local index (`tpa/active.json` in the common git dir) being absent or empty.
+/// Finds the common dir as git lays it out (`$GIT_DIR` and `$GIT_COMMON_DIR`, else a `.git`
+/// directory, or a `.git` file's `gitdir:` with its `commondir`); anything unusual answers false,
+/// and [`needs_tpa`] decides.
+pub fn holds_no_grant_fast(top: &Path, env: impl Fn(&str) -> Option<OsString>) -> bool {
+    fast_index(top, env).is_some_and(|index| index != FastIndex::Grants)
+}
+
+/// What [`fast_index`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastIndex {
+    /// No index: no grant.
+    Absent,
+    /// An index listing no grant (or a damaged one, which reads as empty): [`drop_empty_index`].
+    Empty,
+    Grants,
+}
+
+/// The local index of grants of the repository whose work tree is `top`, read without libgit2;
+/// None when the repository is not laid out as [`holds_no_grant_fast`] expects.
+pub fn fast_index(top: &Path, env: impl Fn(&str) -> Option<OsString>) -> Option<FastIndex> {
+    let git_dir = match env("GIT_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => top.join(dir),
+        None => {
+            let dot_git = top.join(".git");
+            let meta = fs::symlink_metadata(&dot_git).ok()?;
+            if meta.is_dir() {
+                dot_git
+            } else if meta.is_file() {
+                let text = fs::read_to_string(&dot_git).ok()?;
+                top.join(text.strip_prefix("gitdir:")?.trim())
+            } else {
+                return None;
+            }
+        }
+    };
+    let common = match env("GIT_COMMON_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => top.join(dir),
+        None => match fs::read_to_string(git_dir.join("commondir")) {
+            Ok(text) => git_dir.join(text.trim_end_matches(['\n', '\r'])),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => git_dir,
+            Err(_) => return None,
+        },
+    };
+    if !common.join("HEAD").is_file() {
+        return None; // not what it seemed: let libgit2 find the repository
+    }
+    match fs::read(common.join(INDEX)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(FastIndex::Absent),
+        Err(_) => None,
+        // As StateDir::local_grants reads it: damaged reads as empty.
+        Ok(bytes) => match serde_json::from_slice::<crate::state::LocalGrants>(&bytes) {
+            Ok(grants) if !grants.is_empty() => Some(FastIndex::Grants),
+            _ => Some(FastIndex::Empty),
+        },
     }
 }
 

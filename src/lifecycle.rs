@@ -1136,6 +1136,12 @@ mod tests {
             trigger: None,
             result: None,
             error: None,
+            request_sha256: None,
+            decision: None,
+            approvals: None,
+            break_glass: None,
+            approve_by: None,
+            delivery_key: None,
         };
         let facts = GrantFacts::from_record(&record).unwrap();
         assert_eq!(facts.branch, "refs/heads/hotfix/a");

@@ -419,6 +419,11 @@ impl Drop for Stored {
 
 /// Keeps a grant's secret in the OS keyring, for as long as it lives.
 pub fn store_secret(grant_id: &crate::grant::GrantId, secret: &Secret) -> Result<(), SecretsError> {
+    put(&grant_account(grant_id), &to_json(secret), Some(secret.expires_at()))
+}
+
+/// A secret as the keyring (and a broker's delivery) holds it.
+pub fn to_json(secret: &Secret) -> Zeroizing<String> {
     let stored = match secret {
         Secret::Aws(credentials) => Stored {
             kind: None,
@@ -435,16 +440,20 @@ pub fn store_secret(grant_id: &crate::grant::GrantId, secret: &Secret) -> Result
             expiration: login.valid_until,
         },
     };
-    let text = Zeroizing::new(serde_json::to_string(&stored).expect("secrets serialize"));
-    put(&grant_account(grant_id), &text, Some(secret.expires_at()))
+    Zeroizing::new(serde_json::to_string(&stored).expect("secrets serialize"))
 }
 
 /// A grant's secret from the OS keyring. A reservation not yet replaced reads as missing.
 pub fn load_secret(grant_id: &crate::grant::GrantId) -> Result<Secret, SecretsError> {
     let account = grant_account(grant_id);
     let text = load(&account)?;
-    let stored: Stored = serde_json::from_str(&text).map_err(|_| SecretsError::Missing { account })?;
-    Ok(match stored.kind.as_deref() {
+    from_json(&text).ok_or(SecretsError::Missing { account })
+}
+
+/// The inverse of [`to_json`]; None for anything else (a reservation, garbage).
+pub fn from_json(text: &str) -> Option<Secret> {
+    let stored: Stored = serde_json::from_str(text).ok()?;
+    Some(match stored.kind.as_deref() {
         Some(DB_LOGIN) => Secret::DbLogin(DbLogin {
             user: stored.access_key_id.clone(),
             password: Zeroizing::new(stored.secret_access_key.clone()),
@@ -457,6 +466,11 @@ pub fn load_secret(grant_id: &crate::grant::GrantId) -> Result<Secret, SecretsEr
             expiration: stored.expiration,
         }),
     })
+}
+
+/// The keyring account holding the one-time delivery key of a broker-minted request.
+pub fn delivery_account(grant_id: &crate::grant::GrantId) -> String {
+    format!("delivery:{grant_id}")
 }
 
 pub fn delete_credentials(grant_id: &crate::grant::GrantId) -> Result<(), SecretsError> {

@@ -22,10 +22,13 @@ pub struct HookArgs {
     args: Vec<OsString>,
 }
 
-pub fn run(ctx: &Ctx, args: HookArgs) -> anyhow::Result<u8> {
+pub fn run(ctx: &Ctx, mut args: HookArgs) -> anyhow::Result<u8> {
+    // Started by pre-commit, git's arguments are in PRE_COMMIT_* variables.
+    let (git_args, from_pre_commit) = hooks::git_args(&args.name, args.args, |k| std::env::var_os(k));
+    args.args = git_args;
     // Only post-rewrite gets input (the rewritten commits); read it once, hand it to both parts.
     let mut stdin = Vec::new();
-    if args.name == "post-rewrite" {
+    if args.name == "post-rewrite" && !from_pre_commit {
         let _ = std::io::stdin().read_to_end(&mut stdin);
     }
     let repo = ctx.repo().ok();

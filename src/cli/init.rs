@@ -5,7 +5,8 @@ use clap::Args;
 
 use super::{Ctx, exit, print_json};
 use crate::escape;
-use crate::ops::init::{Change, InitOptions, InitReport, init};
+use crate::hooks::{InstallOutcome, ManagerReport};
+use crate::ops::init::{Change, InitOptions, InitReport, init, plan_hooks};
 use crate::trust::TrustOrigin;
 
 /// Set up tpa in this repository: a signing key, your entry in .tpa/allowed_signers, a starter
@@ -19,10 +20,23 @@ pub struct InitArgs {
     /// Print what was done as JSON.
     #[arg(long)]
     json: bool,
+    /// Change nothing: show what installing the hooks would change, in git's hooks directory or in
+    /// your hook manager's files (husky, lefthook: as diffs). The other steps are skipped.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
+    if args.dry_run {
+        let outcome = plan_hooks(&repo, &hook_binary()?)?;
+        if args.json {
+            print_json(&outcome)?;
+        } else {
+            print_hooks(&mut std::io::stdout().lock(), &outcome, true)?;
+        }
+        return Ok(exit::OK);
+    }
     let options = InitOptions {
         signing_key: args.signing_key,
         env_signing_key: std::env::var_os("TPA_SIGNING_KEY").filter(|p| !p.is_empty()).map(PathBuf::from),
@@ -79,28 +93,8 @@ fn print_human(r: &InitReport) -> std::io::Result<()> {
     for spec in &r.refspecs_added {
         writeln!(out, "remote fetch:    {}", escape::text(spec))?;
     }
-    match &r.hooks {
-        Some(crate::hooks::InstallOutcome::Installed(report)) => {
-            let refused: Vec<&str> = report.refused().map(|h| h.name).collect();
-            writeln!(out, "git hooks:       {} ({} hooks)", report.dir.display(), report.hooks.len())?;
-            for hook in report.hooks.iter().filter(|h| h.original.is_some()) {
-                writeln!(out, "                 kept your {} hook: it runs first, as before", hook.name)?;
-            }
-            if !refused.is_empty() {
-                eprintln!("warning: not installed (a .tpa-orig backup is in the way): {refused:?}");
-            }
-        }
-        Some(crate::hooks::InstallOutcome::HooksPathInTree(in_tree)) => {
-            writeln!(
-                out,
-                "git hooks:       core.hooksPath is {} (in your tree); add to each hook:",
-                in_tree.dir.display()
-            )?;
-            for line in &in_tree.lines {
-                writeln!(out, "                 {}: {}", line.name, line.line)?;
-            }
-        }
-        None => {}
+    if let Some(hooks) = &r.hooks {
+        print_hooks(&mut out, hooks, false)?;
     }
     match (&r.trust_ref, r.trust_origin) {
         (Some(refname), Some(TrustOrigin::LocalNoRemote)) => writeln!(
@@ -117,6 +111,81 @@ fn print_human(r: &InitReport) -> std::io::Result<()> {
             out,
             "next:            commit .tpa/ and get it merged into {branch} through review; until your key is \
              in .tpa/allowed_signers there, `tpa verify` reports your records as unknown_signer"
+        )?;
+    }
+    Ok(())
+}
+
+fn print_hooks(out: &mut impl Write, outcome: &InstallOutcome, dry_run: bool) -> std::io::Result<()> {
+    match outcome {
+        InstallOutcome::Installed(report) => {
+            let refused: Vec<&str> = report.refused().map(|h| h.name).collect();
+            writeln!(out, "git hooks:       {} ({} hooks)", report.dir.display(), report.hooks.len())?;
+            for hook in report.hooks.iter().filter(|_| dry_run) {
+                let change = serde_json::to_value(hook.change).unwrap_or_default();
+                writeln!(
+                    out,
+                    "                 {}: would be {}",
+                    hook.name,
+                    change.as_str().unwrap_or_default()
+                )?;
+            }
+            for hook in report.hooks.iter().filter(|h| h.original.is_some()) {
+                writeln!(out, "                 kept your {} hook: it runs first, as before", hook.name)?;
+            }
+            if !refused.is_empty() {
+                eprintln!("warning: not installed (a .tpa-orig backup is in the way): {refused:?}");
+            }
+        }
+        InstallOutcome::HooksPathInTree(in_tree) => {
+            writeln!(
+                out,
+                "git hooks:       core.hooksPath is {} (in your tree); add to each hook, after its first line:",
+                in_tree.dir.display()
+            )?;
+            for line in &in_tree.lines {
+                writeln!(out, "                 {}:", line.name)?;
+                for text in line.line.lines() {
+                    writeln!(out, "                   {text}")?;
+                }
+            }
+        }
+        InstallOutcome::Manager(report) => print_manager(out, report)?,
+    }
+    Ok(())
+}
+
+fn print_manager(out: &mut impl Write, r: &ManagerReport) -> std::io::Result<()> {
+    let name = r.manager.name();
+    let shown = |p: &std::path::Path| escape::text(&p.display().to_string());
+    writeln!(out, "git hooks:       through {name} ({})", shown(&r.config))?;
+    let (created, edited) = if r.dry_run { ("would create", "would edit") } else { ("created", "edited") };
+    for edit in &r.edits {
+        let what = if edit.created { created } else { edited };
+        writeln!(out, "                 {what} {} ({})", shown(&edit.path), edit.hooks.join(", "))?;
+        for line in edit.diff.lines() {
+            writeln!(out, "                 {}", escape::text(line))?;
+        }
+    }
+    for step in &r.manual {
+        writeln!(
+            out,
+            "                 add to {} yourself ({}: {}):",
+            shown(&step.path),
+            step.hooks.join(", "),
+            escape::text(&step.reason)
+        )?;
+        for line in step.add.lines() {
+            writeln!(out, "                   {}", escape::text(line))?;
+        }
+    }
+    if r.edits.is_empty() && r.manual.is_empty() {
+        writeln!(out, "                 {name} already runs tpa for {}", crate::hooks::HOOKS.join(", "))?;
+    }
+    if let Some(command) = &r.activate {
+        writeln!(
+            out,
+            "next:            run `{command}` so that git runs {name} for tpa's hooks in this clone"
         )?;
     }
     Ok(())

@@ -1,6 +1,8 @@
 //! The command line: one file per command that parses, calls an op and renders. The only code
 //! that prints, and the one place that decides how errors look and which exit code they get.
 
+mod approvals;
+mod approve;
 mod audit;
 mod completions;
 mod credential_process;
@@ -10,6 +12,7 @@ mod debug;
 mod doctor;
 mod env;
 mod exec;
+mod export;
 mod hook;
 mod init;
 mod log;
@@ -67,6 +70,9 @@ struct Cli {
 enum Command {
     Init(init::InitArgs),
     Request(request::RequestArgs),
+    Approvals(approvals::ApprovalsArgs),
+    Approve(approve::ApproveArgs),
+    Deny(approve::DenyArgs),
     Revoke(revoke::RevokeArgs),
     Sweep(sweep::SweepArgs),
     Sync(sync::SyncArgs),
@@ -84,6 +90,7 @@ enum Command {
     Show(show::ShowArgs),
     Verify(verify::VerifyArgs),
     Audit(audit::AuditArgs),
+    Export(export::ExportArgs),
     Doctor(doctor::DoctorArgs),
     Completions(completions::CompletionsArgs),
     Man(man::ManArgs),
@@ -122,6 +129,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Init(args) => init::run(&ctx, args),
         Command::Request(args) => request::run(&ctx, args),
+        Command::Approvals(args) => approvals::run(&ctx, args),
+        Command::Approve(args) => approve::approve(&ctx, args),
+        Command::Deny(args) => approve::deny(&ctx, args),
         Command::Revoke(args) => revoke::run(&ctx, args),
         Command::Sweep(args) => sweep::run(&ctx, args),
         Command::Sync(args) => sync::run(&ctx, args),
@@ -138,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Show(args) => show::run(&ctx, args),
         Command::Verify(args) => verify::run(&ctx, args),
         Command::Audit(args) => audit::run(&ctx, args),
+        Command::Export(args) => export::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man::run(args),

@@ -55,29 +55,39 @@ pub fn record_json(checked: &CheckedRecord) -> serde_json::Value {
 /// A spinner on stderr while tpa waits on the network; nothing at all when stderr is not a terminal.
 pub struct Spinner {
     stop: Option<(std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>,
+    message: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Spinner {
     pub fn start(message: &str) -> Spinner {
         use std::io::{IsTerminal, Write};
         use std::sync::atomic::{AtomicBool, Ordering};
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(escape::text(message)));
         if !std::io::stderr().is_terminal() {
-            return Spinner { stop: None };
+            return Spinner { stop: None, message: shared };
         }
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let message = escape::text(message);
+        let message = shared.clone();
         let handle = std::thread::spawn(move || {
             let frames = ['|', '/', '-', '\\'];
             let mut i = 0;
             while !flag.load(Ordering::Relaxed) {
-                let _ = write!(std::io::stderr(), "\r{} {message}", frames[i % frames.len()]);
+                let text = message.lock().map(|m| m.clone()).unwrap_or_default();
+                let _ = write!(std::io::stderr(), "\r\x1b[2K{} {text}", frames[i % frames.len()]);
                 i += 1;
                 std::thread::park_timeout(std::time::Duration::from_millis(100));
             }
             let _ = write!(std::io::stderr(), "\r\x1b[2K");
         });
-        Spinner { stop: Some((stop, handle)) }
+        Spinner { stop: Some((stop, handle)), message: shared }
+    }
+
+    /// What the spinner says from now on.
+    pub fn set_message(&self, message: &str) {
+        if let Ok(mut m) = self.message.lock() {
+            *m = escape::text(message);
+        }
     }
 }
 

@@ -6,7 +6,8 @@ use serde_json::json;
 use super::{Ctx, exit, print_json, render};
 use crate::escape;
 use crate::grant::parse_duration;
-use crate::ops::request::{self, RequestError, RequestSpec};
+use crate::ops::approval::Quorum;
+use crate::ops::request::{self, Approach, Outcome, RequestError, RequestSpec};
 use crate::policy::PolicyRefusal;
 use crate::provider::aws_sts::StsOptions;
 
@@ -16,7 +17,7 @@ use crate::provider::aws_sts::StsOptions;
 #[derive(Args)]
 pub struct RequestArgs {
     /// The role, as named in .tpa/policy.toml ([roles.NAME]).
-    #[arg(long, required_unless_present = "db", conflicts_with = "db")]
+    #[arg(long, required_unless_present_any = ["db", "resume"], conflicts_with = "db")]
     role: Option<String>,
     /// A database of provider rds-iam ([databases.NAME]): the grant is its role's STS session;
     /// `tpa db-token` and `tpa exec --db` turn it into IAM auth tokens.
@@ -43,6 +44,19 @@ pub struct RequestArgs {
     /// Print the credentials themselves, once, for scripts.
     #[arg(long, value_enum)]
     format: Option<SecretFormat>,
+    /// Grant at once without approvals, where the role allows break-glass: everyone is told, and
+    /// the grant stays an audit finding until an approver reviews it (`tpa approve ID`).
+    #[arg(long)]
+    break_glass: bool,
+    /// Where approvals are needed: record the request and return at once, instead of waiting.
+    #[arg(long, conflicts_with = "break_glass")]
+    no_wait: bool,
+    /// Continue a request that waits for approvals: wait again, or mint once approved.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["role", "db", "break_glass"])]
+    resume: Option<crate::grant::GrantId>,
+    /// How often to fetch the ledger while waiting for approvals.
+    #[arg(long, value_parser = crate::grant::parse_timeout, default_value = "2s")]
+    poll: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -68,29 +82,35 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     };
     let now = super::now();
     let started = std::time::Instant::now();
-    let planned = loop {
-        match request::plan(&repo, &spec, now) {
-            Err(RequestError::Refused(
-                refusal @ (PolicyRefusal::ReasonMissing | PolicyRefusal::ReasonTooShort { .. }),
-            )) if super::interactive() => {
-                eprintln!("{refusal}");
-                spec.reason = Some(dialoguer::Input::<String>::new().with_prompt("reason").interact_text()?);
+    let planned = match &args.resume {
+        Some(_) => None,
+        None => Some(loop {
+            match request::plan(&repo, &spec, now) {
+                Err(RequestError::Refused(
+                    refusal @ (PolicyRefusal::ReasonMissing | PolicyRefusal::ReasonTooShort { .. }),
+                )) if super::interactive() => {
+                    eprintln!("{refusal}");
+                    spec.reason =
+                        Some(dialoguer::Input::<String>::new().with_prompt("reason").interact_text()?);
+                }
+                other => break other?,
             }
-            other => break other?,
-        }
+        }),
     };
-    if !planned.kind().is_sts_session() && args.format.is_some() {
-        anyhow::bail!(
-            "--format prints AWS credentials, and a {} grant has none: connect with `tpa exec --db {} -- psql`",
-            planned.kind(),
-            args.db.as_deref().unwrap_or_default()
-        );
-    }
-    if planned.trust.origin == crate::trust::TrustOrigin::LocalNoRemote {
-        eprintln!(
-            "note: no remote: policy was read from the local branch {}, which nobody reviewed",
-            render::branch(&planned.trust.refname)
-        );
+    if let Some(planned) = &planned {
+        if !planned.kind().is_sts_session() && args.format.is_some() {
+            anyhow::bail!(
+                "--format prints AWS credentials, and a {} grant has none: connect with `tpa exec --db {} -- psql`",
+                planned.kind(),
+                args.db.as_deref().unwrap_or_default()
+            );
+        }
+        if planned.trust.origin == crate::trust::TrustOrigin::LocalNoRemote {
+            eprintln!(
+                "note: no remote: policy was read from the local branch {}, which nobody reviewed",
+                render::branch(&planned.trust.refname)
+            );
+        }
     }
     let plan_elapsed = started.elapsed();
     let signer = ctx.signer(&repo)?;
@@ -98,16 +118,62 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     // From the intent record on, a signal must not leave a live session without its outcome
     // recorded: signals only set a flag, which the executor reads at its safe points.
     let interruption = crate::interrupt::Interruption::catch()?;
-    let spinner =
-        render::Spinner::start(&format!("asking {} for {}", planned.kind(), escape::text(&planned.what)));
-    let granted = request::execute(&repo, planned, &signer, &crate::secrets::OsKeyring, &interruption);
+    let what = planned.as_ref().map(|p| format!("asking {} for {}", p.kind(), p.what));
+    let spinner = render::Spinner::start(what.as_deref().unwrap_or("looking for approvals"));
+    let wait = (!args.no_wait).then(|| std::time::Duration::from_secs(args.poll));
+    let mut told = false;
+    let mut on_wait = |quorum: &Quorum| {
+        if let Quorum::Waiting { have, need, approvers } = quorum {
+            let message = format!(
+                "waiting for {} approval(s) from {}",
+                need - have,
+                approvers.iter().map(|a| escape::text(a)).collect::<Vec<_>>().join(", ")
+            );
+            spinner.set_message(&message);
+            if !told && wait.is_some() {
+                told = true;
+                eprintln!("tpa: request recorded; {message} (Ctrl-C stops waiting; the request stays)");
+            }
+        }
+    };
+    let outcome = match (planned, &args.resume) {
+        (Some(planned), _) => {
+            let approach = Approach { break_glass: args.break_glass, wait };
+            request::execute(
+                &repo,
+                planned,
+                &signer,
+                &crate::secrets::OsKeyring,
+                &interruption,
+                &approach,
+                &mut on_wait,
+            )
+        }
+        (None, Some(id)) => request::resume(
+            &repo,
+            id,
+            &spec,
+            &signer,
+            &crate::secrets::OsKeyring,
+            &interruption,
+            wait,
+            &mut on_wait,
+        ),
+        (None, None) => unreachable!("a request is planned unless it resumes"),
+    };
     drop(spinner);
-    let granted = match granted {
+    let granted = match outcome {
+        Err(e @ RequestError::WaitInterrupted { .. }) => {
+            eprintln!("tpa: {e}");
+            return Ok(exit::INTERRUPTED);
+        }
         Err(e) if e.is_interruption() => {
             eprintln!("tpa: {e}");
             return Ok(exit::INTERRUPTED);
         }
-        other => other?,
+        Err(e) => return Err(e.into()),
+        Ok(Outcome::Awaiting { grant_id, quorum }) => return awaiting(&repo, &grant_id, &quorum, args.json),
+        Ok(Outcome::Granted(granted)) => *granted,
     };
     if interruption.is_set() {
         eprintln!(
@@ -195,6 +261,41 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     }
     if args.format.is_some() && std::io::stdout().is_terminal() {
         eprintln!("note: these are live credentials; they were printed because --format asked for them");
+    }
+    Ok(exit::OK)
+}
+
+/// A request recorded and waiting for approvals (`--no-wait`, or no quorum yet).
+fn awaiting(
+    repo: &git2::Repository,
+    grant_id: &crate::grant::GrantId,
+    quorum: &Quorum,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let finished = crate::ops::finish::after_write(repo, &[], super::now());
+    super::report_finished(&finished);
+    let (have, need, approvers) = match quorum {
+        Quorum::Waiting { have, need, approvers } => (*have, *need, approvers.clone()),
+        _ => (0, 0, Vec::new()),
+    };
+    if json {
+        print_json(&json!({
+            "grant_id": grant_id,
+            "state": "awaiting_approval",
+            "approvals": have,
+            "needed": need,
+            "approvers": approvers,
+        }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "request {grant_id} recorded: waiting for {} approval(s)", need - have)?;
+        writeln!(
+            out,
+            "  approvers  {}",
+            approvers.iter().map(|a| escape::text(a)).collect::<Vec<_>>().join(", ")
+        )?;
+        writeln!(out, "  they run   tpa approve {grant_id}")?;
+        writeln!(out, "  then       tpa request --resume {grant_id}")?;
     }
     Ok(exit::OK)
 }

@@ -29,16 +29,15 @@ use sha2::{Digest, Sha256};
 use super::notes::{self, Dir, Entry, Note, NoteKey};
 use super::signature::KeyCache;
 use super::signers::AllowedSigners;
-use super::verify::{self, Finding, Line, Placed};
-use crate::grant::Record;
+use super::verify::{self, Finding, Kept, Line, Placed};
 
 /// A note at the tip, with its lines checked (now, or by an earlier run: the verify cache).
 #[derive(Clone, Debug)]
 pub struct CheckedNote {
     pub note: Note,
     pub lines: Vec<Line>,
-    /// The record of each line whose payload is one (same order as `lines`); only when asked for.
-    pub records: Vec<Option<Record>>,
+    /// The record and signer of each line (same order as `lines`); only when asked for.
+    pub records: Vec<Kept>,
     /// Checked in this run from its blob (not taken from the cache).
     pub fresh: bool,
 }
@@ -124,7 +123,7 @@ impl Checked {
         for note in self.notes {
             let mut records = note.records.into_iter();
             for line in note.lines {
-                let record = records.next().flatten();
+                let kept = records.next().unwrap_or_default();
                 let this = index;
                 index += 1;
                 if across.copies[this] {
@@ -135,8 +134,9 @@ impl Checked {
                 out.push(verify::CheckedRecord {
                     annotated: note.note.key.annotated,
                     line_no: line.line_no as usize,
-                    record,
+                    record: kept.record,
                     payload_sha256: line.payload_sha256.map(hex::encode),
+                    signer: kept.signer,
                     findings,
                 });
             }
@@ -440,11 +440,17 @@ fn check_notes(
                 CheckedNote { note: *note, lines: Vec::new(), records: Vec::new(), fresh: true };
             let mut hashes = Vec::new();
             for (line_no, raw) in verify::numbered_lines(blob.content()) {
-                let (line, record) =
-                    verify::check_line(note.key.annotated, line_no, raw, signers, &mut worker.keys);
+                let (line, kept) = verify::check_line(
+                    note.key.annotated,
+                    line_no,
+                    raw,
+                    signers,
+                    &mut worker.keys,
+                    keep_records,
+                );
                 checked.lines.push(line);
                 if keep_records {
-                    checked.records.push(record);
+                    checked.records.push(kept);
                 }
                 hashes.push(hasher.hash_one(raw));
             }

@@ -4,6 +4,7 @@
 //! signed bytes are exactly the UTF-8 bytes of `payload` (see docs/ledger-format.md).
 
 pub mod check;
+pub mod delivery;
 pub mod notes;
 pub mod restore;
 pub mod signature;
@@ -65,4 +66,32 @@ pub fn append(repo: &Repository, record: &Record, signer: &Signer) -> Result<App
     let line = NoteLine { payload, sig }.to_line();
     let notes_commit = notes::append_line(repo, annotated, &line)?;
     Ok(Appended { payload_sha256, notes_commit })
+}
+
+/// A line of a note at the ledger's tip, unparsed.
+#[derive(Clone, Debug)]
+pub struct StoredLine {
+    pub annotated: Oid,
+    /// 1-based line number within the note.
+    pub line_no: usize,
+    pub text: String,
+}
+
+/// Every line of every note in the notes commit `tip` (for export and the audit's events, which
+/// read records without the checks across records).
+pub fn read_lines(repo: &Repository, tip: Option<Oid>) -> Result<Vec<StoredLine>, git2::Error> {
+    let Some(tip) = tip else { return Ok(Vec::new()) };
+    let tree = repo.find_commit(tip)?.tree()?;
+    let mut out = Vec::new();
+    for note in notes::list_notes(repo, &tree)? {
+        let blob = repo.find_blob(note.blob)?;
+        for (line_no, raw) in verify::numbered_lines(blob.content()) {
+            out.push(StoredLine {
+                annotated: note.annotated,
+                line_no,
+                text: String::from_utf8_lossy(raw).into_owned(),
+            });
+        }
+    }
+    Ok(out)
 }

@@ -12,10 +12,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use ssh_key::SshSig;
 
-use super::NoteLine;
 use super::notes;
 use super::signature::{self, KeyCache};
 use super::signers::{AllowedSigners, NAMESPACE, SignerCheck};
+use super::{NoteLine, StoredLine};
 use crate::grant::{GrantId, Record, RecordKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -106,6 +106,9 @@ pub struct CheckedRecord {
     pub line_no: usize,
     pub record: Option<Record>,
     pub payload_sha256: Option<String>,
+    /// The SHA256 fingerprint of the key whose signature over the payload verified (trusted or
+    /// not): who really signed, whatever the record says (self-approval is judged by key too).
+    pub signer: Option<String>,
     pub findings: Vec<Finding>,
 }
 
@@ -168,9 +171,9 @@ impl GrantKey {
     }
 }
 
-/// What a record names as its grant's intent (`intent_sha256`).
+/// A payload a record names by its sha256 (`intent_sha256`, `request_sha256`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IntentRef {
+pub enum PayloadRef {
     /// 64 lower-case hex digits, decoded.
     Sha([u8; 32]),
     /// Anything else (upper-case digits pass record validation): it names no payload, since
@@ -217,31 +220,37 @@ impl CommitRef {
 pub struct Facts {
     pub grant: GrantKey,
     pub kind: RecordKind,
-    /// None for an intent (record validation refuses one there), set for every other kind.
-    pub intent: Option<IntentRef>,
+    /// The intent it names: never on a request, intent or approval (record validation refuses
+    /// one there); on the other kinds unless they name a request instead (a cancelled request).
+    pub intent: Option<PayloadRef>,
+    /// The request it names: on approvals, and on every record of a grant asked for with one.
+    pub request: Option<PayloadRef>,
     pub commit: CommitRef,
 }
 
 impl Facts {
     pub fn of(record: &Record) -> Self {
-        let intent = record.intent_sha256.as_deref().map(|digest| {
+        let named = |digest: &str| {
             let mut raw = [0; 32];
             match hex::decode_to_slice(digest, &mut raw) {
-                Ok(()) if !digest.bytes().any(|b| b.is_ascii_uppercase()) => IntentRef::Sha(raw),
-                _ => IntentRef::Other,
+                Ok(()) if !digest.bytes().any(|b| b.is_ascii_uppercase()) => PayloadRef::Sha(raw),
+                _ => PayloadRef::Other,
             }
-        });
+        };
         Facts {
             grant: GrantKey::of(&record.grant_id),
             kind: record.kind,
-            intent,
+            intent: record.intent_sha256.as_deref().map(named),
+            request: record.request_sha256.as_deref().map(named),
             commit: CommitRef::of(&record.commit),
         }
     }
 
     /// Fits the verify cache: every id in its decoded form.
     pub fn is_plain(&self) -> bool {
-        matches!(self.commit, CommitRef::Sha1(_)) && !matches!(self.intent, Some(IntentRef::Other))
+        matches!(self.commit, CommitRef::Sha1(_))
+            && !matches!(self.intent, Some(PayloadRef::Other))
+            && !matches!(self.request, Some(PayloadRef::Other))
     }
 }
 
@@ -268,15 +277,40 @@ impl Line {
     }
 }
 
-/// Checks one stored line on its own. Returns the line and, when the payload is a valid record, the
-/// record (for the flows that read records; `tpa verify` drops it at once).
+/// What the flows that read records (log, show, status, the audit) keep of a line besides its
+/// [`Line`]: the record, and who really signed it.
+#[derive(Clone, Debug, Default)]
+pub struct Kept {
+    pub record: Option<Record>,
+    /// The SHA256 fingerprint of the key whose signature over the payload verified (trusted or
+    /// not), once the payload is a valid record: see [`CheckedRecord::signer`].
+    pub signer: Option<String>,
+}
+
+/// Checks one stored line on its own. Returns the line and, with `keep`, the record and its signer
+/// (`tpa verify` needs neither, and skips the fingerprint).
 pub fn check_line(
     annotated: Oid,
     line_no: usize,
     raw: &[u8],
     signers: &AllowedSigners,
     keys: &mut KeyCache,
-) -> (Line, Option<Record>) {
+    keep: bool,
+) -> (Line, Kept) {
+    let (line, record, signer) = check_line_inner(annotated, line_no, raw, signers, keys, keep);
+    let kept = if keep { Kept { record, signer } } else { Kept::default() };
+    (line, kept)
+}
+
+fn check_line_inner(
+    annotated: Oid,
+    line_no: usize,
+    raw: &[u8],
+    signers: &AllowedSigners,
+    keys: &mut KeyCache,
+    keep: bool,
+) -> (Line, Option<Record>, Option<String>) {
+    let mut signer = None;
     let commit = annotated.to_string();
     let mut checked =
         Line { line_no: line_no as u32, payload_sha256: None, facts: None, findings: Vec::new() };
@@ -298,7 +332,7 @@ pub fn check_line(
                 None,
                 format!("not a ledger line: {e}"),
             ));
-            return (checked, None);
+            return (checked, None, None);
         }
     };
     checked.payload_sha256 = Some(Sha256::digest(line.payload.as_bytes()).into());
@@ -319,7 +353,7 @@ pub fn check_line(
                 grant_id,
                 format!("not an SSH signature: {e}"),
             ));
-            return (checked, record);
+            return (checked, record, signer);
         }
     };
     if signature.namespace() != NAMESPACE {
@@ -330,6 +364,9 @@ pub fn check_line(
         checked.findings.push(finding(FindingKind::BadSignature, grant_id, message));
     } else if let Some(record) = &record {
         let fingerprint = || signature.public_key().fingerprint(ssh_key::HashAlg::Sha256);
+        if keep {
+            signer = Some(fingerprint().to_string());
+        }
         let email = &record.principal.email;
         let at = record.issued_at;
         let problem = match signers.check(signature.public_key(), email, at) {
@@ -355,7 +392,7 @@ pub fn check_line(
             checked.findings.push(finding(kind, grant_id, message));
         }
     }
-    (checked, record)
+    (checked, record, signer)
 }
 
 fn parse_payload(payload: &str) -> Result<Record, (FindingKind, String)> {
@@ -386,6 +423,47 @@ fn parse_payload(payload: &str) -> Result<Record, (FindingKind, String)> {
     Ok(record)
 }
 
+/// Checks each line on its own, and its place (`wrong_commit`), spread over the cores; no checks
+/// across records. For `tpa export` and the audit's events, which ship records one by one.
+pub fn check_lines(lines: Vec<StoredLine>, signers: &AllowedSigners) -> Vec<CheckedRecord> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    let chunk = lines.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = lines
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut keys = KeyCache::default();
+                    part.iter()
+                        .map(|stored| {
+                            let (line, kept) = check_line(
+                                stored.annotated,
+                                stored.line_no,
+                                stored.text.as_bytes(),
+                                signers,
+                                &mut keys,
+                                true,
+                            );
+                            let placed = [Placed { annotated: stored.annotated, line: &line }];
+                            let mut findings = line.findings.clone();
+                            findings.extend(wrong_commit(&placed).into_iter().map(|(_, f)| f));
+                            CheckedRecord {
+                                annotated: stored.annotated,
+                                line_no: stored.line_no,
+                                record: kept.record,
+                                payload_sha256: line.payload_sha256.map(hex::encode),
+                                signer: kept.signer,
+                                findings,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a checker thread never panics")).collect()
+    })
+}
+
 /// A line as the checks across records see it: where it is stored, and what it is.
 #[derive(Clone, Copy)]
 pub struct Placed<'a> {
@@ -403,19 +481,17 @@ pub struct Across {
     pub git_copies: Vec<GitCopy>,
 }
 
-/// The checks that depend on where a line is stored and on the other records: the record's place
-/// (`wrong_commit`), copies git made of it (`notes.rewriteRef`), and its grant's intent. They are
-/// always run over every line at the tip, whether its own checks were made now or read from the
-/// verify cache, so a record added, moved or removed changes what they find exactly as in a full
-/// check.
-pub fn check_across(lines: &[Placed<'_>]) -> Across {
-    let mut across = Across { copies: vec![false; lines.len()], ..Across::default() };
-    let wrong: Vec<bool> =
-        lines.iter().map(|p| p.line.facts.as_ref().is_some_and(|f| !f.commit.names(p.annotated))).collect();
+fn is_misplaced(placed: &Placed<'_>) -> bool {
+    placed.line.facts.as_ref().is_some_and(|f| !f.commit.names(placed.annotated))
+}
+
+/// A `wrong_commit` finding for each record stored on another commit than the one it names.
+fn wrong_commit(lines: &[Placed<'_>]) -> Vec<(usize, Finding)> {
+    let mut out = Vec::new();
     for (index, placed) in lines.iter().enumerate() {
-        if let (true, Some(facts)) = (wrong[index], &placed.line.facts) {
+        if let (true, Some(facts)) = (is_misplaced(placed), &placed.line.facts) {
             let commit = placed.annotated.to_string();
-            across.findings.push((
+            out.push((
                 index,
                 Finding {
                     kind: FindingKind::WrongCommit,
@@ -427,6 +503,18 @@ pub fn check_across(lines: &[Placed<'_>]) -> Across {
             ));
         }
     }
+    out
+}
+
+/// The checks that depend on where a line is stored and on the other records: the record's place
+/// (`wrong_commit`), copies git made of it (`notes.rewriteRef`), and its grant's intent. They are
+/// always run over every line at the tip, whether its own checks were made now or read from the
+/// verify cache, so a record added, moved or removed changes what they find exactly as in a full
+/// check.
+pub fn check_across(lines: &[Placed<'_>]) -> Across {
+    let mut across = Across { copies: vec![false; lines.len()], ..Across::default() };
+    let wrong: Vec<bool> = lines.iter().map(is_misplaced).collect();
+    across.findings = wrong_commit(lines);
 
     // Git copies: a record on a commit it does not name whose payload is also stored, unaltered
     // and in its right place, on the commit it names. Such a copy is no second record and no
@@ -456,19 +544,52 @@ pub fn check_across(lines: &[Placed<'_>]) -> Across {
         across.findings.retain(|(index, _)| !copies[*index]);
     }
 
-    // Each later record names its grant's intent.
+    // Each later record names its grant's intent, and a record naming a request names its
+    // grant's request.
     let mut intents: HashMap<GrantKey, Vec<[u8; 32]>> = HashMap::new();
+    let mut requests: HashMap<GrantKey, Vec<[u8; 32]>> = HashMap::new();
     for (index, placed) in lines.iter().enumerate() {
         if let (Some(facts), Some(sha), false) =
             (&placed.line.facts, placed.line.payload_sha256, across.copies[index])
-            && facts.kind == RecordKind::Intent
         {
-            intents.entry(facts.grant).or_default().push(sha);
+            match facts.kind {
+                RecordKind::Intent => intents.entry(facts.grant).or_default().push(sha),
+                RecordKind::Request => requests.entry(facts.grant).or_default().push(sha),
+                _ => {}
+            }
         }
     }
     for (index, placed) in lines.iter().enumerate() {
         let Some(facts) = &placed.line.facts else { continue };
-        if facts.kind == RecordKind::Intent || across.copies[index] {
+        if facts.kind == RecordKind::Request || across.copies[index] {
+            continue;
+        }
+        // A record naming a request (approvals, the intent of an approved grant, a cancelled
+        // request) must name this grant's request.
+        if let Some(named) = facts.request
+            && !requests
+                .get(&facts.grant)
+                .is_some_and(|shas| shas.iter().any(|s| named == PayloadRef::Sha(*s)))
+        {
+            let grant_id = facts.grant.grant_id();
+            let shown = grant_id.as_ref().map(ToString::to_string).unwrap_or_default();
+            across.findings.push((
+                index,
+                Finding {
+                    kind: if requests.contains_key(&facts.grant) {
+                        FindingKind::IntentMismatch
+                    } else {
+                        FindingKind::OrphanRecord
+                    },
+                    commit: Some(placed.annotated.to_string()),
+                    line: Some(placed.line.line_no as usize),
+                    grant_id,
+                    message: format!("{} record names a request that is not grant {shown}'s", facts.kind),
+                },
+            ));
+            continue;
+        }
+        if matches!(facts.kind, RecordKind::Intent | RecordKind::Approval) || facts.intent.is_none() {
             continue;
         }
         let grant_id = facts.grant.grant_id();
@@ -485,7 +606,7 @@ pub fn check_across(lines: &[Placed<'_>]) -> Across {
                 message: format!("{} record for grant {shown} whose intent is not in the ledger", facts.kind),
                 ..base
             },
-            Some(shas) if !shas.iter().any(|s| facts.intent == Some(IntentRef::Sha(*s))) => Finding {
+            Some(shas) if !shas.iter().any(|s| facts.intent == Some(PayloadRef::Sha(*s))) => Finding {
                 kind: FindingKind::IntentMismatch,
                 message: format!("{} record names an intent that is not grant {shown}'s", facts.kind),
                 ..base

@@ -18,14 +18,14 @@ use sha2::{Digest, Sha256};
 use super::check::{Base, BaseNote, Checked, Removed};
 use super::notes::{Note, NoteKey};
 use super::signers::AllowedSigners;
-use super::verify::{CommitRef, Facts, Finding, FindingKind, GrantKey, IntentRef, Line};
+use super::verify::{CommitRef, Facts, Finding, FindingKind, GrantKey, Line, PayloadRef};
 use crate::grant::RecordKind;
 
 /// The file's name in the state dir.
 pub const FILE: &str = "verify-cache";
 const MAGIC: &[u8] = b"tpa verify cache\n";
 /// Bumped whenever what is stored, or what a stored entry means, changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// What a cache must have been written for, besides its tip.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,13 +114,15 @@ pub fn encode(key: &Key, checked: &Checked) -> Vec<u8> {
             out.extend_from_slice(sha);
             out.extend_from_slice(&facts.grant.0);
             out.push(kind_byte(facts.kind));
-            match facts.intent {
-                None => out.push(0),
-                Some(IntentRef::Sha(intent)) => {
-                    out.push(1);
-                    out.extend_from_slice(&intent);
+            for named in [facts.intent, facts.request] {
+                match named {
+                    None => out.push(0),
+                    Some(PayloadRef::Sha(sha)) => {
+                        out.push(1);
+                        out.extend_from_slice(&sha);
+                    }
+                    Some(PayloadRef::Other) => unreachable!("a clean line's digests are plain"),
                 }
-                Some(IntentRef::Other) => unreachable!("a clean line's intent is plain"),
             }
             out.extend_from_slice(commit);
         }
@@ -176,7 +178,7 @@ pub fn decode(bytes: &[u8], key: &Key) -> Result<Base, Refused> {
         let lines = match r.byte()? {
             0 => None,
             1 => {
-                let count = r.count(84)?;
+                let count = r.count(85)?;
                 let mut lines = Vec::with_capacity(count);
                 for _ in 0..count {
                     let line_no = r.u32()?;
@@ -186,19 +188,16 @@ pub fn decode(bytes: &[u8], key: &Key) -> Result<Base, Refused> {
                         return Err(damaged("a grant id is invalid"));
                     }
                     let kind = kind_of(r.byte()?).ok_or(damaged("a record kind is invalid"))?;
-                    let intent = match r.byte()? {
-                        0 => None,
-                        1 => Some(IntentRef::Sha(r.array()?)),
-                        _ => return Err(damaged("an intent reference is invalid")),
-                    };
-                    if intent.is_none() != (kind == RecordKind::Intent) {
-                        return Err(damaged("an intent reference does not fit its record"));
+                    let intent = r.payload_ref()?;
+                    let request = r.payload_ref()?;
+                    if !fits(kind, intent.is_some(), request.is_some()) {
+                        return Err(damaged("a payload reference does not fit its record"));
                     }
                     let commit = CommitRef::Sha1(r.array()?);
                     lines.push(Line {
                         line_no,
                         payload_sha256: Some(payload),
-                        facts: Some(Facts { grant, kind, intent, commit }),
+                        facts: Some(Facts { grant, kind, intent, request, commit }),
                         findings: Vec::new(),
                     });
                 }
@@ -248,6 +247,8 @@ fn kind_byte(kind: RecordKind) -> u8 {
         RecordKind::Grant => 1,
         RecordKind::Failed => 2,
         RecordKind::Revoke => 3,
+        RecordKind::Request => 4,
+        RecordKind::Approval => 5,
     }
 }
 
@@ -257,8 +258,22 @@ fn kind_of(byte: u8) -> Option<RecordKind> {
         1 => RecordKind::Grant,
         2 => RecordKind::Failed,
         3 => RecordKind::Revoke,
+        4 => RecordKind::Request,
+        5 => RecordKind::Approval,
         _ => return None,
     })
+}
+
+/// Whether a record of `kind` may name an intent and a request as stored, by the rules of
+/// `Record::validate`: a stored entry that breaks them was not written by tpa.
+fn fits(kind: RecordKind, intent: bool, request: bool) -> bool {
+    use RecordKind::*;
+    match kind {
+        Request => !intent && !request,
+        Intent => !intent,
+        Approval => !intent && request,
+        Grant | Failed | Revoke => intent || request,
+    }
 }
 
 struct Reader<'a> {
@@ -297,6 +312,14 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
+    fn payload_ref(&mut self) -> Result<Option<PayloadRef>, Refused> {
+        match self.byte()? {
+            0 => Ok(None),
+            1 => Ok(Some(PayloadRef::Sha(self.array()?))),
+            _ => Err(Refused::Damaged("a payload reference is invalid")),
+        }
+    }
+
     fn oid(&mut self) -> Result<Oid, Refused> {
         Oid::from_bytes(self.take(20)?).map_err(|_| Refused::Damaged("an object id is invalid"))
     }
@@ -325,6 +348,7 @@ mod tests {
                 grant,
                 kind: RecordKind::Intent,
                 intent: None,
+                request: None,
                 commit: CommitRef::Sha1([9; 20]),
             }),
             findings: vec![],
@@ -335,7 +359,8 @@ mod tests {
             facts: Some(Facts {
                 grant,
                 kind: RecordKind::Revoke,
-                intent: Some(IntentRef::Sha([1; 32])),
+                intent: Some(PayloadRef::Sha([1; 32])),
+                request: Some(PayloadRef::Sha([6; 32])),
                 commit: CommitRef::Sha1([9; 20]),
             }),
             findings: vec![],

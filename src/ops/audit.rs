@@ -82,11 +82,51 @@ pub struct AuditedGrant {
     pub verified: bool,
 }
 
+/// The checks an audit runs, beyond the ledger's own: stable names (`--json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    Ledger,
+    Aws,
+    Iam,
+    Cloudtrail,
+    Postgres,
+}
+
+impl Check {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Ledger => "ledger",
+            Check::Aws => "aws",
+            Check::Iam => "iam",
+            Check::Cloudtrail => "cloudtrail",
+            Check::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Ran,
+    Skipped,
+    Failed,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Ran => "ran",
+            CheckStatus::Skipped => "skipped",
+            CheckStatus::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckRun {
-    pub name: &'static str,
-    /// `ran`, `skipped` or `failed`.
-    pub status: &'static str,
+    pub name: Check,
+    pub status: CheckStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -124,7 +164,7 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
     let now = options.now;
     let view = ledger::verify_read_only(repo)?;
     let mut findings: Vec<Finding> = view.report.all_findings().map(integrity_finding).collect();
-    let mut checks = vec![CheckRun { name: "ledger", status: "ran", detail: None }];
+    let mut checks = vec![CheckRun { name: Check::Ledger, status: CheckStatus::Ran, detail: None }];
     let all = grants::from_records(&view.report.records, now);
 
     let trust = view.trust.clone().or_else(|| TrustRef::resolve(repo).ok());
@@ -236,8 +276,8 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
     match &options.aws {
         Some(aws) => provider_checks(&all, aws, options, &mut findings, &mut checks, now),
         None => checks.push(CheckRun {
-            name: "aws",
-            status: "skipped",
+            name: Check::Aws,
+            status: CheckStatus::Skipped,
             detail: Some("--offline: IAM and CloudTrail were not asked".into()),
         }),
     }
@@ -353,8 +393,7 @@ fn dangling(
     me: Option<&crate::grant::Principal>,
     now: DateTime<Utc>,
 ) -> Option<Finding> {
-    let holds = me
-        .is_some_and(|me| grant.intent.principal.email == me.email && grant.intent.principal.host == me.host);
+    let holds = me.is_some_and(|me| grant.grantee().email == me.email && grant.grantee().host == me.host);
     let mut lifecycle_facts =
         lifecycle::GrantFacts::from_record(grant.issued.as_ref().unwrap_or(&grant.intent)).ok()?;
     lifecycle_facts.expires_at = grant.expires_at;
@@ -505,6 +544,94 @@ fn history_findings(
     if grant.issued.is_some() {
         findings.extend(audit::policy_deviations(facts, then.as_ref(), current));
     }
+    approval_findings(grant, facts, then.as_ref().unwrap_or(current), findings);
+}
+
+/// Approvals, judged under the policy the grant was checked against: a grant on a role that
+/// required approvals without a counting quorum before its intent (how a modified tpa or a
+/// hand-written record shows), approvals that could never count, and break-glass grants nobody
+/// reviewed.
+fn approval_findings(grant: &GrantView, facts: &GrantFacts, policy: &Policy, findings: &mut Vec<Finding>) {
+    use crate::ops::approval::{self, ApprovalProblem, Quorum};
+    let Some(rules) = approval::rules_for(policy, grant) else { return };
+    for a in &grant.approvals {
+        let (kind, message) = match approval::problem(grant, a, policy, rules) {
+            Some(ApprovalProblem::SelfApproval) => (
+                "self_approval",
+                format!("{} approved their own request", crate::escape::text(&a.record.principal.email)),
+            ),
+            Some(ApprovalProblem::NotAnApprover) => (
+                "approval_by_non_approver",
+                format!(
+                    "{} signed an approval but is not an approver of {}",
+                    crate::escape::text(&a.record.principal.email),
+                    crate::escape::text(&approval::what(grant))
+                ),
+            ),
+            None => continue,
+        };
+        findings.push(
+            Finding::new(
+                Severity::Error,
+                Category::Policy,
+                kind,
+                message,
+                "it did not count; find out why it was written",
+            )
+            .about(facts),
+        );
+    }
+    let Some(intent_at) = grant.issued.as_ref().map(|_| grant.intent.issued_at) else { return };
+    if grant.break_glass && rules.break_glass {
+        if !approval::reviewed(grant, policy) {
+            let due = intent_at + chrono::Duration::seconds(rules.review_within as i64);
+            let late = crate::clock::now() > due;
+            findings.push(
+                Finding::new(
+                    if late { Severity::Error } else { Severity::Warning },
+                    Category::Policy,
+                    "break_glass_unreviewed",
+                    format!(
+                        "a break-glass grant nobody has reviewed{}",
+                        if late { format!(" (it was due by {})", due.to_rfc3339()) } else { String::new() }
+                    ),
+                    "an approver looks at what was done and runs `tpa approve GRANT` (a review)",
+                )
+                .about(facts),
+            );
+        }
+        return;
+    }
+    if rules.approvals == 0 {
+        return;
+    }
+    // The approvals that counted when the grant was minted: judged as of its intent.
+    let quorum = match (&grant.request, grant.request_sha256.as_ref()) {
+        (Some(_), Some(_)) => {
+            let mut before = grant.clone();
+            before.state = GrantState::AwaitingApproval;
+            before.approvals.retain(|a| a.record.issued_at <= intent_at);
+            approval::evaluate(&before, policy, rules, intent_at)
+        }
+        _ => Quorum::Closed,
+    };
+    if !matches!(quorum, Quorum::Reached { .. }) {
+        findings.push(
+            Finding::new(
+                Severity::Error,
+                Category::Policy,
+                "grant_without_approval",
+                format!(
+                    "{} needed {} approval(s) under the policy it was checked against, and no counting \
+                     quorum came before it was minted",
+                    crate::escape::text(&approval::what(grant)),
+                    rules.approvals
+                ),
+                "find out how it was minted (a modified tpa, a hand-written record); revoke it if it is still open",
+            )
+            .about(facts),
+        );
+    }
 }
 
 /// A grant that is an STS session on a role (rds-iam grants are too).
@@ -532,7 +659,11 @@ fn provider_checks(
         .filter(|g| matches!(g.state, GrantState::Active | GrantState::Pending | GrantState::Irrevocable))
         .collect();
     if revoked.is_empty() && open.is_empty() && !options.cloudtrail {
-        checks.push(CheckRun { name: "iam", status: "skipped", detail: Some("no grant needed it".into()) });
+        checks.push(CheckRun {
+            name: Check::Iam,
+            status: CheckStatus::Skipped,
+            detail: Some("no grant needed it".into()),
+        });
         return;
     }
     let iam = AwsIam::new(aws.profile.as_deref(), aws.timeout);
@@ -599,7 +730,7 @@ fn provider_checks(
         }
     }
     checks.push(match failed.is_empty() {
-        true => CheckRun { name: "iam", status: "ran", detail: None },
+        true => CheckRun { name: Check::Iam, status: CheckStatus::Ran, detail: None },
         false => {
             findings.push(Finding::new(
                 Severity::Error,
@@ -609,7 +740,7 @@ fn provider_checks(
                 "give the auditor iam:GetPolicy, iam:ListPolicyVersions, iam:GetPolicyVersion, iam:ListAttachedRolePolicies and \
                  iam:GetRole, or run with --offline to audit the ledger alone",
             ));
-            CheckRun { name: "iam", status: "failed", detail: Some(failed.join("; ")) }
+            CheckRun { name: Check::Iam, status: CheckStatus::Failed, detail: Some(failed.join("; ")) }
         }
     });
 
@@ -638,7 +769,11 @@ fn cloudtrail_check(
                 format!("CloudTrail could not be read: {e}"),
                 "give the auditor cloudtrail:LookupEvents in the roles' region (--region)",
             ));
-            checks.push(CheckRun { name: "cloudtrail", status: "failed", detail: Some(e.to_string()) });
+            checks.push(CheckRun {
+                name: Check::Cloudtrail,
+                status: CheckStatus::Failed,
+                detail: Some(e.to_string()),
+            });
             return;
         }
     };
@@ -654,8 +789,8 @@ fn cloudtrail_check(
         findings.push(unrecorded_finding(event));
     }
     checks.push(CheckRun {
-        name: "cloudtrail",
-        status: "ran",
+        name: Check::Cloudtrail,
+        status: CheckStatus::Ran,
         detail: Some(format!("{} AssumeRole events, {unrecorded} with no record", events.len())),
     });
 }
@@ -719,8 +854,8 @@ fn postgres_checks(
             Ok(roles) => roles,
             Err(crate::provider::postgres::DbAdminError::NoAdmin { variables, .. }) => {
                 checks.push(CheckRun {
-                    name: "postgres",
-                    status: "skipped",
+                    name: Check::Postgres,
+                    status: CheckStatus::Skipped,
                     detail: Some(format!("database {}: no admin connection ({variables})", database.name)),
                 });
                 continue;
@@ -734,8 +869,8 @@ fn postgres_checks(
                     "give the auditor an admin connection that may read pg_roles, or run with --offline",
                 ));
                 checks.push(CheckRun {
-                    name: "postgres",
-                    status: "failed",
+                    name: Check::Postgres,
+                    status: CheckStatus::Failed,
                     detail: Some(database.name.clone()),
                 });
                 continue;
@@ -791,6 +926,10 @@ fn postgres_checks(
                 );
             }
         }
-        checks.push(CheckRun { name: "postgres", status: "ran", detail: Some(database.name.clone()) });
+        checks.push(CheckRun {
+            name: Check::Postgres,
+            status: CheckStatus::Ran,
+            detail: Some(database.name.clone()),
+        });
     }
 }

@@ -75,6 +75,12 @@ impl GitContext {
             trigger: None,
             result: None,
             error: None,
+            request_sha256: None,
+            decision: None,
+            approvals: None,
+            break_glass: None,
+            approve_by: None,
+            delivery_key: None,
         }
     }
 }

@@ -245,6 +245,10 @@ fn hooks(repo: &Repository, binary: Option<&Path>) -> Check {
             );
         }
     };
+    if let Some(found) = repo.workdir().and_then(crate::hooks::managers::detect) {
+        let workdir = repo.workdir().unwrap_or(Path::new("."));
+        return managed_hooks(&crate::hooks::managers::inspect(workdir, &dir, &found), on_path("tpa-hook"));
+    }
     let shown = crate::escape::text(&dir.dir.display().to_string());
     let mut missing = Vec::new();
     let mut outdated = Vec::new();
@@ -278,6 +282,68 @@ fn hooks(repo: &Repository, binary: Option<&Path>) -> Check {
     } else {
         Check::ok(ID, format!("{} installed in {shown}", crate::hooks::HOOKS.join(", ")))
     }
+}
+
+/// The hooks check where a hook manager owns the hooks: tpa must be in the manager's configuration
+/// for every hook, git must run the manager for it, and the `tpa-hook` those lines call must be on
+/// PATH.
+fn managed_hooks(report: &crate::hooks::ManagerReport, tpa_hook: Option<std::path::PathBuf>) -> Check {
+    const ID: &str = "hooks";
+    let manager = report.manager.name();
+    let config = crate::escape::text(&report.config.display().to_string());
+    let names = |pick: &dyn Fn(&crate::hooks::managers::ManagedHook) -> bool| -> Vec<&str> {
+        report.hooks.iter().filter(|h| pick(h)).map(|h| h.name).collect()
+    };
+    let unconfigured = names(&|h| !h.configured);
+    if !unconfigured.is_empty() {
+        return Check::fail(
+            ID,
+            format!("{manager} ({config}) does not run tpa for: {}", unconfigured.join(", ")),
+            format!("run `tpa init`: it adds tpa to {manager}'s files, or says exactly what to add"),
+        );
+    }
+    let unwired = names(&|h| !h.wired);
+    if !unwired.is_empty() {
+        let command = report.activate.clone().unwrap_or_else(|| format!("{manager} install"));
+        return Check::fail(
+            ID,
+            format!("git does not run {manager} in this clone for: {}", unwired.join(", ")),
+            format!("run `{command}`"),
+        );
+    }
+    let Some(tpa_hook) = tpa_hook else {
+        return Check::fail(
+            ID,
+            format!("{manager} runs `tpa-hook` from PATH, and it is not on PATH"),
+            "install tpa with ./install.sh (tpa and tpa-hook into ~/.local/bin) and put that directory on PATH",
+        );
+    };
+    Check::ok(
+        ID,
+        format!(
+            "{} through {manager} ({config}); tpa-hook is {}",
+            crate::hooks::HOOKS.join(", "),
+            crate::escape::text(&tpa_hook.display().to_string())
+        ),
+    )
+}
+
+/// The file `name` resolves to on PATH, as sh would find it.
+fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            m.is_file() && {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    m.permissions().mode() & 0o111 != 0
+                }
+                #[cfg(not(unix))]
+                true
+            }
+        })
+    })
 }
 
 fn refspecs(repo: &Repository) -> Check {

@@ -48,7 +48,12 @@ pub fn after_write(repo: &Repository, written: &[Written<'_>], now: DateTime<Utc
     for w in written {
         let queued = match w {
             Written::Granted(record) => {
-                let queued = crate::ops::notifications::tell(repo, record, NotifyEvent::Grant, None, now);
+                let event = if record.break_glass == Some(true) {
+                    NotifyEvent::BreakGlass
+                } else {
+                    NotifyEvent::Grant
+                };
+                let queued = crate::ops::notifications::tell(repo, record, event, None, now);
                 if let Ok(me) = crate::ops::context::principal(repo) {
                     crate::ops::deliver::forget_ended(repo, &me.email, now);
                 }

@@ -29,11 +29,28 @@ pub struct GrantView {
     pub seconds_left: Option<i64>,
     /// Every record of the grant verified (signature and trusted signer).
     pub verified: bool,
-    /// The grant's intent record and the sha256 of its payload: what later records name.
+    /// The grant's intent record and the sha256 of its payload: what later records name. For a
+    /// request that has no intent yet, the request record (and an empty sha256).
     #[serde(skip)]
     pub intent: Record,
     #[serde(skip)]
     pub intent_sha256: String,
+    /// The request record, for grants asked for with one (approvals, break-glass).
+    #[serde(skip)]
+    pub request: Option<Record>,
+    #[serde(skip)]
+    pub request_sha256: Option<String>,
+    /// Who signed the request (or the intent): a key fingerprint, for telling self-approval by key.
+    #[serde(skip)]
+    pub requester_key: Option<String>,
+    /// Approval records naming this grant's request, oldest first.
+    #[serde(skip)]
+    pub approvals: Vec<ApprovalView>,
+    /// Granted at once under `break_glass`.
+    pub break_glass: bool,
+    /// The request's signature verifies with a key trusted at the trust ref (what a broker checks).
+    #[serde(skip)]
+    pub request_verified: bool,
     /// The newest grant record, once AWS issued credentials.
     #[serde(skip)]
     pub issued: Option<Record>,
@@ -43,10 +60,25 @@ pub struct GrantView {
 }
 
 impl GrantView {
+    /// Whom the grant is for: the requester (a broker may have written its intent and grant).
+    pub fn grantee(&self) -> &crate::grant::Principal {
+        &self.request.as_ref().unwrap_or(&self.intent).principal
+    }
+
     /// What the provider's backend needs to end it.
     pub fn ending(&self) -> Ending<'_> {
         Ending { grant_id: &self.grant_id, target: &self.target, database: self.intent.database.as_deref() }
     }
+}
+
+/// An approval record as counted: its payload's sha256 (what grant records name), and whether its
+/// signer is trusted at the trust ref and valid at its time.
+#[derive(Clone, Debug)]
+pub struct ApprovalView {
+    pub record: Record,
+    pub sha256: String,
+    pub verified: bool,
+    pub signer: Option<String>,
 }
 
 /// Records whose bytes are what their signer signed. Trust in the signer is not required here:
@@ -85,17 +117,39 @@ pub fn from_records(records: &[CheckedRecord], now: DateTime<Utc>) -> Vec<GrantV
 
 fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) -> Option<GrantView> {
     let records: Vec<&Record> = checked.iter().filter_map(|c| c.record.as_ref()).collect();
-    // A grant's story starts with its intent; records without one are verify's business.
-    let intent_checked =
-        checked.iter().find(|c| c.record.as_ref().is_some_and(|r| r.kind == RecordKind::Intent))?;
-    let intent = intent_checked.record.as_ref()?;
+    let first_of = |kind: RecordKind| {
+        checked
+            .iter()
+            .filter(|c| c.record.as_ref().is_some_and(|r| r.kind == kind))
+            .min_by_key(|c| c.record.as_ref().map(|r| r.issued_at))
+    };
+    let request_checked = first_of(RecordKind::Request);
+    // A grant's story starts with its request or intent; records without one are verify's business.
+    let intent_checked = first_of(RecordKind::Intent);
+    let origin = intent_checked.or(request_checked)?;
+    let intent = origin.record.as_ref()?;
+    let request_sha256 = request_checked.and_then(|c| c.payload_sha256.clone());
+    let mut approvals: Vec<ApprovalView> = checked
+        .iter()
+        .filter_map(|c| {
+            let record = c.record.as_ref().filter(|r| r.kind == RecordKind::Approval)?;
+            Some(ApprovalView {
+                record: record.clone(),
+                sha256: c.payload_sha256.clone()?,
+                verified: c.is_verified(),
+                signer: c.signer.clone(),
+            })
+        })
+        .collect();
+    approvals.sort_by_key(|a| a.record.issued_at);
     let issued = records.iter().filter(|r| r.kind == RecordKind::Grant).max_by_key(|r| r.issued_at);
     let state = GrantState::of(records.iter().copied(), now);
     let expires_at = issued.and_then(|g| g.expires_at);
     Some(GrantView {
         grant_id,
         state,
-        principal: intent.principal.email.clone(),
+        // Whom the grant is for: the requester, also when a broker wrote its intent and grant.
+        principal: request_checked.and_then(|c| c.record.as_ref()).unwrap_or(intent).principal.email.clone(),
         role: intent.role.clone(),
         target: intent.target.clone(),
         provider: ProviderKind::parse(&intent.provider),
@@ -107,7 +161,13 @@ fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) 
         seconds_left: expires_at.map(|at| (at - now).num_seconds().max(0)),
         verified: checked.iter().all(|c| c.is_verified()),
         intent: intent.clone(),
-        intent_sha256: intent_checked.payload_sha256.clone().unwrap_or_default(),
+        intent_sha256: intent_checked.and_then(|c| c.payload_sha256.clone()).unwrap_or_default(),
+        request: request_checked.and_then(|c| c.record.clone()),
+        request_sha256,
+        requester_key: origin.signer.clone(),
+        approvals,
+        break_glass: intent.break_glass == Some(true),
+        request_verified: request_checked.is_some_and(|c| c.is_verified()),
         issued: issued.map(|r| (*r).clone()),
         revokes: {
             let mut revokes: Vec<Record> =

@@ -106,7 +106,7 @@ pub fn init(repo: &Repository, options: &InitOptions) -> Result<InitReport, Init
         .and_then(|bytes| AllowedSigners::parse(&String::from_utf8_lossy(&bytes)).ok())
         .is_some_and(|s| s.contains_key(&signer.public_key));
     let hooks = match &options.tpa_path {
-        Some(tpa) => Some(crate::hooks::install(repo, tpa)?),
+        Some(tpa) => Some(crate::hooks::install(repo, tpa, false)?),
         None => None,
     };
     Ok(InitReport {
@@ -129,6 +129,13 @@ pub fn init(repo: &Repository, options: &InitOptions) -> Result<InitReport, Init
         key_trusted,
         hooks,
     })
+}
+
+/// `tpa init --dry-run`: what installing the hooks would change (in git's hooks directory or in the
+/// hook manager's files, with diffs), and nothing else; writes nothing.
+pub fn plan_hooks(repo: &Repository, tpa: &Path) -> Result<crate::hooks::InstallOutcome, InitError> {
+    repo.workdir().ok_or(InitError::Bare)?;
+    Ok(crate::hooks::install(repo, tpa, true)?)
 }
 
 fn choose_signer(

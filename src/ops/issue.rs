@@ -40,6 +40,10 @@ pub struct IssueRequest<'a> {
     /// How to reach the provider to end the grant, should it have to be ended at once.
     pub profile: Option<String>,
     pub timeout: std::time::Duration,
+    /// The request it was asked for with (approvals, break-glass), and the approvals it relies on.
+    pub request_sha256: Option<String>,
+    pub approvals: Option<Vec<String>>,
+    pub break_glass: bool,
 }
 
 impl IssueRequest<'_> {
@@ -212,13 +216,16 @@ fn record(
         Some(request.trust.commit.to_string()),
     );
     record.expires_at = Some(request.until());
+    record.request_sha256 = request.request_sha256.clone();
+    record.approvals = request.approvals.clone();
+    record.break_glass = request.break_glass.then_some(true);
     issuer.describe(&mut record);
     record
 }
 
 /// The signer must be one the trust ref's allowed_signers accepts for this principal now: a grant
 /// whose records would not verify is refused before anything is minted.
-fn check_signer(
+pub(crate) fn check_signer(
     repo: &Repository,
     trust: &TrustRef,
     signer: &Signer,
@@ -343,6 +350,9 @@ mod tests {
                 now: Utc::now(),
                 profile: None,
                 timeout: std::time::Duration::from_secs(1),
+                request_sha256: None,
+                approvals: None,
+                break_glass: false,
             }
         }
 

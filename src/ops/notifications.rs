@@ -48,17 +48,12 @@ pub fn event(record: &Record, kind: NotifyEvent, detail: Option<String>) -> Even
 }
 
 /// Tells the `required = true` webhooks about a grant, before its secret is handed out.
-pub fn required(repo: &Repository, grant: &Record) -> Result<(), RequiredFailed> {
+pub fn required(repo: &Repository, grant: &Record, kind: NotifyEvent) -> Result<(), RequiredFailed> {
     // Fail closed: a policy that cannot be read now may have required webhooks.
     let entries = read_entries(repo).map_err(|e| RequiredFailed {
         failures: vec![format!("the policy's [[notify]] entries cannot be read: {e}")],
     })?;
-    let outcome = notify::notify(
-        &entries,
-        &event(grant, NotifyEvent::Grant, None),
-        Which::Required,
-        &Options::default(),
-    );
+    let outcome = notify::notify(&entries, &event(grant, kind, None), Which::Required, &Options::default());
     let failures: Vec<String> = outcome
         .failed_required()
         .map(|d| {
@@ -81,7 +76,12 @@ pub fn tell(
     if entries.is_empty() {
         return Vec::new();
     }
-    let which = if kind == NotifyEvent::Grant { Which::Optional } else { Which::All };
+    // A grant's required webhooks were told before it was handed out (fail closed).
+    let which = if matches!(kind, NotifyEvent::Grant | NotifyEvent::BreakGlass) {
+        Which::Optional
+    } else {
+        Which::All
+    };
     let event = event(record, kind, detail);
     let Ok(state) = StateDir::open(repo) else { return vec!["the state directory cannot be opened".into()] };
     match notify::notify_or_queue(state.path(), &entries, &event, which, now, &Options::default()) {
@@ -131,7 +131,7 @@ pub fn tell_revoked(
         };
         let mut record = record.clone();
         // The grantee, not the revoker, is who the event is about.
-        record.principal = grant.intent.principal.clone();
+        record.principal = grant.grantee().clone();
         failed.extend(tell(repo, &record, kind, outcome.note.clone(), now));
     }
     failed

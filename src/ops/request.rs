@@ -7,12 +7,14 @@ use chrono::{DateTime, Utc};
 use git2::Repository;
 use serde_json::json;
 
+use crate::grant::RecordKind;
 use crate::grant::{GrantId, Record, Scope, sha256_hex};
 use crate::interrupt::Interruption;
 use crate::ledger::signing::Signer;
+use crate::ops::approval::Quorum;
 use crate::ops::context::{self, ContextError, GitContext};
 use crate::ops::issue::{self, IssueError, IssueRequest};
-use crate::policy::{DbProvider, POLICY_PATH, PolicyRefusal, RolePolicy};
+use crate::policy::{ApprovalRules, DbProvider, Mint, NotifyEvent, POLICY_PATH, PolicyRefusal, RolePolicy};
 use crate::provider::aws_sts::{StsIssuer, StsOptions};
 use crate::provider::postgres::PgIssuer;
 use crate::provider::{Issuer, MintRequest, ProviderKind, Secret};
@@ -71,11 +73,34 @@ pub enum RequestError {
     Context(#[from] ContextError),
     #[error(transparent)]
     Issue(#[from] IssueError),
+    #[error(transparent)]
+    Ledger(#[from] crate::ops::ledger::InspectError),
     #[error(
         "grant {grant_id} was {ended} and not handed out: a required notification could not be delivered ({})",
         failures.join("; ")
     )]
     NotifyFailed { grant_id: GrantId, ended: String, failures: Vec<String> },
+    #[error(
+        "{what} does not allow break-glass: ask for approval (without --break-glass), or set `break_glass = true` for it in .tpa/policy.toml through review"
+    )]
+    BreakGlassNotAllowed { what: String },
+    #[error(
+        "{what} is minted by the broker (mint = \"broker\"), which this tpa does not run yet: ask whoever runs the \
+         team's broker, or set mint = \"local\" through review"
+    )]
+    BrokerMinted { what: String },
+    #[error("no request {0} in the ledger: `tpa status --history` lists yours")]
+    UnknownRequest(GrantId),
+    #[error("request {grant_id} was made by {by}: only they can resume it")]
+    NotYourRequest { grant_id: GrantId, by: String },
+    #[error("request {grant_id} was denied by {by}: {reason}")]
+    Denied { grant_id: GrantId, by: String, reason: String },
+    #[error("request {grant_id} cannot be granted: {why}")]
+    RequestClosed { grant_id: GrantId, why: String },
+    #[error(
+        "stopped waiting for approvals: request {grant_id} stays pending; `tpa request --resume {grant_id}` waits again (or mints, once approved)"
+    )]
+    WaitInterrupted { grant_id: GrantId },
     #[error("git error: {0}")]
     Git(#[from] git2::Error),
 }
@@ -112,23 +137,46 @@ pub struct Planned {
     /// How to reach the provider again to end the grant, if it has to be ended at once.
     pub profile: Option<String>,
     pub timeout: std::time::Duration,
+    /// Who must approve it first (none by default), and whether break-glass is allowed.
+    pub rules: ApprovalRules,
+    /// The role of a role grant, for a request to resume with.
+    pub role: Option<String>,
+    pub mfa_code: Option<String>,
 }
 
 impl Planned {
     pub fn kind(&self) -> ProviderKind {
         self.issuer.kind()
     }
+
+    fn issuer_role(&self) -> Option<String> {
+        self.role.clone()
+    }
 }
 
-/// Reads policy from the trust ref and checks the request against it. No side effects.
+/// Reads policy from the trust ref and checks the request, made here and now (HEAD's branch and
+/// commit), against it. No side effects.
 pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result<Planned, RequestError> {
     let trust = TrustRef::resolve(repo)?;
-    let (policy, _) = crate::policy::load(repo, &trust)?;
     let ctx = context::capture(repo, Some(&trust))?;
+    plan_in(repo, spec, ctx, trust, GrantId::generate(now), now)
+}
+
+/// Plans a request in a given context (a request record's, when it resumes after approval).
+fn plan_in(
+    repo: &Repository,
+    spec: &RequestSpec,
+    ctx: GitContext,
+    trust: TrustRef,
+    grant_id: GrantId,
+    now: DateTime<Utc>,
+) -> Result<Planned, RequestError> {
+    let (policy, _) = crate::policy::load(repo, &trust)?;
     let reason = spec.reason.clone().unwrap_or_default();
     policy.check_reason(&reason)?;
     policy.check_branch(&ctx.branch)?;
-    let grant_id = GrantId::generate(now);
+    let rules =
+        policy.approval_rules(Some(&spec.role), spec.database.as_deref()).cloned().unwrap_or_default();
     let database = spec.database.as_ref().map(|name| policy.database(name).cloned()).transpose()?;
     if let Some(database) = database.as_ref().filter(|d| d.provider == DbProvider::Postgres) {
         let ttl_seconds = spec.ttl_seconds.unwrap_or_else(|| policy.default_ttl_within(database.max_ttl));
@@ -146,6 +194,9 @@ pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result
             what: format!("database {}", database.name),
             profile: spec.sts.profile.clone(),
             timeout: spec.sts.timeout,
+            rules,
+            role: None,
+            mfa_code: spec.mfa_code.clone(),
         });
     }
     // A role's STS session; for an rds-iam database, the session of the role its tokens are signed with.
@@ -206,19 +257,214 @@ pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result
         what,
         profile: spec.sts.profile.clone(),
         timeout: spec.sts.timeout,
+        rules,
+        role: Some(role_name),
+        mfa_code: spec.mfa_code.clone(),
     })
+}
+
+/// How a request proceeds when its role needs approvals.
+#[derive(Clone, Debug, Default)]
+pub struct Approach {
+    /// `--break-glass`: granted at once (where the policy allows it), reviewed after the fact.
+    pub break_glass: bool,
+    /// Wait for the approvals (fetching every `poll`), or return at once with the request made.
+    pub wait: Option<std::time::Duration>,
+}
+
+/// What a request came to.
+pub enum Outcome {
+    Granted(Box<Granted>),
+    /// The request is recorded (and pushed); it waits for approvals.
+    Awaiting {
+        grant_id: GrantId,
+        quorum: Quorum,
+    },
+}
+
+/// Runs a planned request: at once where no approval is needed; else a signed `request` record
+/// first, then (break-glass) the grant at once, or the wait for approvals ([`resume`]).
+/// `on_wait` hears each count while waiting (the CLI's spinner).
+pub fn execute(
+    repo: &Repository,
+    planned: Planned,
+    signer: &Signer,
+    store: &dyn SecretStore,
+    interruption: &Interruption,
+    approach: &Approach,
+    on_wait: &mut dyn FnMut(&Quorum),
+) -> Result<Outcome, RequestError> {
+    if approach.break_glass && !planned.rules.break_glass {
+        return Err(RequestError::BreakGlassNotAllowed { what: planned.what.clone() });
+    }
+    if planned.rules.mint == Mint::Broker {
+        return Err(RequestError::BrokerMinted { what: planned.what.clone() });
+    }
+    if planned.rules.approvals == 0 && !approach.break_glass {
+        return issue_planned(repo, planned, signer, store, interruption, None)
+            .map(|g| Outcome::Granted(Box::new(g)));
+    }
+    // The request, signed before anything else: what exactly is asked, for approvers to see. Its
+    // signer must be one the trust ref accepts, as for any record.
+    issue::check_signer(repo, &planned.trust, signer, &planned.ctx.principal.email, planned.now)?;
+    let mut record = planned.ctx.record(
+        RecordKind::Request,
+        &planned.grant_id,
+        planned.now,
+        &planned.reason,
+        Some(planned.trust.commit.to_string()),
+    );
+    planned.issuer.describe(&mut record);
+    record.expires_at = Some(planned.now + chrono::Duration::seconds(planned.ttl_seconds as i64));
+    record.approve_by = Some(planned.now + chrono::Duration::seconds(planned.rules.window as i64));
+    record.break_glass = approach.break_glass.then_some(true);
+    let request_sha256 =
+        crate::ledger::append(repo, &record, signer).map_err(IssueError::Intent)?.payload_sha256;
+    // The hooks look after it from now on: merging or abandoning its branch cancels it.
+    let _ = crate::state::index_grant(repo, &planned.grant_id, crate::state::LocalGrant::of(&record));
+    if approach.break_glass {
+        let approved = Approved { request_sha256, approvals: Vec::new(), break_glass: true };
+        return issue_planned(repo, planned, signer, store, interruption, Some(approved))
+            .map(|g| Outcome::Granted(Box::new(g)));
+    }
+    // Approvers see the request once it is on the remote, and the webhooks say where to look.
+    let _ = crate::ops::sync::push_if_policy_says(repo, std::time::Duration::from_secs(15));
+    crate::ops::notifications::tell(repo, &record, NotifyEvent::ApprovalRequested, None, crate::clock::now());
+    let grant_id = planned.grant_id.clone();
+    let spec = RequestSpec {
+        role: planned.issuer_role().unwrap_or_default(),
+        database: record.database.clone(),
+        reason: Some(planned.reason.clone()),
+        ttl_seconds: Some(planned.ttl_seconds),
+        mfa_code: planned.mfa_code.clone(),
+        sts: StsOptions { profile: planned.profile.clone(), region: None, timeout: planned.timeout },
+    };
+    resume(repo, &grant_id, &spec, signer, store, interruption, approach.wait, on_wait)
+}
+
+/// A request approved by enough approvers (or break-glass): what its intent record names.
+struct Approved {
+    request_sha256: String,
+    approvals: Vec<String>,
+    break_glass: bool,
+}
+
+/// Continues a request that waits for approvals: fetches the ledger every `wait` (None: once) and
+/// counts; with a quorum, plans again under the policy at the trust ref now, in the request's own
+/// context (its branch and commit, whatever HEAD is now), and issues, naming the approvals.
+#[allow(clippy::too_many_arguments)]
+pub fn resume(
+    repo: &Repository,
+    grant_id: &GrantId,
+    spec: &RequestSpec,
+    signer: &Signer,
+    store: &dyn SecretStore,
+    interruption: &Interruption,
+    wait: Option<std::time::Duration>,
+    on_wait: &mut dyn FnMut(&Quorum),
+) -> Result<Outcome, RequestError> {
+    loop {
+        if crate::gitconfig::GitConfig::of(repo).is_ok_and(|c| !c.remotes().is_empty()) {
+            let options = crate::ops::sync::SyncOptions {
+                remotes: None,
+                timeout: std::time::Duration::from_secs(15),
+                interactive: false,
+            };
+            // Offline is no reason to stop waiting: the next round fetches again.
+            let _ = crate::ops::sync::sync(repo, &options);
+        }
+        let now = crate::clock::now();
+        let grant = crate::ops::grants::list(repo, now)?
+            .into_iter()
+            .find(|g| &g.grant_id == grant_id)
+            .ok_or_else(|| RequestError::UnknownRequest(grant_id.clone()))?;
+        let trust = TrustRef::resolve(repo)?;
+        let (policy, _) = crate::policy::load(repo, &trust)?;
+        let rules =
+            crate::ops::approval::rules_for(&policy, &grant).ok_or_else(|| RequestError::RequestClosed {
+                grant_id: grant_id.clone(),
+                why: "its role or database is no longer in the policy".into(),
+            })?;
+        let quorum = crate::ops::approval::evaluate(&grant, &policy, rules, now);
+        match quorum {
+            Quorum::Reached { approvals } => {
+                let request = grant.request.clone().expect("a quorum needs a request");
+                let me = context::principal(repo)?;
+                if me.email != request.principal.email {
+                    return Err(RequestError::NotYourRequest {
+                        grant_id: grant_id.clone(),
+                        by: request.principal.email,
+                    });
+                }
+                let ctx = GitContext {
+                    principal: me,
+                    repo_url: request.repo.clone(),
+                    branch: request.branch.clone(),
+                    commit: git2::Oid::from_str(&request.commit)?,
+                    base: request.base.as_deref().and_then(|b| git2::Oid::from_str(b).ok()),
+                };
+                let ttl = request.expires_at.map(|e| (e - request.issued_at).num_seconds().max(0) as u64);
+                let spec = RequestSpec {
+                    role: request.role.clone().unwrap_or_default(),
+                    database: request.database.clone(),
+                    reason: Some(request.reason.clone()),
+                    ttl_seconds: ttl,
+                    ..spec.clone()
+                };
+                let planned = plan_in(repo, &spec, ctx, trust, grant_id.clone(), now)?;
+                let approved = Approved {
+                    request_sha256: grant.request_sha256.clone().expect("a quorum needs a request"),
+                    approvals,
+                    break_glass: false,
+                };
+                return issue_planned(repo, planned, signer, store, interruption, Some(approved))
+                    .map(|g| Outcome::Granted(Box::new(g)));
+            }
+            Quorum::Denied { by, reason } => {
+                return Err(RequestError::Denied { grant_id: grant_id.clone(), by, reason });
+            }
+            Quorum::Lapsed => {
+                return Err(RequestError::RequestClosed {
+                    grant_id: grant_id.clone(),
+                    why: "no quorum of approvals came within its window: ask again".into(),
+                });
+            }
+            Quorum::Closed => {
+                return Err(RequestError::RequestClosed {
+                    grant_id: grant_id.clone(),
+                    why: format!("it is {}", grant.state),
+                });
+            }
+            Quorum::Waiting { .. } => {
+                on_wait(&quorum);
+                let Some(poll) = wait else {
+                    return Ok(Outcome::Awaiting { grant_id: grant_id.clone(), quorum });
+                };
+                // Wait in short steps, so that an interruption stops the wait at once.
+                let until = std::time::Instant::now() + poll;
+                while std::time::Instant::now() < until {
+                    if interruption.is_set() {
+                        return Err(RequestError::WaitInterrupted { grant_id: grant_id.clone() });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50).min(poll));
+                }
+            }
+        }
+    }
 }
 
 /// Issues a planned grant through the one executor, then tells the required webhooks before
 /// anything is handed out: a grant they cannot be told of is ended (trigger `notify-failed`) and
-/// refused.
-pub fn execute(
+/// refused. A break-glass grant is told to every webhook.
+fn issue_planned(
     repo: &Repository,
     mut planned: Planned,
     signer: &Signer,
     store: &dyn SecretStore,
     interruption: &Interruption,
+    approved: Option<Approved>,
 ) -> Result<Granted, RequestError> {
+    let break_glass = approved.as_ref().is_some_and(|a| a.break_glass);
     let request = IssueRequest {
         ctx: &planned.ctx,
         trust: &planned.trust,
@@ -228,9 +474,13 @@ pub fn execute(
         now: planned.now,
         profile: planned.profile.clone(),
         timeout: planned.timeout,
+        request_sha256: approved.as_ref().map(|a| a.request_sha256.clone()),
+        approvals: approved.as_ref().filter(|a| !a.break_glass).map(|a| a.approvals.clone()),
+        break_glass,
     };
     let issued = issue::issue(repo, &request, planned.issuer.as_mut(), signer, store, interruption)?;
-    if let Err(failed) = crate::ops::notifications::required(repo, &issued.record) {
+    let event = if break_glass { NotifyEvent::BreakGlass } else { NotifyEvent::Grant };
+    if let Err(failed) = crate::ops::notifications::required(repo, &issued.record, event) {
         use crate::ops::revoke::{RevokeSelector, RevokeSpec};
         let spec = RevokeSpec {
             selector: RevokeSelector::Grant(planned.grant_id.clone()),

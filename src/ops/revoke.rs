@@ -133,6 +133,18 @@ pub fn revoke_grants(
     for grant in chosen {
         match grant.state {
             GrantState::Revoked => outcomes.push(skipped(&grant, "already revoked")),
+            // A request not granted yet has nothing at a provider to end: the record cancels it.
+            GrantState::AwaitingApproval => outcomes.push(record_outcome(
+                repo,
+                &grant,
+                spec,
+                author,
+                RevokeResult::Done,
+                Some("the request was cancelled before it was granted".into()),
+            )),
+            GrantState::Denied | GrantState::Lapsed | GrantState::Cancelled => {
+                outcomes.push(skipped(&grant, "a request that was never granted"))
+            }
             GrantState::Failed => outcomes.push(skipped(&grant, "never issued (the provider refused it)")),
             // Expired by the provider's clock, nothing left to end; except where access outlives
             // the expiry (a login role and its open sessions).
@@ -222,7 +234,10 @@ fn revoke_record(
         issued_at: now.max(base.issued_at),
         principal: me.clone(),
         reason: spec.reason.clone().unwrap_or_else(|| base.reason.clone()),
-        intent_sha256: Some(grant.intent_sha256.clone()),
+        // It names the intent; a request cancelled before its intent names the request.
+        intent_sha256: (!grant.intent_sha256.is_empty()).then(|| grant.intent_sha256.clone()),
+        request_sha256: grant.request_sha256.clone(),
+        approve_by: None,
         trigger: Some(spec.trigger),
         result: Some(result),
         error,

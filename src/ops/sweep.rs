@@ -172,7 +172,7 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
         g.state.is_open() || (g.provider.outlives_expiry() && g.state == GrantState::Expired)
     };
     for grant in all.iter().filter(needs_sweep) {
-        let holds = grant.intent.principal.email == me.email && grant.intent.principal.host == me.host;
+        let holds = grant.grantee().email == me.email && grant.grantee().host == me.host;
         let mut facts = match GrantFacts::from_record(grant.issued.as_ref().unwrap_or(&grant.intent)) {
             Ok(facts) => facts,
             Err(e) => {
@@ -412,9 +412,7 @@ fn update_index(
         .collect();
     let mut open: LocalGrants = all
         .into_iter()
-        .filter(|g| {
-            g.state.is_open() && g.intent.principal.email == me.email && g.intent.principal.host == me.host
-        })
+        .filter(|g| g.state.is_open() && g.grantee().email == me.email && g.grantee().host == me.host)
         .map(|g| {
             let local = LocalGrant {
                 branch: g.branch.clone(),

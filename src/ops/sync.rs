@@ -232,3 +232,108 @@ fn git(repo: &Repository, options: &SyncOptions, args: &[&str]) -> Result<(), Gi
 pub fn remote_tip(repo: &Repository, remote: &str) -> Option<Oid> {
     repo.refname_to_id(&tracking_ref(remote)).ok()
 }
+
+/// Fetches the remote's branches into its remote-tracking refs (so a broker or an approver sees
+/// the change a request names). Best effort.
+pub fn fetch_branches(repo: &Repository, remote: &str, timeout: Duration) {
+    let options = SyncOptions { remotes: None, timeout, interactive: false };
+    let _ = git(repo, &options, &["fetch", "--no-tags", "--quiet", "--no-write-fetch-head", "--", remote]);
+}
+
+/// Creates `refname` on the remote, pointing at a blob of `bytes`, only if it does not exist
+/// there yet (compare-and-swap against "absent"). Ok(false): it exists (someone else was first).
+pub fn create_remote_ref(
+    repo: &Repository,
+    remote: &str,
+    refname: &str,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<bool, String> {
+    let blob = repo.blob(bytes).map_err(|e| e.to_string())?;
+    let options = SyncOptions { remotes: None, timeout, interactive: false };
+    let lease = format!("--force-with-lease={refname}:");
+    let refspec = format!("{blob}:{refname}");
+    match git(repo, &options, &["push", "--quiet", "--porcelain", &lease, "--", remote, &refspec]) {
+        Ok(()) => Ok(true),
+        Err(GitFailure::Failed(text)) if is_lost_lease(&text) || text.contains("already exists") => Ok(false),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Deletes `refname` on the remote (absent already is fine).
+pub fn delete_remote_ref(
+    repo: &Repository,
+    remote: &str,
+    refname: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let options = SyncOptions { remotes: None, timeout, interactive: false };
+    let refspec = format!(":{refname}");
+    git(repo, &options, &["push", "--quiet", "--", remote, &refspec]).map_err(|e| e.to_string())
+}
+
+/// The remote's refs under `prefix`.
+pub fn list_remote_refs(
+    repo: &Repository,
+    remote: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
+    let dir: PathBuf = repo.workdir().unwrap_or_else(|| repo.path()).to_owned();
+    let pattern = format!("{prefix}*");
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(&dir)
+        .args(["ls-remote", "--refs", "--", remote, &pattern])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("git ls-remote did not finish within {} s", timeout.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(crate::escape::controls(String::from_utf8_lossy(&output.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t').map(|(_, name)| name.to_owned()))
+        .filter(|name| name.starts_with(prefix))
+        .collect())
+}
+
+/// The blob `refname` points at on the remote, fetched (at most `max` bytes); None when the
+/// remote has no such ref.
+pub fn fetch_remote_blob(
+    repo: &Repository,
+    remote: &str,
+    refname: &str,
+    max: usize,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, String> {
+    if !list_remote_refs(repo, remote, refname, timeout)?.iter().any(|r| r == refname) {
+        return Ok(None);
+    }
+    let options = SyncOptions { remotes: None, timeout, interactive: false };
+    let refspec = format!("+{refname}:{refname}");
+    git(repo, &options, &["fetch", "--no-tags", "--quiet", "--no-write-fetch-head", "--", remote, &refspec])
+        .map_err(|e| e.to_string())?;
+    let oid = repo.refname_to_id(refname).map_err(|e| e.to_string())?;
+    let (size, _) = repo.odb().and_then(|odb| odb.read_header(oid)).map_err(|e| e.to_string())?;
+    if size > max {
+        return Err(format!("{refname} holds {size} bytes: more than a delivery ever is"));
+    }
+    let bytes = repo.find_blob(oid).map_err(|e| e.to_string())?.content().to_vec();
+    // Only the ciphertext was here; the local copy of the ref goes.
+    let _ = repo.find_reference(refname).and_then(|mut r| r.delete());
+    Ok(Some(bytes))
+}

@@ -32,6 +32,46 @@ pub struct Policy {
     pub roles: BTreeMap<String, RolePolicy>,
     pub databases: BTreeMap<String, DatabasePolicy>,
     pub notify: Vec<NotifyPolicy>,
+    /// `[groups]`: named lists of principals (as in `.tpa/allowed_signers`), for `approvers`.
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// The principals whose keys sign what a broker mints (`mint = "broker"`).
+    pub brokers: Vec<String>,
+}
+
+/// Who must say yes before a role or database is minted, and how. Default: nobody.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalRules {
+    /// Distinct approvals needed (0: none).
+    pub approvals: u32,
+    /// Principals, or `@group`s of `[groups]`.
+    pub approvers: Vec<String>,
+    /// A request unapproved for this long lapses; an approval older than this stops counting.
+    pub window: u64,
+    /// `tpa request --break-glass` grants at once, to be reviewed after the fact.
+    pub break_glass: bool,
+    /// A break-glass grant unreviewed after this long is an audit error.
+    pub review_within: u64,
+    /// Who mints: this clone (`local`) or the broker (`broker`).
+    pub mint: Mint,
+}
+
+impl Default for ApprovalRules {
+    fn default() -> Self {
+        ApprovalRules {
+            approvals: 0,
+            approvers: Vec::new(),
+            window: 30 * 60,
+            break_glass: false,
+            review_within: 24 * 3600,
+            mint: Mint::Local,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mint {
+    Local,
+    Broker,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +97,7 @@ pub struct RolePolicy {
     pub source_identity: bool,
     pub session_tags: bool,
     pub external_id: Option<String>,
+    pub approval: ApprovalRules,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +135,7 @@ pub struct DatabasePolicy {
     /// The database to connect to (default `postgres`): where tpa's admin connection creates and
     /// drops the login roles, and what `tpa exec --db` sets as PGDATABASE.
     pub dbname: String,
+    pub approval: ApprovalRules,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +153,10 @@ pub enum NotifyEvent {
     Revoke,
     Irrevocable,
     Audit,
+    /// A request waits for approvals: the text carries the command to approve it.
+    ApprovalRequested,
+    /// A break-glass grant: every webhook is told, whatever its `events`.
+    BreakGlass,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +185,15 @@ macro_rules! names {
 names!(SyncMode { Push => "push", Manual => "manual" });
 names!(DbProvider { RdsIam => "rds-iam", Postgres => "postgres" });
 names!(DbEngine { Postgres => "postgres", Mysql => "mysql" });
-names!(NotifyEvent { Grant => "grant", Revoke => "revoke", Irrevocable => "irrevocable", Audit => "audit" });
+names!(NotifyEvent {
+    Grant => "grant",
+    Revoke => "revoke",
+    Irrevocable => "irrevocable",
+    Audit => "audit",
+    ApprovalRequested => "approval_requested",
+    BreakGlass => "break_glass",
+});
+names!(Mint { Local => "local", Broker => "broker" });
 names!(NotifyFormat { Slack => "slack", Json => "json" });
 
 /// A policy file that cannot be used. `message` ends with what to write instead.
@@ -337,6 +391,29 @@ impl Policy {
     /// The ttl of a request that gives none: `default_ttl`, capped at the target's `max_ttl`.
     pub fn default_ttl_within(&self, max_ttl: u64) -> u64 {
         self.default_ttl.min(max_ttl)
+    }
+}
+
+impl Policy {
+    /// The principals `rules` names as approvers, `@group`s expanded.
+    pub fn approvers(&self, rules: &ApprovalRules) -> std::collections::BTreeSet<String> {
+        rules
+            .approvers
+            .iter()
+            .flat_map(|a| match a.strip_prefix('@') {
+                Some(group) => self.groups.get(group).cloned().unwrap_or_default(),
+                None => vec![a.clone()],
+            })
+            .collect()
+    }
+
+    /// The approval rules of what a request asks for: the database's own for `--db`, else the role's.
+    pub fn approval_rules(&self, role: Option<&str>, database: Option<&str>) -> Option<&ApprovalRules> {
+        match (database, role) {
+            (Some(name), _) => self.databases.get(name).map(|d| &d.approval),
+            (None, Some(name)) => self.roles.get(name).map(|r| &r.approval),
+            (None, None) => None,
+        }
     }
 }
 

@@ -29,7 +29,12 @@ const TOP_KEYS: &[&str] = &[
     "roles",
     "databases",
     "notify",
+    "groups",
+    "brokers",
 ];
+/// Who approves and who mints: the same keys on roles and databases.
+const APPROVAL_KEYS: &[&str] =
+    &["approvals", "approvers", "approval_window", "break_glass", "review_within", "mint"];
 const ROLE_KEYS: &[&str] = &[
     "arn",
     "region",
@@ -76,6 +81,14 @@ fn example(key: &str) -> &'static str {
         "source_identity" => "source_identity = true",
         "session_tags" => "session_tags = true",
         "external_id" => r#"external_id = "tpa-prod""#,
+        "approvals" => "approvals = 1",
+        "approvers" => r#"approvers = ["@sre", "dave@example.com"]"#,
+        "approval_window" => r#"approval_window = "30m""#,
+        "break_glass" => "break_glass = true",
+        "review_within" => r#"review_within = "24h""#,
+        "mint" => r#"mint = "local" (or "broker")"#,
+        "groups" => r#"[groups] sre = ["alice@example.com", "bob@example.com"]"#,
+        "brokers" => r#"brokers = ["tpa-broker@example.com"]"#,
         "provider" => r#"provider = "rds-iam" (or "postgres")"#,
         "engine" => r#"engine = "postgres" (or "mysql")"#,
         "host" => r#"host = "orders.cluster-abc.us-east-1.rds.amazonaws.com""#,
@@ -398,7 +411,15 @@ fn parse_document(ctx: &Ctx<'_>, document: &DeTable<'_>) -> Result<Policy, Polic
         databases.insert(database.name.clone(), database);
     }
     let notify = parse_notify(&top)?;
+    let groups = parse_groups(ctx, &top)?;
+    let brokers = match top.strings("brokers")? {
+        Some(names) => principals(&top, "brokers", names)?,
+        None => Vec::new(),
+    };
+    check_approvers(&top, &roles, &databases, &groups, &brokers)?;
     Ok(Policy {
+        groups,
+        brokers,
         protected_branches,
         request_branches,
         min_reason_length,
@@ -409,6 +430,138 @@ fn parse_document(ctx: &Ctx<'_>, document: &DeTable<'_>) -> Result<Policy, Polic
         databases,
         notify,
     })
+}
+
+/// `approvals`, `approvers`, `approval_window`, `break_glass`, `review_within`, `mint` of a role
+/// or database.
+fn approval_rules(s: &Section<'_, '_>) -> Result<ApprovalRules, PolicyError> {
+    let defaults = ApprovalRules::default();
+    let approvals = s.integer("approvals", 0, 10)?.map_or(0, |n| n.into_inner() as u32);
+    let approvers = match s.strings("approvers")? {
+        Some(names) => principals(s, "approvers", names)?,
+        None => Vec::new(),
+    };
+    if approvals > 0 && approvers.is_empty() {
+        let at = s.get("approvals").map_or(s.span.clone(), Spanned::span);
+        return Err(s.error(
+            at,
+            format!(
+                "approvals = {approvals} in {} needs who may approve: add {}",
+                s.label,
+                example("approvers")
+            ),
+        ));
+    }
+    let window =
+        s.duration("approval_window", 60, Some(7 * 86_400))?.map_or(defaults.window, Spanned::into_inner);
+    let break_glass = s.boolean("break_glass", false)?;
+    let review_within = s
+        .duration("review_within", 60, Some(30 * 86_400))?
+        .map_or(defaults.review_within, Spanned::into_inner);
+    let mint = s.choice("mint", Mint::ALL)?.map_or(Mint::Local, Spanned::into_inner);
+    Ok(ApprovalRules { approvals, approvers, window, break_glass, review_within, mint })
+}
+
+/// Principals as allowed_signers names them (or `@group`s where `key` allows them): no spaces,
+/// no quotes, no commas.
+fn principals(
+    s: &Section<'_, '_>,
+    key: &str,
+    names: Vec<Spanned<String>>,
+) -> Result<Vec<String>, PolicyError> {
+    let mut out = Vec::new();
+    for name in names {
+        let text = name.get_ref();
+        let bad = text.is_empty()
+            || text.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | ',' | '\''))
+            || (text.starts_with('@') && key != "approvers");
+        if bad {
+            return Err(s.bad(
+                key,
+                name.span(),
+                format!("{text:?} is not a principal (an email as in .tpa/allowed_signers, or an @group for approvers)"),
+            ));
+        }
+        out.push(name.into_inner());
+    }
+    Ok(out)
+}
+
+/// `[groups]`: a list of principals per name.
+fn parse_groups(ctx: &Ctx<'_>, top: &Section<'_, '_>) -> Result<BTreeMap<String, Vec<String>>, PolicyError> {
+    let Some(value) = top.get("groups") else { return Ok(BTreeMap::new()) };
+    let DeValue::Table(table) = value.get_ref() else {
+        return Err(top.bad("groups", value.span(), format!("must be a table: write {}", example("groups"))));
+    };
+    let section = Section { ctx, table, span: value.span(), label: "[groups]".to_owned() };
+    let mut groups = BTreeMap::new();
+    for (name, _) in section.entries() {
+        let name = name.get_ref().as_ref();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            return Err(section.error(
+                value.span(),
+                format!("`{name}` cannot name a group: use letters, digits, `_`, `.` and `-` only"),
+            ));
+        }
+        let members = section.strings(name)?.unwrap_or_default();
+        let members = principals(&section, name, members)?;
+        groups.insert(name.to_owned(), members);
+    }
+    Ok(groups)
+}
+
+/// Every `@group` exists, a quorum can be reached, and a broker-minted target names brokers.
+fn check_approvers(
+    top: &Section<'_, '_>,
+    roles: &BTreeMap<String, RolePolicy>,
+    databases: &BTreeMap<String, DatabasePolicy>,
+    groups: &BTreeMap<String, Vec<String>>,
+    brokers: &[String],
+) -> Result<(), PolicyError> {
+    let tables = roles
+        .values()
+        .map(|r| (format!("[roles.{}]", r.name), &r.approval))
+        .chain(databases.values().map(|d| (format!("[databases.{}]", d.name), &d.approval)));
+    for (label, rules) in tables {
+        let mut people = std::collections::BTreeSet::new();
+        for approver in &rules.approvers {
+            match approver.strip_prefix('@') {
+                Some(group) => match groups.get(group) {
+                    Some(members) => people.extend(members.iter().cloned()),
+                    None => {
+                        return Err(top.error(
+                            top.span.clone(),
+                            format!("{label} names approvers @{group}, but [groups] has no `{group}`: add it, e.g. {}", example("groups")),
+                        ));
+                    }
+                },
+                None => {
+                    people.insert(approver.clone());
+                }
+            }
+        }
+        if (people.len() as u32) < rules.approvals {
+            return Err(top.error(
+                top.span.clone(),
+                format!(
+                    "{label} asks for {} approvals but names only {} approver(s): no request could ever be granted",
+                    rules.approvals,
+                    people.len()
+                ),
+            ));
+        }
+        if rules.mint == Mint::Broker && brokers.is_empty() {
+            return Err(top.error(
+                top.span.clone(),
+                format!(
+                    "{label} has mint = \"broker\" but the policy names no broker: add {}",
+                    example("brokers")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn globs(
@@ -453,7 +606,7 @@ fn parse_role(ctx: &Ctx<'_>, entry: NamedTable<'_, '_>) -> Result<RolePolicy, Po
         entry.table,
         entry.span,
         format!("[roles.{}]", entry.name),
-        ROLE_KEYS,
+        &[ROLE_KEYS, APPROVAL_KEYS].concat(),
         (
             &[],
             "tpa takes base credentials from the AWS credential chain (profile, SSO, environment) and \
@@ -522,7 +675,9 @@ fn parse_role(ctx: &Ctx<'_>, entry: NamedTable<'_, '_>) -> Result<RolePolicy, Po
         }
         None => None,
     };
+    let approval = approval_rules(&s)?;
     Ok(RolePolicy {
+        approval,
         name: entry.name,
         arn: arn.into_inner(),
         region,
@@ -606,7 +761,7 @@ fn parse_database(
         entry.table,
         entry.span,
         format!("[databases.{}]", entry.name),
-        DATABASE_KEYS,
+        &[DATABASE_KEYS, APPROVAL_KEYS].concat(),
         (
             DATABASE_CREDENTIAL_WORDS,
             "admin credentials come from the environment or the OS keyring, never the policy file",
@@ -754,7 +909,9 @@ fn parse_database(
             out
         }
     };
+    let approval = approval_rules(&s)?;
     Ok(DatabasePolicy {
+        approval,
         name: entry.name,
         provider: provider.into_inner(),
         engine: engine.into_inner(),
@@ -991,6 +1148,7 @@ required = false
                 source_identity: true,
                 session_tags: true,
                 external_id: Some("optional".into()),
+                approval: ApprovalRules::default(),
             }
         );
         assert_eq!(role.iam_role_name(), "prod-readonly");
@@ -1009,6 +1167,7 @@ required = false
                 grant_roles: vec![],
                 connection_limit: None,
                 dbname: "postgres".to_owned(),
+                approval: ApprovalRules::default(),
             }
         );
         assert_eq!(
@@ -1070,7 +1229,7 @@ required = false
              grant_roles = [\"r\"]\n",
         );
         assert_eq!(policy.notify[0].format, NotifyFormat::Json);
-        assert_eq!(policy.notify[0].events.len(), 4);
+        assert_eq!(policy.notify[0].events.len(), 6);
         assert!(!policy.notify[0].required);
         let pg = &policy.databases["pg"];
         assert_eq!((pg.port, pg.max_ttl, pg.connection_limit), (5432, 3600, None));
@@ -1459,6 +1618,46 @@ required = false
         );
         assert!(parse("").role("x").unwrap_err().to_string().contains("the policy defines none"));
         assert!(matches!(policy.database("nope"), Err(PolicyRefusal::UnknownDatabase { .. })));
+    }
+
+    #[test]
+    fn approvals_groups_and_brokers_parse_as_the_issue_writes_them() {
+        let text = r#"
+brokers = ["tpa-broker@example.com"]
+
+[groups]
+sre = ["alice@example.com", "bob@example.com"]
+
+[roles.prod-admin]
+arn = "arn:aws:iam::123456789012:role/prod-admin"
+approvals = 1
+approvers = ["@sre", "dave@example.com"]
+approval_window = "30m"
+break_glass = true
+review_within = "24h"
+mint = "broker"
+"#;
+        let policy = Policy::parse(text, "t").unwrap();
+        let rules = &policy.role("prod-admin").unwrap().approval;
+        assert_eq!((rules.approvals, rules.window, rules.review_within), (1, 1800, 86_400));
+        assert!(rules.break_glass);
+        assert_eq!(rules.mint, Mint::Broker);
+        let approvers: Vec<String> = policy.approvers(rules).into_iter().collect();
+        assert_eq!(approvers, ["alice@example.com", "bob@example.com", "dave@example.com"]);
+        assert_eq!(policy.brokers, ["tpa-broker@example.com"]);
+
+        let missing_group = text.replace("[groups]\nsre", "[groups]\nops");
+        let e = Policy::parse(&missing_group, "t").unwrap_err().to_string();
+        assert!(e.contains("@sre") && e.contains("[groups] has no `sre`"), "{e}");
+        let too_few = text.replace("approvals = 1", "approvals = 4");
+        let e = Policy::parse(&too_few, "t").unwrap_err().to_string();
+        assert!(e.contains("asks for 4 approvals but names only 3"), "{e}");
+        let no_broker = text.replace("brokers = [\"tpa-broker@example.com\"]", "");
+        let e = Policy::parse(&no_broker, "t").unwrap_err().to_string();
+        assert!(e.contains("mint = \"broker\"") && e.contains("names no broker"), "{e}");
+        let nobody = "[roles.x]\narn = \"arn:aws:iam::123456789012:role/x\"\napprovals = 1\n";
+        let e = Policy::parse(nobody, "t").unwrap_err().to_string();
+        assert!(e.contains("needs who may approve"), "{e}");
     }
 
     #[test]

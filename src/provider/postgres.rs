@@ -545,7 +545,7 @@ pub fn scram_sha256_verifier(password: &[u8], salt: &[u8], iterations: u32) -> S
     let mut salted = Zeroizing::new([0u8; 32]);
     pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, salted.as_mut());
     let client_key = Zeroizing::new(hmac_sha256(salted.as_ref(), b"Client Key"));
-    let stored_key = Sha256::digest(client_key.as_ref());
+    let stored_key = Sha256::digest(client_key.as_slice());
     let server_key = hmac_sha256(salted.as_ref(), b"Server Key");
     format!(
         "SCRAM-SHA-256${iterations}:{}${}:{}",
@@ -565,7 +565,7 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 fn random_password() -> Zeroizing<String> {
     let mut bytes = Zeroizing::new([0u8; PASSWORD_BYTES]);
     OsRng.fill_bytes(bytes.as_mut());
-    Zeroizing::new(URL_SAFE_NO_PAD.encode(bytes.as_ref()))
+    Zeroizing::new(URL_SAFE_NO_PAD.encode(bytes.as_slice()))
 }
 
 /// rustls with the system's roots, or only `ca_file`'s when one is given.

@@ -1,19 +1,23 @@
 //! End-to-end tests: the real `tpa` binary against real git, ssh-keygen and the OS keyring.
 //! One test binary, so everything links once.
 
+mod approvals;
 mod audit;
 mod common;
 mod database;
 mod db_token;
+mod export;
 mod firstrun;
 mod fixtures;
 mod hardening;
+mod hook_managers;
 mod init;
 mod install;
 mod keyring;
 mod ledger;
 mod notify;
 mod notify_flow;
+mod org_audit;
 mod postgres;
 mod request;
 mod revoke;

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::{duration, period};
-use crate::audit::Severity;
+use crate::audit::{Finding, Severity};
 use crate::escape;
 use crate::grant::GrantState;
 use crate::ops::audit::{AuditReport, AuditedGrant};
+use crate::ops::org_audit::OrgReport;
 
 const WIDTH: f64 = 900.0;
 const ROW: f64 = 22.0;
@@ -42,10 +43,64 @@ fn colour(state: GrantState) -> &'static str {
         GrantState::Expired => "#868e96",
         GrantState::Failed => "#adb5bd",
         GrantState::Incomplete | GrantState::Pending | GrantState::Irrevocable => "#e03131",
+        GrantState::AwaitingApproval => "#f08c00",
+        GrantState::Denied | GrantState::Lapsed | GrantState::Cancelled => "#ced4da",
     }
 }
 
 pub fn render(report: &AuditReport) -> String {
+    let mut out = head();
+    out.push_str("<h1>tpa audit</h1>\n");
+    sections(report, &mut out);
+    out.push_str("</body></html>\n");
+    out
+}
+
+/// The organisation's report: totals, who had access where, then each repository's report.
+pub fn render_org(org: &OrgReport) -> String {
+    let mut out = head();
+    out.push_str("<h1>tpa audit of many repositories</h1>\n");
+    let t = &org.totals;
+    out.push_str(&format!(
+        "<p class=\"meta\">{} repositories ({} audited, {} unreachable, {} failed) &middot; {} grants, {} records &middot; generated {}</p>\n",
+        t.repos, t.audited, t.unreachable, t.failed, t.grants, t.records, super::render::time(org.generated_at)
+    ));
+    badges(t.errors, t.warnings, t.info, &mut out);
+    if !org.access.is_empty() {
+        out.push_str("<h2>Who had access where</h2>\n<table><tr><th>who</th><th>repository</th><th>role</th><th>grants</th><th>lasted</th></tr>\n");
+        for a in &org.access {
+            out.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                h(&a.principal),
+                h(&a.repo),
+                h(a.role.as_deref().unwrap_or(&a.target)),
+                a.grants,
+                duration(Some(a.seconds)),
+            ));
+        }
+        out.push_str("</table>\n");
+    }
+    for repo in &org.repos {
+        out.push_str(&format!(
+            "<h2 class=\"repo\">{} <small>({})</small></h2>\n",
+            h(&repo.source),
+            repo.status
+        ));
+        match &repo.report {
+            Some(report) => {
+                let mut inner = String::new();
+                sections(report, &mut inner);
+                // One level down; every text in it is escaped, so these are tpa's own headings.
+                out.push_str(&inner.replace("<h2>", "<h3>").replace("</h2>", "</h3>"));
+            }
+            None => findings_table(&repo.findings, &mut out),
+        }
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
+fn head() -> String {
     let mut out = String::new();
     out.push_str(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n\
@@ -60,7 +115,43 @@ pub fn render(report: &AuditReport) -> String {
          code{font-size:12px}.branch{font-weight:600;margin:14px 0 2px}svg{display:block}.legend span{margin-right:14px}\n\
          </style></head><body>\n",
     );
-    out.push_str("<h1>tpa audit</h1>\n");
+    out
+}
+
+fn badges(e: usize, w: usize, i: usize, out: &mut String) {
+    out.push_str("<p>");
+    if e + w + i == 0 {
+        out.push_str("<span class=\"badge ok\">no findings</span>");
+    } else {
+        for (class, n, label) in [("error", e, "errors"), ("warning", w, "warnings"), ("info", i, "info")] {
+            out.push_str(&format!("<span class=\"badge {class}\">{n} {label}</span>"));
+        }
+    }
+    out.push_str("</p>\n");
+}
+
+fn findings_table(findings: &[Finding], out: &mut String) {
+    if findings.is_empty() {
+        return;
+    }
+    out.push_str("<h2>Findings</h2>\n<table><tr><th>severity</th><th>finding</th><th>grant</th><th>who</th><th>branch</th><th>what</th><th>what to do</th></tr>\n");
+    for f in findings {
+        let sev = f.severity.as_str();
+        out.push_str(&format!(
+            "<tr class=\"{sev}\"><td class=\"sev\">{sev}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            h(&f.kind),
+            f.grant_id.as_ref().map(|g| g.as_str()).unwrap_or(""),
+            h(f.principal.as_deref().unwrap_or("")),
+            h(f.branch.as_deref().map(short_branch).unwrap_or("")),
+            h(&f.message),
+            h(&f.action),
+        ));
+    }
+    out.push_str("</table>\n");
+}
+
+/// Everything below the title: the metadata line, the counts, findings, timeline, grants, checks.
+fn sections(report: &AuditReport, out: &mut String) {
     out.push_str(&format!(
         "<p class=\"meta\">{} &middot; {} &middot; {} grants, {} records &middot; generated {} &middot; ledger tip <code>{}</code> &middot; trust ref <code>{}</code></p>\n",
         h(&report.repo),
@@ -71,37 +162,11 @@ pub fn render(report: &AuditReport) -> String {
         h(report.ledger_tip.as_deref().unwrap_or("none")),
         h(report.trust_ref.as_deref().unwrap_or("none")),
     ));
-    let (e, w, i) =
-        (report.count(Severity::Error), report.count(Severity::Warning), report.count(Severity::Info));
-    out.push_str("<p>");
-    if e + w + i == 0 {
-        out.push_str("<span class=\"badge ok\">no findings</span>");
-    } else {
-        for (class, n, label) in [("error", e, "errors"), ("warning", w, "warnings"), ("info", i, "info")] {
-            out.push_str(&format!("<span class=\"badge {class}\">{n} {label}</span>"));
-        }
-    }
-    out.push_str("</p>\n");
-
-    if !report.findings.is_empty() {
-        out.push_str("<h2>Findings</h2>\n<table><tr><th>severity</th><th>finding</th><th>grant</th><th>who</th><th>branch</th><th>what</th><th>what to do</th></tr>\n");
-        for f in &report.findings {
-            let sev = f.severity.as_str();
-            out.push_str(&format!(
-                "<tr class=\"{sev}\"><td class=\"sev\">{sev}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-                h(&f.kind),
-                f.grant_id.as_ref().map(|g| g.as_str()).unwrap_or(""),
-                h(f.principal.as_deref().unwrap_or("")),
-                h(f.branch.as_deref().map(short_branch).unwrap_or("")),
-                h(&f.message),
-                h(&f.action),
-            ));
-        }
-        out.push_str("</table>\n");
-    }
+    badges(report.count(Severity::Error), report.count(Severity::Warning), report.count(Severity::Info), out);
+    findings_table(&report.findings, out);
 
     if !report.grants.is_empty() {
-        timeline(report, &mut out);
+        timeline(report, out);
         out.push_str("<h2>Grants</h2>\n<table><tr><th>grant</th><th>state</th><th>who</th><th>role</th><th>branch</th><th>commit</th><th>requested</th><th>lasted</th><th>ended by</th><th>reason</th></tr>\n");
         for g in &report.grants {
             out.push_str(&format!(
@@ -120,21 +185,20 @@ pub fn render(report: &AuditReport) -> String {
         }
         out.push_str("</table>\n");
     }
-    let skipped: Vec<_> = report.checks.iter().filter(|c| c.status != "ran").collect();
+    let skipped: Vec<_> =
+        report.checks.iter().filter(|c| c.status != crate::ops::audit::CheckStatus::Ran).collect();
     if !skipped.is_empty() {
         out.push_str("<h2>Checks not run</h2>\n<ul>\n");
         for c in skipped {
             out.push_str(&format!(
                 "<li>{} {}: {}</li>\n",
-                h(c.name),
-                h(c.status),
+                h(c.name.as_str()),
+                h(c.status.as_str()),
                 h(c.detail.as_deref().unwrap_or(""))
             ));
         }
         out.push_str("</ul>\n");
     }
-    out.push_str("</body></html>\n");
-    out
 }
 
 /// One SVG per branch: a bar per grant from its request to its end, on a scale shared by all.

@@ -4,6 +4,7 @@ use super::{duration, period};
 use crate::audit::Severity;
 use crate::escape;
 use crate::ops::audit::AuditReport;
+use crate::ops::org_audit::OrgReport;
 
 /// Hostile text made inert in a Markdown table cell: control characters shown escaped, Markdown
 /// and HTML syntax backslash-escaped, line breaks flattened.
@@ -78,13 +79,59 @@ pub fn render(report: &AuditReport) -> String {
         }
         out.push('\n');
     }
-    for check in report.checks.iter().filter(|c| c.status != "ran") {
+    for check in report.checks.iter().filter(|c| c.status != crate::ops::audit::CheckStatus::Ran) {
         out.push_str(&format!(
             "_{} check {}{}_\n",
-            cell(check.name),
-            check.status,
+            cell(check.name.as_str()),
+            check.status.as_str(),
             check.detail.as_deref().map(|d| format!(": {}", cell(d))).unwrap_or_default()
         ));
+    }
+    out
+}
+
+/// The organisation's report: totals, who had access where, then each repository's report.
+pub fn render_org(org: &OrgReport) -> String {
+    let t = &org.totals;
+    let mut out = String::from("## tpa audit of many repositories\n\n");
+    out.push_str(&format!(
+        "{} repositories ({} audited, {} unreachable, {} failed), {} grants, {} records.\n\n\
+         **{} error(s), {} warning(s), {} info**\n\n",
+        t.repos, t.audited, t.unreachable, t.failed, t.grants, t.records, t.errors, t.warnings, t.info
+    ));
+    if !org.access.is_empty() {
+        out.push_str("### Who had access where\n\n| who | repository | role | grants | lasted |\n|---|---|---|---|---|\n");
+        for a in &org.access {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                cell(&a.principal),
+                cell(&a.repo),
+                cell(a.role.as_deref().unwrap_or(&a.target)),
+                a.grants,
+                duration(Some(a.seconds)),
+            ));
+        }
+        out.push('\n');
+    }
+    for repo in &org.repos {
+        out.push_str(&format!("### {} ({})\n\n", cell(&repo.source), repo.status));
+        match &repo.report {
+            // One level down; `cell` escapes `#` in every text, so these are tpa's own headings.
+            Some(report) => {
+                out.push_str(&render(report).replacen("## tpa audit\n", "", 1).replace("\n### ", "\n#### "))
+            }
+            None => {
+                for f in &repo.findings {
+                    out.push_str(&format!(
+                        "- **{}** {}: {}\n",
+                        f.severity.as_str(),
+                        cell(&f.kind),
+                        cell(&f.message)
+                    ));
+                }
+                out.push('\n');
+            }
+        }
     }
     out
 }
