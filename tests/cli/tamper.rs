@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::common::notes::{head, intent_json, note_lines};
 use crate::common::*;
 
-/// A repo whose signer is a key file trusted on main; HEAD on hotfix/one with one clean record.
+/// A repo whose signer is a key file trusted on main; HEAD on hotfix/one.
 fn key_file_repo(env: &TestEnv, name: &str) -> (PathBuf, PathBuf) {
     let dir = env.repo(name);
     let key = env.ssh_key(&format!("{name}_key"));
@@ -18,8 +18,9 @@ fn key_file_repo(env: &TestEnv, name: &str) -> (PathBuf, PathBuf) {
     (dir, key)
 }
 
-/// Every verify here runs three ways (since the witness, --full, again from the cache) and the
-/// three must agree: see `verify_each_way`.
+/// Every verify here runs every way `verify_each_way` knows (since the witness, --full, again from
+/// the cache, and from the earlier witness with its cache damaged or allowed_signers changed on the
+/// trust ref), and all must find the same.
 fn verify(env: &TestEnv, dir: &Path) -> Value {
     verify_each_way(env, dir).1
 }
@@ -38,6 +39,15 @@ fn tampered_findings(env: &TestEnv, dir: &Path) -> Vec<String> {
     assert_eq!(code, 1, "{json}");
     assert_eq!(json["checked"]["mode"], "since_witness", "{json}");
     finding_kinds(&json)
+}
+
+/// A clean record on a commit of its own, verified, so that the witness and its verify cache are
+/// there before the tamper, which then goes on a new commit (HEAD afterwards, with no note).
+fn warm(env: &TestEnv, dir: &Path) {
+    env.git(dir, &["commit", "-q", "--allow-empty", "-m", "before the tamper"]);
+    env.tpa(dir).args(["debug", "intent", "--reason", "INC-1: verified before the tamper"]).run().success();
+    assert_eq!(verify_findings(env, dir, true), Vec::<String>::new(), "clean before tampering");
+    env.git(dir, &["commit", "-q", "--allow-empty", "-m", "the tamper's commit"]);
 }
 
 fn write_note(env: &TestEnv, dir: &Path, commit: &str, lines: &[String]) {
@@ -151,6 +161,7 @@ fn force_rewriting_the_notes_ref_is_caught_by_the_witness() {
 fn a_key_added_on_a_hotfix_branch_only_is_not_trusted() {
     let env = TestEnv::new();
     let (dir, _) = key_file_repo(&env, "selfbless");
+    warm(&env, &dir);
     let rogue = env.ssh_key("rogue");
     let public = std::fs::read_to_string(rogue.with_extension("pub")).unwrap();
     let mut signers = std::fs::read_to_string(dir.join(".tpa/allowed_signers")).unwrap();
@@ -162,7 +173,7 @@ fn a_key_added_on_a_hotfix_branch_only_is_not_trusted() {
         .env("TPA_SIGNING_KEY", &rogue)
         .run()
         .success();
-    assert_eq!(verify_findings(&env, &dir, false), ["unknown_signer"]);
+    assert_eq!(tampered_findings(&env, &dir), ["unknown_signer"]);
 }
 
 #[test]
@@ -182,6 +193,7 @@ fn a_key_committed_on_local_main_but_not_on_the_remote_is_not_trusted() {
     std::fs::write(dir.join(".tpa/allowed_signers"), signers).unwrap();
     env.git(&dir, &["commit", "-q", "-am", "bless my own key on local main"]);
     env.git(&dir, &["switch", "-q", "-c", "hotfix/one"]);
+    warm(&env, &dir);
     env.tpa(&dir).args(["debug", "intent", "--reason", "INC-8: reviewed key"]).run().success();
     env.tpa(&dir)
         .args(["debug", "intent", "--reason", "INC-8: rogue key"])
@@ -189,6 +201,7 @@ fn a_key_committed_on_local_main_but_not_on_the_remote_is_not_trusted() {
         .run()
         .success();
     let json = verify(&env, &dir);
+    assert_eq!(json["checked"]["mode"], "since_witness", "{json}");
     assert_eq!(json["trust_ref"], "refs/remotes/origin/main");
     assert_eq!(finding_kinds(&json), ["unknown_signer"]);
     assert_eq!(json["findings"].as_array().unwrap().len(), 1, "only the rogue record: {json}");
@@ -198,6 +211,7 @@ fn a_key_committed_on_local_main_but_not_on_the_remote_is_not_trusted() {
 fn a_signature_made_for_the_git_namespace_is_refused() {
     let env = TestEnv::new();
     let (dir, key) = key_file_repo(&env, "namespace");
+    warm(&env, &dir);
     let commit = head(&env, &dir);
     let payload = intent_json(&commit, "01JD3M5Q8Z6N2X4V7B9C1R0T5K", "2026-11-28T10:00:00Z").to_string();
     let sig = sign_with_ssh_keygen(&env, &key, "git", &payload);
@@ -205,13 +219,14 @@ fn a_signature_made_for_the_git_namespace_is_refused() {
         &dir,
         &["notes", "--ref=tpa", "add", "-m", &json!({"payload": payload, "sig": sig}).to_string(), &commit],
     );
-    assert_eq!(verify_findings(&env, &dir, false), ["wrong_namespace"]);
+    assert_eq!(tampered_findings(&env, &dir), ["wrong_namespace"]);
 }
 
 #[test]
 fn a_record_claiming_another_principal_is_a_mismatch() {
     let env = TestEnv::new();
     let (dir, key) = key_file_repo(&env, "principal");
+    warm(&env, &dir);
     let commit = head(&env, &dir);
     let mut payload = intent_json(&commit, "01JD3M5Q8Z6N2X4V7B9C1R0T5K", "2026-11-28T10:00:00Z");
     payload["principal"]["email"] = json!("ceo@example.com");
@@ -221,13 +236,14 @@ fn a_record_claiming_another_principal_is_a_mismatch() {
         &dir,
         &["notes", "--ref=tpa", "add", "-m", &json!({"payload": payload, "sig": sig}).to_string(), &commit],
     );
-    assert_eq!(verify_findings(&env, &dir, false), ["principal_mismatch"]);
+    assert_eq!(tampered_findings(&env, &dir), ["principal_mismatch"]);
 }
 
 #[test]
 fn a_revoke_for_an_unknown_grant_is_an_orphan() {
     let env = TestEnv::new();
     let (dir, _) = key_file_repo(&env, "orphan");
+    warm(&env, &dir);
     let commit = head(&env, &dir);
     let mut revoke = intent_json(&commit, "01JD3M5Q8Z6N2X4V7B9C1R0T5K", "2026-11-28T10:00:00Z");
     revoke["kind"] = json!("revoke");
@@ -235,7 +251,7 @@ fn a_revoke_for_an_unknown_grant_is_an_orphan() {
     revoke["result"] = json!("done");
     revoke["intent_sha256"] = json!("0".repeat(64));
     env.tpa(&dir).args(["debug", "append"]).stdin(revoke.to_string()).run().success();
-    assert_eq!(verify_findings(&env, &dir, false), ["orphan_record"]);
+    assert_eq!(tampered_findings(&env, &dir), ["orphan_record"]);
 }
 
 #[test]
@@ -261,7 +277,7 @@ fn a_retired_key_keeps_its_past_records_valid() {
     assert_eq!(verify_findings(&env, &dir, true), Vec::<String>::new(), "signed while the key was valid");
     let after = intent_json(&commit, "01JD3M5Q8Z6N2X4V7B9C1R0T6K", "2026-07-01T00:00:00Z");
     env.tpa(&dir).args(["debug", "append"]).stdin(after.to_string()).run().success();
-    assert_eq!(verify_findings(&env, &dir, false), ["signer_not_valid"]);
+    assert_eq!(tampered_findings(&env, &dir), ["signer_not_valid"]);
 }
 
 #[test]
@@ -294,6 +310,7 @@ fn a_signature_off_by_a_small_order_point_is_refused_as_ssh_keygen_refuses_it() 
 
     let env = TestEnv::new();
     let (dir, key) = key_file_repo(&env, "torsion");
+    warm(&env, &dir);
     let commit = head(&env, &dir);
     let payload = intent_json(&commit, "01JD3M5Q8Z6N2X4V7B9C1R0T5K", "2026-11-28T10:00:00Z").to_string();
     let private = ssh_key::PrivateKey::read_openssh_file(&key).unwrap();
@@ -335,7 +352,7 @@ fn a_signature_off_by_a_small_order_point_is_refused_as_ssh_keygen_refuses_it() 
             &commit,
         ],
     );
-    assert_eq!(verify_findings(&env, &dir, false), ["bad_signature"]);
+    assert_eq!(tampered_findings(&env, &dir), ["bad_signature"]);
 
     let (payload_path, sig_path) = (env.path("torsion-payload"), env.path("torsion-payload.sig"));
     std::fs::write(&payload_path, &payload).unwrap();

@@ -1,13 +1,14 @@
 //! `tpa verify` since the witness (issue #18): with a verify cache beside the last verified tip,
 //! only what is new is checked, and nothing is ever found less than by a full check. Every verify
-//! here runs three ways (`verify_each_way`: since the witness, --full, again from the cache) and
-//! the three must agree on every finding.
+//! here runs every way `verify_each_way` knows (since the witness, --full, again from the cache, and
+//! from the earlier witness with its cache damaged or allowed_signers changed on the trust ref) and
+//! all must agree on every finding.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::common::notes::{fanout_path, head, intent_json, note_lines, put_notes_file};
+use crate::common::notes::{fanout_path, head, intent_json, note_lines, put_notes_file, remove_notes_file};
 use crate::common::*;
 
 /// A repo whose signer is a key file trusted on main; HEAD on hotfix/one.
@@ -177,10 +178,14 @@ fn removing_an_intent_orphans_its_grant_record_whose_note_did_not_change() {
     env.tpa(&dir).args(["debug", "append"]).stdin(grant.to_string()).run().success();
     verified(&env, &dir);
 
-    env.git(&dir, &["notes", "--ref=tpa", "remove", &intent_commit]);
+    remove_notes_file(&env, &dir, &fanout_path(&intent_commit));
     let (code, json) = verify_each_way(&env, &dir);
     assert_eq!(code, 1);
-    assert_eq!(since_witness(&json).1, 0, "the grant record's note is unchanged: taken from the cache");
+    assert_eq!(
+        since_witness(&json).1,
+        0,
+        "the grant record's note is unchanged: taken from the cache: {json}"
+    );
     assert_eq!(finding_kinds(&json), ["orphan_record", "record_removed"]);
 }
 
@@ -394,13 +399,14 @@ fn records_signed_with_rsa_and_ecdsa_keys_are_checked_one_by_one() {
     env.git(&dir, &["switch", "-q", "hotfix/one"]);
     records_on_commits(&env, &dir, 1);
     verified(&env, &dir);
+    // Signed through ssh-keygen (git's user.signingkey), as a team with such keys would.
+    let own = env.git(&dir, &["config", "tpa.signingKey"]);
+    env.git(&dir, &["config", "tpa.signingKey", "ssh"]);
     for key in &keys {
-        env.tpa(&dir)
-            .args(["debug", "intent", "--reason", "INC-5: another algorithm"])
-            .env("TPA_SIGNING_KEY", key)
-            .run()
-            .success();
+        env.git(&dir, &["config", "user.signingkey", key.to_str().unwrap()]);
+        env.tpa(&dir).args(["debug", "intent", "--reason", "INC-5: another algorithm"]).run().success();
     }
+    env.git(&dir, &["config", "tpa.signingKey", &own]);
     let (code, json) = verify_each_way(&env, &dir);
     assert_eq!((code, json["records"].clone()), (0, json!(3)), "{json}");
     since_witness(&json);
@@ -426,4 +432,56 @@ fn the_cache_holds_no_secret_and_no_payload() {
     assert!(!contains(&secret[..16]), "the private key");
     assert!(!contains(b"a reason nobody"), "a payload");
     assert!(!contains(EMAIL.as_bytes()), "a principal");
+}
+
+#[test]
+fn requests_and_approvals_are_cross_checked_from_the_cache_as_in_full() {
+    let env = TestEnv::new();
+    let (dir, _) = repo(&env, "approvals");
+    let request_commit = head(&env, &dir);
+    let grant_id = "01JD3M5Q8Z6N2X4V7B9C1R0T5K";
+    let mut request = intent_json(&request_commit, grant_id, "2026-11-01T10:00:00Z");
+    request["kind"] = json!("request");
+    request["approve_by"] = json!("2026-11-01T11:00:00Z");
+    let request_sha = env
+        .tpa(&dir)
+        .args(["debug", "append"])
+        .stdin(request.to_string())
+        .run()
+        .success()
+        .json()["payload_sha256"]
+        .clone();
+    env.git(&dir, &["commit", "-q", "--allow-empty", "-m", "later"]);
+    let mut approval = request.clone();
+    approval.as_object_mut().unwrap().remove("approve_by");
+    approval["kind"] = json!("approval");
+    approval["commit"] = json!(head(&env, &dir));
+    approval["issued_at"] = json!("2026-11-01T10:01:00Z");
+    approval["decision"] = json!("approve");
+    approval["request_sha256"] = request_sha.clone();
+    env.tpa(&dir).args(["debug", "append"]).stdin(approval.to_string()).run().success();
+    verified(&env, &dir);
+
+    // An approval after the witness naming another request of this grant: a mismatch, judged
+    // against the request read from the cache.
+    env.git(&dir, &["commit", "-q", "--allow-empty", "-m", "more"]);
+    let mut other = approval.clone();
+    other["commit"] = json!(head(&env, &dir));
+    other["request_sha256"] = json!("2".repeat(64));
+    env.tpa(&dir).args(["debug", "append"]).stdin(other.to_string()).run().success();
+    let (code, json) = verify_each_way(&env, &dir);
+    assert_eq!(code, 1);
+    assert_eq!(since_witness(&json).1, 1, "{json}");
+    assert_eq!(finding_kinds(&json), ["intent_mismatch"]);
+
+    // The request removed: both approvals name a request that is not in the ledger, the first
+    // one's note unchanged (its facts from the cache).
+    remove_notes_file(&env, &dir, &fanout_path(&request_commit));
+    let (code, json) = verify_each_way(&env, &dir);
+    assert_eq!(code, 1);
+    assert_eq!(since_witness(&json).1, 0, "{json}");
+    assert_eq!(finding_kinds(&json), ["orphan_record", "record_removed"]);
+    let orphans =
+        json["findings"].as_array().unwrap().iter().filter(|f| f["kind"] == "orphan_record").count();
+    assert_eq!(orphans, 2, "{json}");
 }

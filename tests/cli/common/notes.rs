@@ -31,9 +31,16 @@ pub fn note_lines(env: &TestEnv, dir: &Path, commit: &str) -> Vec<String> {
 /// a file that is no note), byte for byte, as a new notes commit on top of refs/notes/tpa.
 /// (`git notes add` cleans messages up; this does not.)
 pub fn put_notes_file(env: &TestEnv, dir: &Path, path: &str, bytes: &[u8]) {
-    let file = env.path("raw-note");
-    std::fs::write(&file, bytes).unwrap();
-    let blob = env.git(dir, &["hash-object", "-w", file.to_str().unwrap()]);
+    edit_notes_tree(env, dir, path, Some(bytes));
+}
+
+/// Removes the file at `path` of the notes tree as a new notes commit, leaving every other path as
+/// it is (`git notes remove` may lay the whole tree out again with its own fan-out).
+pub fn remove_notes_file(env: &TestEnv, dir: &Path, path: &str) {
+    edit_notes_tree(env, dir, path, None);
+}
+
+fn edit_notes_tree(env: &TestEnv, dir: &Path, path: &str, bytes: Option<&[u8]>) {
     let index = env.path("notes-index");
     let _ = std::fs::remove_file(&index);
     let git = |args: &[&str]| {
@@ -43,7 +50,17 @@ pub fn put_notes_file(env: &TestEnv, dir: &Path, path: &str, bytes: &[u8]) {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     git(&["read-tree", "refs/notes/tpa"]);
-    git(&["update-index", "--add", "--cacheinfo", &format!("100644,{blob},{path}")]);
+    match bytes {
+        Some(bytes) => {
+            let file = env.path("raw-note");
+            std::fs::write(&file, bytes).unwrap();
+            let blob = env.git(dir, &["hash-object", "-w", file.to_str().unwrap()]);
+            git(&["update-index", "--add", "--cacheinfo", &format!("100644,{blob},{path}")]);
+        }
+        None => {
+            git(&["update-index", "--force-remove", path]);
+        }
+    }
     let tree = git(&["write-tree"]);
     let commit = git(&["commit-tree", tree.as_str(), "-p", "refs/notes/tpa", "-m", "by hand"]);
     git(&["update-ref", "refs/notes/tpa", commit.as_str()]);
