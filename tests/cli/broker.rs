@@ -630,3 +630,25 @@ fn bad_input_is_skipped_with_a_finding_and_the_broker_keeps_serving() {
     assert!(out.stdout.len() < 64 * 1024, "the 10 MB note is not echoed");
     team.aws.tpa().args(["request", "--resume", &id, "--json"]).run().success();
 }
+
+#[test]
+fn doctor_on_the_broker_host_checks_the_brokers_identity_key_and_remote() {
+    let team = Team::new();
+    let check = |dir: &Path| {
+        let out = team.broker_in(dir).args(["doctor", "--json"]).run();
+        let report: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("{}", out.stdout));
+        report["checks"].as_array().unwrap().iter().find(|c| c["id"] == "broker").cloned()
+    };
+    let on_the_broker = check(&team.broker).expect("the broker's clone gets the broker check");
+    assert_eq!(on_the_broker["status"], "ok", "{on_the_broker}");
+    let detail = on_the_broker["detail"].as_str().unwrap();
+    assert!(detail.contains(BROKER) && detail.contains("1 broker role(s) (prod-readonly)"), "{detail}");
+    assert!(check(&team.aws.dir).is_none(), "alice is no broker");
+    // The broker's principal with a key the trust ref does not list for it.
+    let stranger = team.aws.env.ssh_key("not-the-broker-key");
+    let out = team.broker_in(&team.broker).args(["doctor", "--json"]).env("TPA_SIGNING_KEY", &stranger).run();
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let broker = report["checks"].as_array().unwrap().iter().find(|c| c["id"] == "broker").unwrap();
+    assert_eq!(broker["status"], "fail", "{broker}");
+    assert!(broker["detail"].as_str().unwrap().contains("not trusted"), "{broker}");
+}

@@ -41,7 +41,8 @@ fn install_twice_then_uninstall_leaves_nothing() {
 #[test]
 fn every_ci_template_is_valid_yaml() {
     let templates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
-    let script = "import sys, yaml\nfor path in sys.argv[1:]:\n    yaml.safe_load(open(path))\n    print(path)";
+    let script =
+        "import sys, yaml\nfor path in sys.argv[1:]:\n    yaml.safe_load(open(path))\n    print(path)";
     let mut files: Vec<_> = std::fs::read_dir(&templates)
         .unwrap()
         .map(|e| e.unwrap().path())
