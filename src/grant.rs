@@ -174,6 +174,9 @@ pub enum RevokeResult {
     Done,
     Pending,
     Irrevocable,
+    /// Asked of the broker: a clone without the provider's rights cannot end a broker-minted
+    /// grant, so it records the revocation and the broker applies it (and records it done).
+    Requested,
 }
 
 impl RevokeTrigger {
@@ -198,6 +201,7 @@ impl RevokeResult {
             RevokeResult::Done => "done",
             RevokeResult::Pending => "pending",
             RevokeResult::Irrevocable => "irrevocable",
+            RevokeResult::Requested => "requested",
         }
     }
 }
@@ -542,12 +546,18 @@ impl GrantState {
         let latest_revoke = records.iter().rev().find(|r| r.kind == RecordKind::Revoke);
         let granted = records.iter().rev().find(|r| r.kind == RecordKind::Grant);
         let expired = granted.and_then(|g| g.expires_at).is_some_and(|at| at <= now);
-        if records.iter().any(|r| r.kind == RecordKind::Revoke && r.result == Some(RevokeResult::Done)) {
+        // A revoke that names no intent cancelled the request; a grant minted after it (a broker
+        // that had not seen the cancellation yet) is still owed its revocation.
+        if records.iter().any(|r| {
+            r.kind == RecordKind::Revoke && r.intent_sha256.is_some() && r.result == Some(RevokeResult::Done)
+        }) {
             return GrantState::Revoked;
         }
+        let cancelled = records.iter().any(|r| r.kind == RecordKind::Revoke && r.intent_sha256.is_none());
         match latest_revoke.and_then(|r| r.result) {
             Some(RevokeResult::Irrevocable) if !expired => return GrantState::Irrevocable,
-            Some(RevokeResult::Pending) if !expired => return GrantState::Pending,
+            Some(RevokeResult::Pending | RevokeResult::Requested) if !expired => return GrantState::Pending,
+            _ if cancelled && granted.is_some() && !expired => return GrantState::Pending,
             _ => {}
         }
         if granted.is_some() {
@@ -584,7 +594,9 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
         }
-        for r in [RevokeResult::Done, RevokeResult::Pending, RevokeResult::Irrevocable] {
+        for r in
+            [RevokeResult::Done, RevokeResult::Pending, RevokeResult::Irrevocable, RevokeResult::Requested]
+        {
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }
     }
@@ -694,10 +706,32 @@ mod tests {
         );
         let mut revoke = grant.clone();
         revoke.kind = RecordKind::Revoke;
+        revoke.intent_sha256 = Some(sha256_hex(intent.to_payload().as_bytes()));
         revoke.result = Some(RevokeResult::Pending);
+        assert_eq!(GrantState::of([&intent, &grant, &revoke], now), GrantState::Pending);
+        revoke.result = Some(RevokeResult::Requested);
         assert_eq!(GrantState::of([&intent, &grant, &revoke], now), GrantState::Pending);
         revoke.result = Some(RevokeResult::Done);
         assert_eq!(GrantState::of([&intent, &grant, &revoke], now), GrantState::Revoked);
+    }
+
+    #[test]
+    fn a_grant_minted_after_its_request_was_cancelled_is_owed_a_revocation() {
+        let now = DateTime::from_timestamp(1_800_000_100, 0).unwrap();
+        let mut request = intent();
+        request.kind = RecordKind::Request;
+        request.approve_by = Some(now + chrono::Duration::seconds(600));
+        let mut cancel = request.clone();
+        cancel.kind = RecordKind::Revoke;
+        cancel.request_sha256 = Some(sha256_hex(request.to_payload().as_bytes()));
+        cancel.trigger = Some(RevokeTrigger::Merged);
+        cancel.result = Some(RevokeResult::Done);
+        assert_eq!(GrantState::of([&request, &cancel], now), GrantState::Cancelled);
+        let intent = intent();
+        let mut grant = intent.clone();
+        grant.kind = RecordKind::Grant;
+        grant.expires_at = Some(now + chrono::Duration::seconds(60));
+        assert_eq!(GrantState::of([&request, &cancel, &intent, &grant], now), GrantState::Pending);
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn revoke_status(result: Option<RevokeResult>) -> Status {
     match result {
         Some(RevokeResult::Done) => Status::Success,
         Some(RevokeResult::Irrevocable) => Status::Failure,
-        Some(RevokeResult::Pending) | None => Status::Other("Pending"),
+        Some(RevokeResult::Pending | RevokeResult::Requested) | None => Status::Other("Pending"),
     }
 }
 

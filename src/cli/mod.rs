@@ -4,6 +4,7 @@
 mod approvals;
 mod approve;
 mod audit;
+mod broker;
 mod completions;
 mod credential_process;
 mod db_token;
@@ -75,6 +76,7 @@ enum Command {
     Deny(approve::DenyArgs),
     Revoke(revoke::RevokeArgs),
     Sweep(sweep::SweepArgs),
+    Broker(broker::BrokerArgs),
     Sync(sync::SyncArgs),
     Status(status::StatusArgs),
     Who(who::WhoArgs),
@@ -134,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Deny(args) => approve::deny(&ctx, args),
         Command::Revoke(args) => revoke::run(&ctx, args),
         Command::Sweep(args) => sweep::run(&ctx, args),
+        Command::Broker(args) => broker::run(&ctx, args),
         Command::Sync(args) => sync::run(&ctx, args),
         Command::Uninstall(args) => uninstall::run(&ctx, args),
         Command::Hook(args) => hook::run(&ctx, args),

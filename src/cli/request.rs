@@ -123,6 +123,15 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     let wait = (!args.no_wait).then(|| std::time::Duration::from_secs(args.poll));
     let mut told = false;
     let mut on_wait = |quorum: &Quorum| {
+        if let Quorum::Reached { .. } = quorum {
+            spinner.set_message("approved: waiting for the broker to mint and deliver");
+            if !told && wait.is_some() {
+                told = true;
+                eprintln!(
+                    "tpa: request recorded; waiting for the broker (Ctrl-C stops waiting; the request stays)"
+                );
+            }
+        }
         if let Quorum::Waiting { have, need, approvers } = quorum {
             let message = format!(
                 "waiting for {} approval(s) from {}",
@@ -184,9 +193,11 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     }
     let executed = started.elapsed();
     let record = &granted.record;
-    let finished =
-        crate::ops::finish::after_write(&repo, &[crate::ops::finish::Written::Granted(record)], super::now());
-    super::report_finished(&finished);
+    // A delivered grant was recorded, pushed and told by the broker that minted it.
+    if !granted.delivered {
+        let written = [crate::ops::finish::Written::Granted(record)];
+        super::report_finished(&crate::ops::finish::after_write(&repo, &written, super::now()));
+    }
     #[cfg(feature = "testing")]
     if std::env::var_os("TPA_TEST_TIMING").is_some() {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
@@ -278,14 +289,19 @@ fn awaiting(
         Quorum::Waiting { have, need, approvers } => (*have, *need, approvers.clone()),
         _ => (0, 0, Vec::new()),
     };
+    let approved = matches!(quorum, Quorum::Reached { .. });
     if json {
         print_json(&json!({
             "grant_id": grant_id,
-            "state": "awaiting_approval",
+            "state": if approved { "awaiting_broker" } else { "awaiting_approval" },
             "approvals": have,
             "needed": need,
             "approvers": approvers,
         }))?;
+    } else if approved {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "request {grant_id} recorded: waiting for the broker to mint and deliver it")?;
+        writeln!(out, "  then       tpa request --resume {grant_id}")?;
     } else {
         let mut out = std::io::stdout().lock();
         writeln!(out, "request {grant_id} recorded: waiting for {} approval(s)", need - have)?;

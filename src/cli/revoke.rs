@@ -54,9 +54,10 @@ pub fn run(ctx: &Ctx, args: RevokeArgs) -> anyhow::Result<u8> {
         super::now(),
     );
     super::report_finished(&finished);
-    let complete = outcomes
-        .iter()
-        .all(|o| matches!(o.result, None | Some(RevokeResult::Done)) && o.record_error.is_none());
+    let complete = outcomes.iter().all(|o| {
+        matches!(o.result, None | Some(RevokeResult::Done | RevokeResult::Requested))
+            && o.record_error.is_none()
+    });
     if args.json {
         print_json(&outcomes)?;
     } else {
@@ -70,6 +71,13 @@ pub fn run(ctx: &Ctx, args: RevokeArgs) -> anyhow::Result<u8> {
                         eprintln!("WARNING: {}", crate::escape::controls(note));
                     }
                 }
+                (Some(RevokeResult::Requested), _) => writeln!(
+                    out,
+                    "revocation requested: {} ({what}, {}) was minted by the broker, which ends it on its next pass; \
+                     its credentials are no longer handed out here",
+                    o.grant_id,
+                    render::branch(&o.branch)
+                )?,
                 (Some(result), Some(note)) => writeln!(
                     out,
                     "NOT revoked yet: {} ({what}) is {}: {}\n  its credentials are no longer handed out here, but the AWS session stays valid until denied: run `tpa revoke {}` again",

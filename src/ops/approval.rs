@@ -252,6 +252,7 @@ pub fn decide(
         break_glass: None,
         approvals: None,
         intent_sha256: None,
+        delivery_key: None,
         expires_at: request.expires_at,
         ..request.clone()
     };

@@ -86,6 +86,9 @@ pub fn run(inputs: &Inputs<'_>) -> Report {
             checks.push(hooks(repo, inputs.hook_binary));
             checks.push(refspecs(repo));
             checks.push(policy(repo));
+            if let Some(check) = broker(repo, inputs.open_signer, inputs.aws_timeout) {
+                checks.push(check);
+            }
         }
         None => {
             for id in ["signer", "hooks", "refspec", "policy"] {
@@ -400,6 +403,74 @@ fn policy(repo: &Repository) -> Check {
             "commit a valid .tpa/policy.toml on the protected branch and push it (`tpa init` writes one)",
         ),
     }
+}
+
+/// On the broker's host (this identity is one of the policy's `brokers`): its key is trusted for
+/// the broker's principal at the trust ref, and the remote it serves is reachable. None elsewhere.
+/// (No AssumeRole is tried: it would mint a real session; `tpa broker --once` reports a role it
+/// cannot assume as that request's failure.)
+fn broker(
+    repo: &Repository,
+    open: &dyn Fn(&Repository) -> Result<Signer, SigningError>,
+    timeout: Duration,
+) -> Option<Check> {
+    const ID: &str = "broker";
+    let me = crate::ops::context::principal(repo).ok()?;
+    let trust = TrustRef::resolve(repo).ok()?;
+    let (policy, _) = crate::policy::load(repo, &trust).ok()?;
+    if !policy.brokers.contains(&me.email) {
+        return None;
+    }
+    let roles: Vec<&str> = policy
+        .roles
+        .values()
+        .filter(|r| r.approval.mint == crate::policy::Mint::Broker)
+        .map(|r| r.name.as_str())
+        .collect();
+    let Ok(signer) = open(repo) else {
+        return Some(Check::fail(
+            ID,
+            format!("{} is a broker but has no signing key", me.email),
+            "set TPA_SIGNING_KEY=PATH",
+        ));
+    };
+    let signers = match crate::ops::ledger::load_signers(repo, &trust) {
+        Ok(signers) => signers,
+        Err(e) => {
+            return Some(Check::fail(
+                ID,
+                e.to_string(),
+                "commit .tpa/allowed_signers on the protected branch",
+            ));
+        }
+    };
+    if signers.check(signer.public_key.key_data(), &me.email, crate::clock::now())
+        != crate::ledger::signers::SignerCheck::Allowed
+    {
+        return Some(Check::fail(
+            ID,
+            format!("this signing key is not trusted for {} at {}", me.email, trust.refname),
+            "add the broker's line to .tpa/allowed_signers and get it merged through review",
+        ));
+    }
+    let remote = "origin";
+    if let Err(e) = crate::ops::sync::list_remote_refs(repo, remote, "refs/tpa/", timeout) {
+        return Some(Check::fail(
+            ID,
+            format!("the remote {remote} cannot be read: {}", crate::escape::text(&e)),
+            "give this host read and push access to the repository",
+        ));
+    }
+    Some(Check::ok(
+        ID,
+        format!(
+            "{} serves {} broker role(s) ({}) from {remote}; its key is trusted at {}",
+            me.email,
+            roles.len(),
+            roles.join(", "),
+            trust.refname
+        ),
+    ))
 }
 
 /// Records when the request left and what the response's `Date` header said.

@@ -34,9 +34,15 @@ pub fn after_write(repo: &Repository, written: &[Written<'_>], now: DateTime<Utc
         Written::Granted(_) => true,
         Written::Revoked(outcomes) => outcomes.iter().any(|o| o.result.is_some()),
     });
+    // A revocation asked of the broker does nothing until the broker sees it.
+    let for_the_broker = written.iter().any(|w| {
+        matches!(w, Written::Revoked(outcomes)
+            if outcomes.iter().any(|o| o.result == Some(crate::grant::RevokeResult::Requested)))
+    });
     if wrote {
         housekeeping(repo);
-        if let Some(results) = crate::ops::sync::push_if_policy_says(repo, std::time::Duration::from_secs(15))
+        if let Some(results) =
+            crate::ops::sync::push_if_policy_says(repo, std::time::Duration::from_secs(15), for_the_broker)
         {
             finished.unpushed = results
                 .into_iter()

@@ -164,7 +164,7 @@ fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) 
         intent_sha256: intent_checked.and_then(|c| c.payload_sha256.clone()).unwrap_or_default(),
         request: request_checked.and_then(|c| c.record.clone()),
         request_sha256,
-        requester_key: origin.signer.clone(),
+        requester_key: request_checked.unwrap_or(origin).signer.clone(),
         approvals,
         break_glass: intent.break_glass == Some(true),
         request_verified: request_checked.is_some_and(|c| c.is_verified()),

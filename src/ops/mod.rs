@@ -2,6 +2,7 @@
 
 pub mod approval;
 pub mod audit;
+pub mod broker;
 pub mod context;
 pub mod database;
 pub mod deliver;

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::grant::RecordKind;
 use crate::grant::{GrantId, Record, Scope, sha256_hex};
 use crate::interrupt::Interruption;
+use crate::ledger::delivery::{self, DeliveryKey};
 use crate::ledger::signing::Signer;
 use crate::ops::approval::Quorum;
 use crate::ops::context::{self, ContextError, GitContext};
@@ -84,11 +85,14 @@ pub enum RequestError {
         "{what} does not allow break-glass: ask for approval (without --break-glass), or set `break_glass = true` for it in .tpa/policy.toml through review"
     )]
     BreakGlassNotAllowed { what: String },
+    #[error("request {grant_id} was refused: {why}")]
+    BrokerRefused { grant_id: GrantId, why: String },
+    #[error("grant {grant_id} is not trusted: {why}; nothing was taken from its delivery")]
+    NotFromTheBroker { grant_id: GrantId, why: String },
     #[error(
-        "{what} is minted by the broker (mint = \"broker\"), which this tpa does not run yet: ask whoever runs the \
-         team's broker, or set mint = \"local\" through review"
+        "grant {grant_id}'s delivery could not be taken: {why}. The grant stays until it expires: `tpa revoke {grant_id}` ends it, then ask again"
     )]
-    BrokerMinted { what: String },
+    Delivery { grant_id: GrantId, why: String },
     #[error("no request {0} in the ledger: `tpa status --history` lists yours")]
     UnknownRequest(GrantId),
     #[error("request {grant_id} was made by {by}: only they can resume it")]
@@ -114,6 +118,8 @@ pub struct Granted {
     /// How long the provider's round trip and the keyring write took (for benchmarks).
     pub mint_elapsed: std::time::Duration,
     pub keyring_elapsed: std::time::Duration,
+    /// Minted by the broker and taken from its delivery (the broker told the webhooks).
+    pub delivered: bool,
 }
 
 impl RequestError {
@@ -159,10 +165,12 @@ impl Planned {
 pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result<Planned, RequestError> {
     let trust = TrustRef::resolve(repo)?;
     let ctx = context::capture(repo, Some(&trust))?;
-    plan_in(repo, spec, ctx, trust, GrantId::generate(now), now)
+    plan_in(repo, spec, ctx, trust, GrantId::generate(now), now, None)
 }
 
-/// Plans a request in a given context (a request record's, when it resumes after approval).
+/// Plans a request in a given context (a request record's, when it resumes after approval, or a
+/// broker mints it). `grantee`: whom the session is for, when not the context's principal (the
+/// broker's): its session tags name them.
 fn plan_in(
     repo: &Repository,
     spec: &RequestSpec,
@@ -170,6 +178,7 @@ fn plan_in(
     trust: TrustRef,
     grant_id: GrantId,
     now: DateTime<Utc>,
+    grantee: Option<&crate::grant::Principal>,
 ) -> Result<Planned, RequestError> {
     let (policy, _) = crate::policy::load(repo, &trust)?;
     let reason = spec.reason.clone().unwrap_or_default();
@@ -220,7 +229,8 @@ fn plan_in(
         None
     };
     let (session_policy, scope) = session_policy(repo, &trust, &role)?;
-    let tags = if role.session_tags { session_tags(&grant_id, &ctx) } else { Vec::new() };
+    let grantee = grantee.unwrap_or(&ctx.principal);
+    let tags = if role.session_tags { session_tags(&grant_id, &ctx, &grantee.email) } else { Vec::new() };
     if tags.len() > MAX_SESSION_TAGS {
         return Err(RequestError::TooManyTags { count: tags.len() });
     }
@@ -297,16 +307,31 @@ pub fn execute(
     if approach.break_glass && !planned.rules.break_glass {
         return Err(RequestError::BreakGlassNotAllowed { what: planned.what.clone() });
     }
-    if planned.rules.mint == Mint::Broker {
-        return Err(RequestError::BrokerMinted { what: planned.what.clone() });
-    }
-    if planned.rules.approvals == 0 && !approach.break_glass {
+    let by_broker = planned.rules.mint == Mint::Broker;
+    if planned.rules.approvals == 0 && !approach.break_glass && !by_broker {
         return issue_planned(repo, planned, signer, store, interruption, None)
             .map(|g| Outcome::Granted(Box::new(g)));
     }
     // The request, signed before anything else: what exactly is asked, for approvers to see. Its
     // signer must be one the trust ref accepts, as for any record.
     issue::check_signer(repo, &planned.trust, signer, &planned.ctx.principal.email, planned.now)?;
+    // For the broker: a one-time key whose public half the request carries; the broker encrypts
+    // the credentials to it. Its secret half stays in this keyring until the delivery is opened.
+    let delivery_key = if by_broker {
+        let key = DeliveryKey::generate();
+        let until = planned.now
+            + chrono::Duration::seconds(planned.rules.window as i64)
+            + chrono::Duration::seconds(planned.ttl_seconds as i64);
+        crate::secrets::store_until(
+            &crate::secrets::delivery_account(&planned.grant_id),
+            &key.to_secret(),
+            until,
+        )
+        .map_err(|source| IssueError::KeyringUnusable { source })?;
+        Some(key.recipient())
+    } else {
+        None
+    };
     let mut record = planned.ctx.record(
         RecordKind::Request,
         &planned.grant_id,
@@ -318,18 +343,28 @@ pub fn execute(
     record.expires_at = Some(planned.now + chrono::Duration::seconds(planned.ttl_seconds as i64));
     record.approve_by = Some(planned.now + chrono::Duration::seconds(planned.rules.window as i64));
     record.break_glass = approach.break_glass.then_some(true);
+    record.delivery_key = delivery_key;
     let request_sha256 =
         crate::ledger::append(repo, &record, signer).map_err(IssueError::Intent)?.payload_sha256;
     // The hooks look after it from now on: merging or abandoning its branch cancels it.
     let _ = crate::state::index_grant(repo, &planned.grant_id, crate::state::LocalGrant::of(&record));
-    if approach.break_glass {
+    if approach.break_glass && !by_broker {
         let approved = Approved { request_sha256, approvals: Vec::new(), break_glass: true };
         return issue_planned(repo, planned, signer, store, interruption, Some(approved))
             .map(|g| Outcome::Granted(Box::new(g)));
     }
-    // Approvers see the request once it is on the remote, and the webhooks say where to look.
-    let _ = crate::ops::sync::push_if_policy_says(repo, std::time::Duration::from_secs(15));
-    crate::ops::notifications::tell(repo, &record, NotifyEvent::ApprovalRequested, None, crate::clock::now());
+    // Approvers (and the broker) see the request once it is on the remote, and the webhooks say
+    // where to look.
+    let _ = crate::ops::sync::push_if_policy_says(repo, std::time::Duration::from_secs(15), by_broker);
+    if planned.rules.approvals > 0 && !approach.break_glass {
+        crate::ops::notifications::tell(
+            repo,
+            &record,
+            NotifyEvent::ApprovalRequested,
+            None,
+            crate::clock::now(),
+        );
+    }
     let grant_id = planned.grant_id.clone();
     let spec = RequestSpec {
         role: planned.issuer_role().unwrap_or_default(),
@@ -343,10 +378,31 @@ pub fn execute(
 }
 
 /// A request approved by enough approvers (or break-glass): what its intent record names.
-struct Approved {
-    request_sha256: String,
-    approvals: Vec<String>,
-    break_glass: bool,
+pub struct Approved {
+    pub request_sha256: String,
+    pub approvals: Vec<String>,
+    pub break_glass: bool,
+}
+
+/// The broker's side of a request: plans it again under the policy at the trust ref now, in the
+/// request's context (with the broker as the context's principal, and the requester as the
+/// grantee its session tags name), and issues it through the one executor into `store` (the
+/// delivery).
+#[allow(clippy::too_many_arguments)]
+pub fn mint_for(
+    repo: &Repository,
+    spec: &RequestSpec,
+    ctx: GitContext,
+    trust: TrustRef,
+    grant_id: GrantId,
+    grantee: &crate::grant::Principal,
+    signer: &Signer,
+    store: &dyn SecretStore,
+    interruption: &Interruption,
+    approved: Approved,
+) -> Result<Granted, RequestError> {
+    let planned = plan_in(repo, spec, ctx, trust, grant_id, crate::clock::now(), Some(grantee))?;
+    issue_planned(repo, planned, signer, store, interruption, Some(approved))
 }
 
 /// Continues a request that waits for approvals: fetches the ledger every `wait` (None: once) and
@@ -380,6 +436,25 @@ pub fn resume(
             .ok_or_else(|| RequestError::UnknownRequest(grant_id.clone()))?;
         let trust = TrustRef::resolve(repo)?;
         let (policy, _) = crate::policy::load(repo, &trust)?;
+        if grant.request.as_ref().is_some_and(|r| r.delivery_key.is_some()) {
+            match from_the_broker(repo, &grant, &policy, store)? {
+                Some(granted) => return Ok(Outcome::Granted(Box::new(granted))),
+                None => {
+                    let quorum = crate::ops::approval::rules_for(&policy, &grant)
+                        .map(|rules| crate::ops::approval::evaluate(&grant, &policy, rules, now))
+                        .unwrap_or(Quorum::Closed);
+                    if let Quorum::Denied { by, reason } = quorum {
+                        return Err(RequestError::Denied { grant_id: grant_id.clone(), by, reason });
+                    }
+                    on_wait(&quorum);
+                    let Some(poll) = wait else {
+                        return Ok(Outcome::Awaiting { grant_id: grant_id.clone(), quorum });
+                    };
+                    pause(poll, interruption, grant_id)?;
+                    continue;
+                }
+            }
+        }
         let rules =
             crate::ops::approval::rules_for(&policy, &grant).ok_or_else(|| RequestError::RequestClosed {
                 grant_id: grant_id.clone(),
@@ -411,7 +486,7 @@ pub fn resume(
                     ttl_seconds: ttl,
                     ..spec.clone()
                 };
-                let planned = plan_in(repo, &spec, ctx, trust, grant_id.clone(), now)?;
+                let planned = plan_in(repo, &spec, ctx, trust, grant_id.clone(), now, None)?;
                 let approved = Approved {
                     request_sha256: grant.request_sha256.clone().expect("a quorum needs a request"),
                     approvals,
@@ -440,17 +515,154 @@ pub fn resume(
                 let Some(poll) = wait else {
                     return Ok(Outcome::Awaiting { grant_id: grant_id.clone(), quorum });
                 };
-                // Wait in short steps, so that an interruption stops the wait at once.
-                let until = std::time::Instant::now() + poll;
-                while std::time::Instant::now() < until {
-                    if interruption.is_set() {
-                        return Err(RequestError::WaitInterrupted { grant_id: grant_id.clone() });
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(50).min(poll));
-                }
+                pause(poll, interruption, grant_id)?;
             }
         }
     }
+}
+
+/// Waits `poll` in short steps, so that an interruption stops the wait at once.
+fn pause(
+    poll: std::time::Duration,
+    interruption: &Interruption,
+    grant_id: &GrantId,
+) -> Result<(), RequestError> {
+    let until = std::time::Instant::now() + poll;
+    while std::time::Instant::now() < until {
+        if interruption.is_set() {
+            return Err(RequestError::WaitInterrupted { grant_id: grant_id.clone() });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50).min(poll));
+    }
+    Ok(())
+}
+
+/// A request to the broker: None while it waits (for approvals, or for the broker's next pass);
+/// the credentials once the broker's signed grant record and its delivery are on the remote; an
+/// error when it ended otherwise. The delivery must open with this request's one-time key and be
+/// the very credentials the broker's grant record names (by fingerprint): anyone can encrypt to
+/// the public key, only the broker signs grant records.
+fn from_the_broker(
+    repo: &Repository,
+    grant: &crate::ops::grants::GrantView,
+    policy: &crate::policy::Policy,
+    store: &dyn SecretStore,
+) -> Result<Option<Granted>, RequestError> {
+    use crate::grant::GrantState;
+    let grant_id = &grant.grant_id;
+    let me = context::principal(repo)?;
+    if me.email != grant.grantee().email {
+        return Err(RequestError::NotYourRequest {
+            grant_id: grant_id.clone(),
+            by: grant.grantee().email.clone(),
+        });
+    }
+    match grant.state {
+        GrantState::AwaitingApproval => return Ok(None),
+        GrantState::Failed => {
+            return Err(RequestError::BrokerRefused {
+                grant_id: grant_id.clone(),
+                why: failure_reason(repo, grant_id).unwrap_or_else(|| "no reason recorded".into()),
+            });
+        }
+        GrantState::Active => {}
+        GrantState::Lapsed => {
+            return Err(RequestError::RequestClosed {
+                grant_id: grant_id.clone(),
+                why: "no quorum of approvals came within its window: ask again".into(),
+            });
+        }
+        state => {
+            return Err(RequestError::RequestClosed {
+                grant_id: grant_id.clone(),
+                why: format!("it is {state}"),
+            });
+        }
+    }
+    let issued = grant.issued.clone().expect("an active grant has its grant record");
+    let trusted = signed_grant_record(repo, grant_id)
+        .is_some_and(|record| record == issued && policy.brokers.contains(&record.principal.email));
+    if !trusted {
+        return Err(RequestError::NotFromTheBroker {
+            grant_id: grant_id.clone(),
+            why: format!(
+                "its grant record is not signed by a trusted broker (it names {})",
+                issued.principal.email
+            ),
+        });
+    }
+    let remotes = crate::gitconfig::GitConfig::of(repo).map(|c| c.remotes()).unwrap_or_default();
+    let refname = delivery::delivery_ref(grant_id);
+    let timeout = std::time::Duration::from_secs(15);
+    let mut ciphertext = None;
+    for remote in &remotes {
+        match crate::ops::sync::fetch_remote_blob(repo, remote, &refname, delivery::MAX_DELIVERY, timeout) {
+            Ok(Some(bytes)) => {
+                ciphertext = Some((remote.clone(), bytes));
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(RequestError::Delivery { grant_id: grant_id.clone(), why: e }),
+        }
+    }
+    let Some((remote, ciphertext)) = ciphertext else {
+        return Err(RequestError::Delivery {
+            grant_id: grant_id.clone(),
+            why: format!(
+                "the broker granted it, but there is no delivery under {refname} (picked up elsewhere?)"
+            ),
+        });
+    };
+    let account = crate::secrets::delivery_account(grant_id);
+    let bad = |why: String| RequestError::Delivery { grant_id: grant_id.clone(), why };
+    let key = crate::secrets::load(&account)
+        .map_err(|e| bad(format!("the one-time key is not in the keyring: {e}")))?;
+    let key = DeliveryKey::from_secret(&key).map_err(|e| bad(e.to_string()))?;
+    let plain = key.open(&ciphertext).map_err(|e| bad(e.to_string()))?;
+    let secret = std::str::from_utf8(&plain)
+        .ok()
+        .and_then(crate::secrets::from_json)
+        .ok_or_else(|| bad("the delivery holds no credentials tpa can read".into()))?;
+    if issued.credential_fingerprint.as_deref() != Some(secret.fingerprint().as_str()) {
+        return Err(bad("the delivery holds other credentials than the broker's grant record names: not made by the broker".into()));
+    }
+    store.store(grant_id, &secret).map_err(|source| IssueError::KeyringUnusable { source })?;
+    // Picked up: the ciphertext goes from the remote, the one-time key from the keyring.
+    let _ = crate::ops::sync::delete_remote_ref(repo, &remote, &refname, timeout);
+    let _ = crate::secrets::delete(&account);
+    let _ = crate::state::index_grant(repo, grant_id, crate::state::LocalGrant::of(&issued));
+    Ok(Some(Granted {
+        policy_commit: issued.policy_commit.clone().unwrap_or_default(),
+        record: issued,
+        secret,
+        mint_elapsed: std::time::Duration::ZERO,
+        keyring_elapsed: std::time::Duration::ZERO,
+        delivered: true,
+    }))
+}
+
+/// The grant's newest grant record whose signature verifies with a key trusted for its principal.
+fn signed_grant_record(repo: &Repository, grant_id: &GrantId) -> Option<Record> {
+    let view = crate::ops::ledger::records_lenient(repo).ok()?;
+    view.report
+        .records
+        .into_iter()
+        .filter(|c| c.is_verified())
+        .filter_map(|c| c.record)
+        .filter(|r| &r.grant_id == grant_id && r.kind == RecordKind::Grant)
+        .max_by_key(|r| r.issued_at)
+}
+
+/// The error a `failed` record of the grant gives (a broker's refusal, or the provider's).
+fn failure_reason(repo: &Repository, grant_id: &GrantId) -> Option<String> {
+    let view = crate::ops::ledger::records_lenient(repo).ok()?;
+    view.report
+        .records
+        .iter()
+        .filter(|c| c.is_verified())
+        .filter_map(|c| c.record.as_ref())
+        .find(|r| &r.grant_id == grant_id && r.kind == RecordKind::Failed)
+        .and_then(|r| r.error.clone())
 }
 
 /// Issues a planned grant through the one executor, then tells the required webhooks before
@@ -511,6 +723,7 @@ fn issue_planned(
         policy_commit: planned.trust.commit.to_string(),
         mint_elapsed: issued.mint_elapsed,
         keyring_elapsed: issued.keyring_elapsed,
+        delivered: false,
     })
 }
 
@@ -580,11 +793,11 @@ fn session_policy(
 }
 
 /// tpa-grant, tpa-principal, tpa-commit, tpa-branch, with values encoded to STS's tag characters.
-fn session_tags(grant_id: &GrantId, ctx: &GitContext) -> Vec<(String, String)> {
+fn session_tags(grant_id: &GrantId, ctx: &GitContext, grantee: &str) -> Vec<(String, String)> {
     let branch = ctx.branch.strip_prefix("refs/heads/").unwrap_or(&ctx.branch);
     vec![
         ("tpa-grant".to_owned(), grant_id.to_string()),
-        ("tpa-principal".to_owned(), tag_value(&ctx.principal.email)),
+        ("tpa-principal".to_owned(), tag_value(grantee)),
         ("tpa-commit".to_owned(), ctx.commit.to_string()),
         ("tpa-branch".to_owned(), tag_value(branch)),
     ]

@@ -130,6 +130,9 @@ pub fn revoke_grants(
 ) -> Vec<Revoked> {
     let mut outcomes = Vec::new();
     let mut to_end: BTreeMap<ProviderKind, Vec<GrantView>> = BTreeMap::new();
+    let policy = policy_now(repo);
+    let brokers: &[String] = policy.as_ref().map_or(&[], |p| p.brokers.as_slice());
+    let i_am_a_broker = brokers.contains(&author.principal.email);
     for grant in chosen {
         match grant.state {
             GrantState::Revoked => outcomes.push(skipped(&grant, "already revoked")),
@@ -152,13 +155,21 @@ pub fn revoke_grants(
                 let _ = secrets::delete_credentials(&grant.grant_id);
                 outcomes.push(skipped(&grant, "already expired at the provider; nothing to end"))
             }
+            // Only the broker holds the rights to end what it minted: this clone asks it to.
+            _ if minted_by_broker(&grant, brokers) && !i_am_a_broker => outcomes.push(record_outcome(
+                repo,
+                &grant,
+                spec,
+                author,
+                RevokeResult::Requested,
+                Some("minted by the broker, which applies the revocation on its next pass".into()),
+            )),
             _ => to_end.entry(grant.provider.clone()).or_default().push(grant),
         }
     }
     if to_end.is_empty() {
         return outcomes;
     }
-    let policy = policy_now(repo);
     let reach = Reach {
         profile: spec.profile.as_deref(),
         timeout: spec.timeout,
@@ -178,6 +189,11 @@ pub fn revoke_grants(
         }
     }
     outcomes
+}
+
+/// Whether a broker wrote the grant's intent (`mint = "broker"`): then only a broker can end it.
+pub fn minted_by_broker(grant: &GrantView, brokers: &[String]) -> bool {
+    !grant.intent_sha256.is_empty() && brokers.contains(&grant.intent.principal.email)
 }
 
 /// The policy at the trust ref now: where a backend finds what to connect to (a database's host).
@@ -238,6 +254,7 @@ fn revoke_record(
         intent_sha256: (!grant.intent_sha256.is_empty()).then(|| grant.intent_sha256.clone()),
         request_sha256: grant.request_sha256.clone(),
         approve_by: None,
+        delivery_key: None,
         trigger: Some(spec.trigger),
         result: Some(result),
         error,

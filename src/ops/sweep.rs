@@ -63,6 +63,8 @@ pub enum Decision {
     Retry,
     /// A pending revocation, not yet due.
     Wait,
+    /// A revocation asked of the broker (it minted the grant), not applied yet.
+    Requested,
     /// An intent that never got an outcome.
     Incomplete,
     Irrevocable,
@@ -82,6 +84,7 @@ impl Decision {
             Decision::Expired => "expired",
             Decision::Retry => "retry",
             Decision::Wait => "wait",
+            Decision::Requested => "requested",
             Decision::Incomplete => "incomplete",
             Decision::Irrevocable => "irrevocable",
             Decision::Restored => "restored",
@@ -128,7 +131,10 @@ impl SweepReport {
                 matches!(
                     i.decision,
                     Decision::Error | Decision::Irrevocable | Decision::Wait | Decision::Unrecorded
-                ) || i.outcome.as_ref().is_some_and(|o| o.result != Some(RevokeResult::Done))
+                ) || i
+                    .outcome
+                    .as_ref()
+                    .is_some_and(|o| !matches!(o.result, Some(RevokeResult::Done | RevokeResult::Requested)))
             })
     }
 }
@@ -137,10 +143,12 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
     let now = options.now;
     let me = context::principal(repo)?;
     let mut report = SweepReport::default();
-    let (protected, abandon_after) = match TrustRef::resolve(repo)
+    let policy = TrustRef::resolve(repo)
         .map_err(|e| e.to_string())
-        .and_then(|trust| crate::policy::load(repo, &trust).map_err(|e| e.to_string()))
-    {
+        .and_then(|trust| crate::policy::load(repo, &trust).map_err(|e| e.to_string()));
+    let brokers: Vec<String> = policy.as_ref().map(|(p, _)| p.brokers.clone()).unwrap_or_default();
+    let i_am_a_broker = brokers.contains(&me.email);
+    let (protected, abandon_after) = match policy {
         Ok((policy, _)) if policy.protected_branches.is_empty() => {
             report.policy_error = Some("protected_branches is empty".to_owned());
             let abandon_after = chrono::Duration::seconds(policy.abandon_after as i64);
@@ -225,11 +233,27 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
                 Decision::Irrevocable,
                 Some("an operator must resolve it: `tpa revoke GRANT`".into()),
             )),
+            (_, GrantState::Pending)
+                if !i_am_a_broker
+                    && revoke::minted_by_broker(grant, &brokers)
+                    && grant.revokes.last().is_some_and(|r| r.result == Some(RevokeResult::Requested)) =>
+            {
+                report.items.push(item(
+                    grant,
+                    Decision::Requested,
+                    Some("asked of the broker, which ends it on its next pass".into()),
+                ))
+            }
             (_, GrantState::Pending) => {
-                let attempts = grant.revokes.iter().filter(|r| r.result != Some(RevokeResult::Done)).count();
+                // Attempts that failed; a request to the broker is none (the broker acts on it at once).
+                let attempts = grant
+                    .revokes
+                    .iter()
+                    .filter(|r| !matches!(r.result, Some(RevokeResult::Done | RevokeResult::Requested)))
+                    .count();
                 let last = grant.revokes.last().map(|r| r.issued_at).unwrap_or(grant.requested_at);
                 let trigger = grant.revokes.last().and_then(|r| r.trigger).unwrap_or(RevokeTrigger::Manual);
-                if now < last + backoff(attempts) {
+                if attempts > 0 && now < last + backoff(attempts) {
                     report.items.push(item(
                         grant,
                         Decision::Wait,
@@ -289,7 +313,10 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
         }
     }
 
-    reassert(repo, &all, &expiries, options, now, &mut report);
+    // What a broker minted only a broker can deny (again).
+    let reassertable: Vec<GrantView> =
+        all.iter().filter(|g| i_am_a_broker || !revoke::minted_by_broker(g, &brokers)).cloned().collect();
+    reassert(repo, &reassertable, &expiries, options, now, &mut report);
     update_index(repo, &state, &me, now)?;
     Ok(report)
 }

@@ -85,12 +85,15 @@ pub fn sync(repo: &Repository, options: &SyncOptions) -> Result<Vec<RemoteSync>,
     Ok(out)
 }
 
-/// Pushes the ledger when the policy says `sync = "push"`: for `tpa request`, `tpa revoke` and the
+/// Pushes the ledger when the policy says `sync = "push"` (or `always`: what was written is for
+/// others to act on, such as a request to the broker): for `tpa request`, `tpa revoke` and the
 /// sweep. None when the policy does not ask for it (or cannot be read, or there is no remote).
-pub fn push_if_policy_says(repo: &Repository, timeout: Duration) -> Option<Vec<RemoteSync>> {
+pub fn push_if_policy_says(repo: &Repository, timeout: Duration, always: bool) -> Option<Vec<RemoteSync>> {
     let trust = crate::trust::TrustRef::resolve(repo).ok()?;
     let (policy, _) = crate::policy::load(repo, &trust).ok()?;
-    if policy.sync != SyncMode::Push || crate::gitconfig::GitConfig::of(repo).ok()?.remotes().is_empty() {
+    if (policy.sync != SyncMode::Push && !always)
+        || crate::gitconfig::GitConfig::of(repo).ok()?.remotes().is_empty()
+    {
         return None;
     }
     Some(sync(repo, &SyncOptions { remotes: None, timeout, interactive: false }).unwrap_or_else(|e| {

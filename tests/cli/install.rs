@@ -36,3 +36,21 @@ fn install_twice_then_uninstall_leaves_nothing() {
     assert!(removed.contains("removed"), "{removed}");
     assert_eq!(std::fs::read_dir(prefix.join("bin")).unwrap().count(), 0);
 }
+
+/// The CI templates people copy must parse: a YAML error shows only once a workflow runs.
+#[test]
+fn every_ci_template_is_valid_yaml() {
+    let templates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let script =
+        "import sys, yaml\nfor path in sys.argv[1:]:\n    yaml.safe_load(open(path))\n    print(path)";
+    let mut files: Vec<_> = std::fs::read_dir(&templates)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8, "{files:?}");
+    let out = Command::new(crate::common::aws::python()).arg("-c").arg(script).args(&files).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), files.len());
+}

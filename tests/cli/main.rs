@@ -3,6 +3,7 @@
 
 mod approvals;
 mod audit;
+mod broker;
 mod common;
 mod database;
 mod db_token;

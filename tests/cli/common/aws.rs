@@ -51,14 +51,27 @@ impl AwsRepo {
         Self::in_env(TestEnv::headless(), "", "")
     }
 
-    pub fn in_env(mut env: TestEnv, top: &str, extra: &str) -> Self {
+    pub fn in_env(env: TestEnv, top: &str, extra: &str) -> Self {
         let moto = moto();
         let role_name = unique_name("tpa-test-role");
         let role_arn = moto.create_role(&role_name);
-        let proxy = Proxy::start(moto.addr);
+        Self::on(env, moto.addr, (BASE_KEY_ID, "base-secret-not-a-grant"), (role_name, role_arn), top, extra)
+    }
+
+    /// The same, against the moto at `addr`, as the IAM user whose access key is `keys`, for an
+    /// existing role `(name, arn)`.
+    pub fn on(
+        mut env: TestEnv,
+        addr: std::net::SocketAddr,
+        keys: (&str, &str),
+        (role_name, role_arn): (String, String),
+        top: &str,
+        extra: &str,
+    ) -> Self {
+        let proxy = Proxy::start(addr);
         env.set_env("AWS_ENDPOINT_URL", proxy.endpoint());
-        env.set_env("AWS_ACCESS_KEY_ID", BASE_KEY_ID);
-        env.set_env("AWS_SECRET_ACCESS_KEY", "base-secret-not-a-grant");
+        env.set_env("AWS_ACCESS_KEY_ID", keys.0);
+        env.set_env("AWS_SECRET_ACCESS_KEY", keys.1);
         env.set_env("AWS_REGION", "us-east-1");
         env.set_env("AWS_DEFAULT_REGION", "us-east-1");
         env.set_env("AWS_EC2_METADATA_DISABLED", "true");

@@ -45,6 +45,12 @@ pub fn moto() -> &'static Moto {
     }
 }
 
+/// A moto server of the caller's own (not the shared one): for tests that switch IAM enforcement
+/// on, which is global to a server. It lives as long as the test binary, as the shared one does.
+pub fn start_separate() -> Moto {
+    start_moto().unwrap_or_else(|message| panic!("{message}"))
+}
+
 /// A name no other caller in this test binary gets (moto lives as long as the binary, so this is
 /// unique within moto too). Only characters IAM accepts in role and session names.
 pub fn unique_name(prefix: &str) -> String {
