@@ -5,6 +5,8 @@
 #              (both removed before each run);
 #   since_ms   `tpa verify` after one new record on a new commit, with the witness and the cache of
 #              the previous run (each run is prepared by `git commit` + `tpa debug intent`);
+#   nohash_ms  the full check with libgit2's strict hash verification off (TPA_TEST_NO_STRICT_HASH,
+#              testing builds only), to decide whether it costs anything (docs/verify.md, "Cost");
 # against `git notes --ref=tpa list | wc -l` on the same ledger as the baseline (list_ms). With
 # TPA_BASE (another build, e.g. main's), its `tpa verify` is measured too in the same run (base_ms).
 # Medians from hyperfine.
@@ -38,7 +40,7 @@ export TPA_SIGNING_KEY=$work/key
 median_ms() { jq '.results[0].median * 1000' "$1"; }
 echo "load: $(uptime)"
 
-printf '%-8s %10s %10s %10s %11s %10s %9s %10s %10s %9s\n' records append_ms full_ms full_rec/s since_ms list_ms full/list since/list base_ms base/full
+printf '%-8s %10s %10s %10s %11s %10s %10s %9s %10s %10s %9s\n' records append_ms full_ms full_rec/s since_ms nohash_ms list_ms full/list since/list base_ms base/full
 for n in $sizes; do
   repo=$work/r$n
   if [ ! -f "$repo/.filled" ]; then
@@ -77,6 +79,8 @@ for n in $sizes; do
     "$tpa debug intent --reason BENCH-append:one-more-record" >/dev/null 2>&1
   hyperfine -N --warmup 1 --runs "$runs" --prepare "rm -f $state/witness $state/verify-cache" \
     --export-json "$work/full.json" "$tpa verify" >/dev/null 2>&1
+  hyperfine -N --warmup 1 --runs "$runs" --prepare "rm -f $state/witness $state/verify-cache" \
+    --export-json "$work/nohash.json" "env TPA_TEST_NO_STRICT_HASH=1 $tpa verify" >/dev/null 2>&1
   "$tpa" verify >/dev/null 2>&1   # a witness and its cache, as a developer has them
   hyperfine --warmup 2 --runs 20 \
     --prepare "git commit -q --allow-empty -m next && $tpa debug intent --reason BENCH-since:one-new-record >/dev/null" \
@@ -92,9 +96,10 @@ for n in $sizes; do
   fi
   append=$(median_ms "$work/append.json"); full=$(median_ms "$work/full.json")
   since=$(median_ms "$work/since.json"); list=$(median_ms "$work/list.json")
+  nohash=$(median_ms "$work/nohash.json")
   records=$("$tpa" verify --json 2>/dev/null | jq .records)
-  printf '%-8s %10.2f %10.1f %10.0f %11.1f %10.1f %9.2f %10.2f %10s %9s\n' "$n" "$append" "$full" \
-    "$(echo "$records / ($full / 1000)" | bc -l)" "$since" "$list" "$(echo "$full / $list" | bc -l)" \
+  printf '%-8s %10.2f %10.1f %10.0f %11.1f %10.1f %10.1f %9.2f %10.2f %10s %9s\n' "$n" "$append" "$full" \
+    "$(echo "$records / ($full / 1000)" | bc -l)" "$since" "$nohash" "$list" "$(echo "$full / $list" | bc -l)" \
     "$(echo "$since / $list" | bc -l)" "$base" "$base_ratio"
   cd - >/dev/null
 done
