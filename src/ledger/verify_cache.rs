@@ -184,7 +184,7 @@ pub fn decode(bytes: &[u8], key: &Key) -> Result<Base, Refused> {
                     let line_no = r.u32()?;
                     let payload = r.array::<32>()?;
                     let grant = GrantKey(r.array()?);
-                    if grant.grant_id().is_none() {
+                    if !crate::grant::is_grant_id(&grant.0) {
                         return Err(damaged("a grant id is invalid"));
                     }
                     let kind = kind_of(r.byte()?).ok_or(damaged("a record kind is invalid"))?;
