@@ -592,26 +592,27 @@ pub fn check_across(lines: &[Placed<'_>]) -> Across {
         if matches!(facts.kind, RecordKind::Intent | RecordKind::Approval) || facts.intent.is_none() {
             continue;
         }
+        // The grant id is built only for a finding: most records have none.
+        let kind = match intents.get(&facts.grant) {
+            None => FindingKind::OrphanRecord,
+            Some(shas) if !shas.iter().any(|s| facts.intent == Some(PayloadRef::Sha(*s))) => {
+                FindingKind::IntentMismatch
+            }
+            Some(_) => continue,
+        };
         let grant_id = facts.grant.grant_id();
         let shown = grant_id.as_ref().map(ToString::to_string).unwrap_or_default();
-        let base = Finding {
-            kind: FindingKind::OrphanRecord,
+        let message = if kind == FindingKind::OrphanRecord {
+            format!("{} record for grant {shown} whose intent is not in the ledger", facts.kind)
+        } else {
+            format!("{} record names an intent that is not grant {shown}'s", facts.kind)
+        };
+        let finding = Finding {
+            kind,
             commit: Some(placed.annotated.to_string()),
             line: Some(placed.line.line_no as usize),
             grant_id,
-            message: String::new(),
-        };
-        let finding = match intents.get(&facts.grant) {
-            None => Finding {
-                message: format!("{} record for grant {shown} whose intent is not in the ledger", facts.kind),
-                ..base
-            },
-            Some(shas) if !shas.iter().any(|s| facts.intent == Some(PayloadRef::Sha(*s))) => Finding {
-                kind: FindingKind::IntentMismatch,
-                message: format!("{} record names an intent that is not grant {shown}'s", facts.kind),
-                ..base
-            },
-            Some(_) => continue,
+            message,
         };
         across.findings.push((index, finding));
     }
