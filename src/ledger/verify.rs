@@ -4,7 +4,7 @@
 //! checks themselves; src/ledger/check.rs runs them over a notes tip, in full or since the last
 //! verified tip.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use git2::{Oid, Repository};
@@ -485,6 +485,25 @@ fn is_misplaced(placed: &Placed<'_>) -> bool {
     placed.line.facts.as_ref().is_some_and(|f| !f.commit.names(placed.annotated))
 }
 
+/// The intents (or requests) at the tip: the grants that have one, and each one's payload digest.
+#[derive(Default)]
+struct Named {
+    grants: HashSet<GrantKey>,
+    payloads: HashSet<(GrantKey, [u8; 32])>,
+}
+
+impl Named {
+    fn insert(&mut self, grant: GrantKey, sha: [u8; 32]) {
+        self.grants.insert(grant);
+        self.payloads.insert((grant, sha));
+    }
+
+    /// Is `named` one of `grant`'s? A digest not in lower-case hex names no payload.
+    fn names(&self, grant: GrantKey, named: PayloadRef) -> bool {
+        matches!(named, PayloadRef::Sha(sha) if self.payloads.contains(&(grant, sha)))
+    }
+}
+
 /// A `wrong_commit` finding for each record stored on another commit than the one it names.
 fn wrong_commit(lines: &[Placed<'_>]) -> Vec<(usize, Finding)> {
     let mut out = Vec::new();
@@ -546,15 +565,16 @@ pub fn check_across(lines: &[Placed<'_>]) -> Across {
 
     // Each later record names its grant's intent, and a record naming a request names its
     // grant's request.
-    let mut intents: HashMap<GrantKey, Vec<[u8; 32]>> = HashMap::new();
-    let mut requests: HashMap<GrantKey, Vec<[u8; 32]>> = HashMap::new();
+    // Which grants have an intent (a request), and which (grant, payload sha256) pairs are one:
+    // sets, not a list per grant, since this runs over every record on every `tpa verify`.
+    let (mut intents, mut requests) = (Named::default(), Named::default());
     for (index, placed) in lines.iter().enumerate() {
         if let (Some(facts), Some(sha), false) =
             (&placed.line.facts, placed.line.payload_sha256, across.copies[index])
         {
             match facts.kind {
-                RecordKind::Intent => intents.entry(facts.grant).or_default().push(sha),
-                RecordKind::Request => requests.entry(facts.grant).or_default().push(sha),
+                RecordKind::Intent => intents.insert(facts.grant, sha),
+                RecordKind::Request => requests.insert(facts.grant, sha),
                 _ => {}
             }
         }
@@ -567,16 +587,14 @@ pub fn check_across(lines: &[Placed<'_>]) -> Across {
         // A record naming a request (approvals, the intent of an approved grant, a cancelled
         // request) must name this grant's request.
         if let Some(named) = facts.request
-            && !requests
-                .get(&facts.grant)
-                .is_some_and(|shas| shas.iter().any(|s| named == PayloadRef::Sha(*s)))
+            && !requests.names(facts.grant, named)
         {
             let grant_id = facts.grant.grant_id();
             let shown = grant_id.as_ref().map(ToString::to_string).unwrap_or_default();
             across.findings.push((
                 index,
                 Finding {
-                    kind: if requests.contains_key(&facts.grant) {
+                    kind: if requests.grants.contains(&facts.grant) {
                         FindingKind::IntentMismatch
                     } else {
                         FindingKind::OrphanRecord
@@ -593,12 +611,10 @@ pub fn check_across(lines: &[Placed<'_>]) -> Across {
             continue;
         }
         // The grant id is built only for a finding: most records have none.
-        let kind = match intents.get(&facts.grant) {
-            None => FindingKind::OrphanRecord,
-            Some(shas) if !shas.iter().any(|s| facts.intent == Some(PayloadRef::Sha(*s))) => {
-                FindingKind::IntentMismatch
-            }
-            Some(_) => continue,
+        let kind = match facts.intent {
+            _ if !intents.grants.contains(&facts.grant) => FindingKind::OrphanRecord,
+            Some(named) if !intents.names(facts.grant, named) => FindingKind::IntentMismatch,
+            _ => continue,
         };
         let grant_id = facts.grant.grant_id();
         let shown = grant_id.as_ref().map(ToString::to_string).unwrap_or_default();
