@@ -21,7 +21,7 @@ const RULES: &str = "approvals = 1\napprovers = [\"@sre\"]\napproval_window = \"
     [roles.local-one]\narn = \"arn:aws:iam::123456789012:role/local-one\"\nregion = \"us-east-1\"\nmax_ttl = \"1h\"\n\
     [groups]\nsre = [\"bob@example.com\"]\n";
 /// How many roles the enforcing moto is set up with: one per test that mints.
-const ROLES: usize = 8;
+const ROLES: usize = 10;
 
 struct Keys {
     id: String,
@@ -651,4 +651,32 @@ fn doctor_on_the_broker_host_checks_the_brokers_identity_key_and_remote() {
     let broker = report["checks"].as_array().unwrap().iter().find(|c| c["id"] == "broker").unwrap();
     assert_eq!(broker["status"], "fail", "{broker}");
     assert!(broker["detail"].as_str().unwrap().contains("not trusted"), "{broker}");
+}
+
+#[test]
+fn a_break_glass_request_to_the_broker_is_minted_without_approvals_where_the_role_allows_it() {
+    let team = Team::with(&RULES.replace("mint = \"broker\"\n", "mint = \"broker\"\nbreak_glass = true\n"));
+    let out = team.aws.request().args(["--break-glass", "--no-wait", "--json"]).run().success().json();
+    let id = out["grant_id"].as_str().unwrap().to_owned();
+    assert_eq!(out["state"], "awaiting_broker", "{out}");
+    let report = team.broker_once().run().json();
+    assert_eq!(Team::action(&report, &id).0, "minted", "{report}");
+    let got = team.aws.tpa().args(["request", "--resume", &id, "--json"]).run().success().json();
+    assert_eq!(got["grant_id"], id.as_str());
+    let grant = &team.records(&team.aws.dir, &id, "grant")[0];
+    assert_eq!(grant["break_glass"], true, "{grant}");
+    assert_eq!(grant["principal"]["email"], BROKER);
+    // Not allowed for the role: the broker refuses a break-glass request written by hand.
+    let strict = Team::new();
+    let id = strict.ask();
+    let mut request = strict.records(&strict.aws.dir, &id, "request")[0].clone();
+    let other = fresh_id();
+    request["grant_id"] = json!(other);
+    request["break_glass"] = json!(true);
+    strict.aws.tpa().args(["debug", "append"]).stdin(request.to_string()).run().success();
+    strict.aws.tpa().args(["sync"]).run();
+    let report = strict.broker_once().run().json();
+    let (action, detail) = Team::action(&report, &other);
+    assert_eq!(action, "refused", "{report}");
+    assert!(detail.contains("does not allow break-glass"), "{detail}");
 }
