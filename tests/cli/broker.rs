@@ -172,21 +172,7 @@ impl Team {
             enforcing.roles.get(index).expect("raise ROLES: every test that mints takes a role").clone();
         let keys = (enforcing.requester.id.as_str(), enforcing.requester.secret.as_str());
         let aws = AwsRepo::on(TestEnv::new(), enforcing.moto.addr, keys, role, TOP, rules);
-        let origin = aws.env.path("work-origin.git");
-        let clone = |name: &str, email: &str| {
-            let dir = aws.env.path(name);
-            aws.env
-                .git(aws.env.root.path(), &["clone", "-q", origin.to_str().unwrap(), dir.to_str().unwrap()]);
-            aws.env.git(&dir, &["config", "user.email", email]);
-            aws.env.git(&dir, &["config", "user.name", name]);
-            let key = aws.env.ssh_key(&format!("{name}-key"));
-            aws.env.tpa(&dir).args(["init", "--signing-key"]).arg(&key).run().success();
-            aws.env.git(&dir, &["add", ".tpa"]);
-            aws.env.git(&dir, &["commit", "-q", "-m", &format!("tpa: allow {email} to sign")]);
-            aws.env.git(&dir, &["pull", "-q", "--rebase", "origin", "main"]);
-            aws.env.git(&dir, &["push", "-q", "origin", "main"]);
-            dir
-        };
+        let clone = |name: &str, email: &str| aws.teammate(name, email);
         let bob = clone("bob", "bob@example.com");
         let broker = clone("broker", BROKER);
         for dir in [&bob, &broker] {
