@@ -561,6 +561,11 @@ fn from_the_broker(
             by: grant.grantee().email.clone(),
         });
     }
+    let account = crate::secrets::delivery_account(grant_id);
+    if !matches!(grant.state, GrantState::AwaitingApproval | GrantState::Active) {
+        // Nothing will be delivered: the one-time key has nothing left to open.
+        let _ = crate::secrets::delete(&account);
+    }
     match grant.state {
         GrantState::AwaitingApproval => return Ok(None),
         GrantState::Failed => {
@@ -617,7 +622,6 @@ fn from_the_broker(
             ),
         });
     };
-    let account = crate::secrets::delivery_account(grant_id);
     let bad = |why: String| RequestError::Delivery { grant_id: grant_id.clone(), why };
     let key = crate::secrets::load(&account)
         .map_err(|e| bad(format!("the one-time key is not in the keyring: {e}")))?;

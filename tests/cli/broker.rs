@@ -338,9 +338,11 @@ fn a_delivery_left_for_the_requester_opens_only_with_their_key_and_goes_once_pic
     let out = team.tpa_in(&team.bob).args(["request", "--resume", &id]).run().code(2);
     assert!(out.stderr.contains("only they can"), "{}", out.stderr);
 
+    assert!(one_time_key_kept(&team, &id), "the one-time key waits in alice's keyring");
     let got = team.aws.tpa().args(["request", "--resume", &id, "--json"]).run().success().json();
     assert_eq!(got["grant_id"], id.as_str());
     assert_eq!(team.remote_refs("refs/tpa/deliveries/"), "");
+    assert!(!one_time_key_kept(&team, &id), "opened: the one-time key is gone");
     let token = exported(&team, "AWS_SESSION_TOKEN");
     assert!(token.len() > 20 && !String::from_utf8_lossy(&blob).contains(&token));
     // Picked up once: asking again finds no delivery and says so.
@@ -362,6 +364,7 @@ fn the_broker_refuses_what_does_not_hold_and_says_why_in_the_ledger() {
         assert_eq!(failed[0]["principal"]["email"], BROKER);
         let out = team.aws.tpa().args(["request", "--resume", id]).run().code(2);
         assert!(out.stderr.contains("refused") && out.stderr.contains(why), "{}", out.stderr);
+        assert!(!one_time_key_kept(&team, id), "nothing will be delivered: the one-time key goes");
     };
 
     // A commit that was never pushed: approvers could not have seen it.
@@ -443,6 +446,12 @@ fn exported(team: &Team, name: &str) -> String {
     let out = team.aws.tpa().arg("env").run().success();
     let line = out.stdout.lines().find(|l| l.starts_with(&format!("export {name}="))).unwrap().to_owned();
     line.split_once('=').unwrap().1.trim_matches('\'').to_owned()
+}
+
+/// Whether alice's keyring still holds the one-time delivery key of request `id`.
+fn one_time_key_kept(team: &Team, id: &str) -> bool {
+    let lookup = ["lookup", "service", "tpa", "username", &format!("delivery:{id}")];
+    team.aws.env.command("secret-tool").args(lookup).output().unwrap().status.success()
 }
 
 fn fresh_id() -> String {
