@@ -21,7 +21,7 @@ const RULES: &str = "approvals = 1\napprovers = [\"@sre\"]\napproval_window = \"
     [roles.local-one]\narn = \"arn:aws:iam::123456789012:role/local-one\"\nregion = \"us-east-1\"\nmax_ttl = \"1h\"\n\
     [groups]\nsre = [\"bob@example.com\"]\n";
 /// How many roles the enforcing moto is set up with: one per test that mints.
-const ROLES: usize = 10;
+const ROLES: usize = 12;
 
 struct Keys {
     id: String,
@@ -674,4 +674,38 @@ fn a_break_glass_request_to_the_broker_is_minted_without_approvals_where_the_rol
     let (action, detail) = Team::action(&report, &other);
     assert_eq!(action, "refused", "{report}");
     assert!(detail.contains("does not allow break-glass"), "{detail}");
+}
+
+#[test]
+fn a_watching_broker_serves_each_approval_and_stops_cleanly_on_sigterm() {
+    let team = Team::new();
+    let mut watching =
+        team.broker_in(&team.broker).args(["broker", "--watch", "--interval", "1s", "--json"]).spawn_piped();
+    for _ in 0..2 {
+        let id = team.ask();
+        team.approve(&id);
+        let got = team
+            .aws
+            .tpa()
+            .args(["request", "--resume", &id, "--poll", "1s", "--json"])
+            .run()
+            .success()
+            .json();
+        assert_eq!(got["grant_id"], id.as_str());
+    }
+    let pid = watching.id().to_string();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = watching.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "a signal ends the watch as an interruption");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(watching.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let passes: Vec<Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("{l}"))).collect();
+    let minted = passes
+        .iter()
+        .flat_map(|p| p["items"].as_array().cloned().unwrap_or_default())
+        .filter(|i| i["action"] == "minted")
+        .count();
+    assert_eq!(minted, 2, "{stdout}");
 }
