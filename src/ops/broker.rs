@@ -197,9 +197,13 @@ pub fn pass(
         let written = [crate::ops::finish::Written::Revoked(&outcomes)];
         crate::ops::finish::after_write(repo, &written, crate::clock::now());
     }
+    // What this pass wrote since its last push goes out now (nothing written: nothing to push).
+    let wrote = !outcomes.is_empty() || swept.restored > 0 || !report.unpushed.is_empty();
     report.sweep = Some(swept);
     report.deliveries_removed = clean_up(repo, options, &all, &mut report.findings);
-    push(repo, &sync_options, &mut report);
+    if wrote {
+        push(repo, &sync_options, &mut report);
+    }
     Ok(report)
 }
 
