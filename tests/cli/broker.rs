@@ -312,6 +312,11 @@ fn only_the_broker_can_mint_and_the_requester_gets_the_credentials() {
         assert!(!objects.contains(secret.as_str()), "a secret is in a git object");
         assert!(!pass.stdout.contains(secret.as_str()) && !pass.stderr.contains(secret.as_str()));
     }
+    // The audit finds nothing wrong with a grant the broker minted for alice on bob's approval.
+    let audit = team.aws.tpa().args(["audit", "--offline", "--json"]).run().json();
+    let errors: Vec<&Value> =
+        audit["findings"].as_array().unwrap().iter().filter(|f| f["severity"] == "error").collect();
+    assert!(errors.is_empty(), "{errors:?}");
     // bob cannot take what is alice's.
     let theirs = team.tpa_in(&team.bob).args(["request", "--resume", &id]).run().code(2);
     assert!(theirs.stderr.contains("only they can"), "{}", theirs.stderr);
