@@ -30,7 +30,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 .venv/bin/moto_server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
 moto=$!
 broker=
-trap 'kill $moto $broker 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $moto $broker 2>/dev/null; rm -rf "$work" 2>/dev/null || true' EXIT
 endpoint=http://127.0.0.1:$port
 for _ in $(seq 100); do curl -s -o /dev/null "$endpoint/moto-api/" && break; sleep 0.1; done
 role_arn=$(curl -sf -X POST "$endpoint" \

@@ -40,20 +40,26 @@ pub fn run(ctx: &Ctx, args: BrokerArgs) -> anyhow::Result<u8> {
     let interruption = crate::interrupt::Interruption::catch()?;
     if !args.watch {
         let report = broker::pass(&repo, &signer, &options, &interruption)?;
-        render(&report, args.json)?;
+        if args.json {
+            print_json(&report)?;
+        } else {
+            render(&report)?;
+        }
         return Ok(if report.needs_attention() { exit::ERROR } else { exit::OK });
     }
-    let mut failures = 0u32;
+    // One line a pass with --json (JSON Lines, for a journal or a log shipper). A pass that fails
+    // (the remote is down) is said and retried: the next may succeed.
     let mut on_pass = |pass: Result<BrokerReport, broker::BrokerError>| {
-        let shown = match pass {
-            Ok(report) => render(&report, args.json),
-            Err(e) => {
-                failures += 1;
-                // A pass that fails (the remote is down) is retried; the next may succeed.
+        let shown = match (pass, args.json) {
+            (Ok(report), true) => json_line(&report),
+            (Ok(report), false) => render(&report),
+            (Err(e), true) => json_line(&serde_json::json!({ "error": e.to_string() })),
+            (Err(e), false) => {
                 eprintln!("tpa: broker pass failed: {}", escape::controls(&e.to_string()));
                 Ok(())
             }
         };
+        // stdout gone (a closed pipe) is no reason to stop minting and revoking.
         let _ = shown;
     };
     broker::watch(
@@ -67,10 +73,15 @@ pub fn run(ctx: &Ctx, args: BrokerArgs) -> anyhow::Result<u8> {
     Ok(exit::INTERRUPTED)
 }
 
-fn render(report: &BrokerReport, json: bool) -> anyhow::Result<()> {
-    if json {
-        return print_json(report);
-    }
+fn json_line(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn render(report: &BrokerReport) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for item in &report.items {
         let action = match item.action {

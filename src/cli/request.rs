@@ -48,8 +48,9 @@ pub struct RequestArgs {
     /// the grant stays an audit finding until an approver reviews it (`tpa approve ID`).
     #[arg(long)]
     break_glass: bool,
-    /// Where approvals are needed: record the request and return at once, instead of waiting.
-    #[arg(long, conflicts_with = "break_glass")]
+    /// Where approvals (or the broker) are needed: record the request and return at once, instead
+    /// of waiting; `--resume ID` picks it up later.
+    #[arg(long)]
     no_wait: bool,
     /// Continue a request that waits for approvals: wait again, or mint once approved.
     #[arg(long, value_name = "ID", conflicts_with_all = ["role", "db", "break_glass"])]

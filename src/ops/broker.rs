@@ -197,9 +197,13 @@ pub fn pass(
         let written = [crate::ops::finish::Written::Revoked(&outcomes)];
         crate::ops::finish::after_write(repo, &written, crate::clock::now());
     }
+    // What this pass wrote since its last push goes out now (nothing written: nothing to push).
+    let wrote = !outcomes.is_empty() || swept.restored > 0 || !report.unpushed.is_empty();
     report.sweep = Some(swept);
-    report.deliveries_removed = clean_up(repo, options, &mut report.findings);
-    push(repo, &sync_options, &mut report);
+    report.deliveries_removed = clean_up(repo, options, &all, &mut report.findings);
+    if wrote {
+        push(repo, &sync_options, &mut report);
+    }
     Ok(report)
 }
 
@@ -461,9 +465,14 @@ fn refuse(
 
 /// Deletes deliveries on the remote whose grant has ended (picked up or not), and claims whose
 /// grant has ended; reports deliveries no grant accounts for and claims whose broker stopped.
-fn clean_up(repo: &Repository, options: &BrokerOptions, findings: &mut Vec<String>) -> usize {
+/// `all`: the grants as this pass found them (a grant minted since is still open there, so kept).
+fn clean_up(
+    repo: &Repository,
+    options: &BrokerOptions,
+    all: &[GrantView],
+    findings: &mut Vec<String>,
+) -> usize {
     let now = crate::clock::now();
-    let all = grants::list(repo, now).unwrap_or_default();
     let find = |refname: &str, prefix: &str| {
         let id = refname.strip_prefix(prefix).unwrap_or_default();
         id.parse::<GrantId>().ok().and_then(|id| all.iter().find(|g| g.grant_id == id))

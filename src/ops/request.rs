@@ -440,9 +440,13 @@ pub fn resume(
             match from_the_broker(repo, &grant, &policy, store)? {
                 Some(granted) => return Ok(Outcome::Granted(Box::new(granted))),
                 None => {
-                    let quorum = crate::ops::approval::rules_for(&policy, &grant)
-                        .map(|rules| crate::ops::approval::evaluate(&grant, &policy, rules, now))
-                        .unwrap_or(Quorum::Closed);
+                    let break_glass = grant.request.as_ref().is_some_and(|r| r.break_glass == Some(true));
+                    let quorum = match crate::ops::approval::rules_for(&policy, &grant) {
+                        // The broker mints break-glass at once (where the role allows it).
+                        _ if break_glass => Quorum::Reached { approvals: Vec::new() },
+                        Some(rules) => crate::ops::approval::evaluate(&grant, &policy, rules, now),
+                        None => Quorum::Closed,
+                    };
                     if let Quorum::Denied { by, reason } = quorum {
                         return Err(RequestError::Denied { grant_id: grant_id.clone(), by, reason });
                     }
@@ -557,6 +561,11 @@ fn from_the_broker(
             by: grant.grantee().email.clone(),
         });
     }
+    let account = crate::secrets::delivery_account(grant_id);
+    if !matches!(grant.state, GrantState::AwaitingApproval | GrantState::Active) {
+        // Nothing will be delivered: the one-time key has nothing left to open.
+        let _ = crate::secrets::delete(&account);
+    }
     match grant.state {
         GrantState::AwaitingApproval => return Ok(None),
         GrantState::Failed => {
@@ -613,7 +622,6 @@ fn from_the_broker(
             ),
         });
     };
-    let account = crate::secrets::delivery_account(grant_id);
     let bad = |why: String| RequestError::Delivery { grant_id: grant_id.clone(), why };
     let key = crate::secrets::load(&account)
         .map_err(|e| bad(format!("the one-time key is not in the keyring: {e}")))?;

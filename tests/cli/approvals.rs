@@ -30,20 +30,7 @@ impl Team {
     /// origin, their keys committed to main and pushed (as review would), fetched by alice.
     fn with(top: &str, rules: &str) -> Self {
         let aws = AwsRepo::with_policy_parts(top, rules);
-        let origin = aws.env.path("work-origin.git");
-        let clone = |name: &str, email: &str| {
-            let dir = aws.env.path(name);
-            aws.env
-                .git(aws.env.root.path(), &["clone", "-q", origin.to_str().unwrap(), dir.to_str().unwrap()]);
-            aws.env.git(&dir, &["config", "user.email", email]);
-            aws.env.git(&dir, &["config", "user.name", name]);
-            let key = aws.env.ssh_key(&format!("{name}-key"));
-            aws.env.tpa(&dir).args(["init", "--signing-key"]).arg(&key).run().success();
-            aws.env.git(&dir, &["add", ".tpa"]);
-            aws.env.git(&dir, &["commit", "-q", "-m", &format!("tpa: allow {email} to sign")]);
-            aws.env.git(&dir, &["push", "-q", "origin", "main"]);
-            dir
-        };
+        let clone = |name: &str, email: &str| aws.teammate(name, email);
         let bob = clone("bob", "bob@example.com");
         aws.env.git(&bob, &["pull", "-q", "--rebase", "origin", "main"]);
         let carol = clone("carol", "carol@example.com");

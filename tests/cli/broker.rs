@@ -21,7 +21,7 @@ const RULES: &str = "approvals = 1\napprovers = [\"@sre\"]\napproval_window = \"
     [roles.local-one]\narn = \"arn:aws:iam::123456789012:role/local-one\"\nregion = \"us-east-1\"\nmax_ttl = \"1h\"\n\
     [groups]\nsre = [\"bob@example.com\"]\n";
 /// How many roles the enforcing moto is set up with: one per test that mints.
-const ROLES: usize = 8;
+const ROLES: usize = 12;
 
 struct Keys {
     id: String,
@@ -172,21 +172,7 @@ impl Team {
             enforcing.roles.get(index).expect("raise ROLES: every test that mints takes a role").clone();
         let keys = (enforcing.requester.id.as_str(), enforcing.requester.secret.as_str());
         let aws = AwsRepo::on(TestEnv::new(), enforcing.moto.addr, keys, role, TOP, rules);
-        let origin = aws.env.path("work-origin.git");
-        let clone = |name: &str, email: &str| {
-            let dir = aws.env.path(name);
-            aws.env
-                .git(aws.env.root.path(), &["clone", "-q", origin.to_str().unwrap(), dir.to_str().unwrap()]);
-            aws.env.git(&dir, &["config", "user.email", email]);
-            aws.env.git(&dir, &["config", "user.name", name]);
-            let key = aws.env.ssh_key(&format!("{name}-key"));
-            aws.env.tpa(&dir).args(["init", "--signing-key"]).arg(&key).run().success();
-            aws.env.git(&dir, &["add", ".tpa"]);
-            aws.env.git(&dir, &["commit", "-q", "-m", &format!("tpa: allow {email} to sign")]);
-            aws.env.git(&dir, &["pull", "-q", "--rebase", "origin", "main"]);
-            aws.env.git(&dir, &["push", "-q", "origin", "main"]);
-            dir
-        };
+        let clone = |name: &str, email: &str| aws.teammate(name, email);
         let bob = clone("bob", "bob@example.com");
         let broker = clone("broker", BROKER);
         for dir in [&bob, &broker] {
@@ -326,6 +312,11 @@ fn only_the_broker_can_mint_and_the_requester_gets_the_credentials() {
         assert!(!objects.contains(secret.as_str()), "a secret is in a git object");
         assert!(!pass.stdout.contains(secret.as_str()) && !pass.stderr.contains(secret.as_str()));
     }
+    // The audit finds nothing wrong with a grant the broker minted for alice on bob's approval.
+    let audit = team.aws.tpa().args(["audit", "--offline", "--json"]).run().json();
+    let errors: Vec<&Value> =
+        audit["findings"].as_array().unwrap().iter().filter(|f| f["severity"] == "error").collect();
+    assert!(errors.is_empty(), "{errors:?}");
     // bob cannot take what is alice's.
     let theirs = team.tpa_in(&team.bob).args(["request", "--resume", &id]).run().code(2);
     assert!(theirs.stderr.contains("only they can"), "{}", theirs.stderr);
@@ -352,9 +343,11 @@ fn a_delivery_left_for_the_requester_opens_only_with_their_key_and_goes_once_pic
     let out = team.tpa_in(&team.bob).args(["request", "--resume", &id]).run().code(2);
     assert!(out.stderr.contains("only they can"), "{}", out.stderr);
 
+    assert!(one_time_key_kept(&team, &id), "the one-time key waits in alice's keyring");
     let got = team.aws.tpa().args(["request", "--resume", &id, "--json"]).run().success().json();
     assert_eq!(got["grant_id"], id.as_str());
     assert_eq!(team.remote_refs("refs/tpa/deliveries/"), "");
+    assert!(!one_time_key_kept(&team, &id), "opened: the one-time key is gone");
     let token = exported(&team, "AWS_SESSION_TOKEN");
     assert!(token.len() > 20 && !String::from_utf8_lossy(&blob).contains(&token));
     // Picked up once: asking again finds no delivery and says so.
@@ -376,6 +369,7 @@ fn the_broker_refuses_what_does_not_hold_and_says_why_in_the_ledger() {
         assert_eq!(failed[0]["principal"]["email"], BROKER);
         let out = team.aws.tpa().args(["request", "--resume", id]).run().code(2);
         assert!(out.stderr.contains("refused") && out.stderr.contains(why), "{}", out.stderr);
+        assert!(!one_time_key_kept(&team, id), "nothing will be delivered: the one-time key goes");
     };
 
     // A commit that was never pushed: approvers could not have seen it.
@@ -457,6 +451,12 @@ fn exported(team: &Team, name: &str) -> String {
     let out = team.aws.tpa().arg("env").run().success();
     let line = out.stdout.lines().find(|l| l.starts_with(&format!("export {name}="))).unwrap().to_owned();
     line.split_once('=').unwrap().1.trim_matches('\'').to_owned()
+}
+
+/// Whether alice's keyring still holds the one-time delivery key of request `id`.
+fn one_time_key_kept(team: &Team, id: &str) -> bool {
+    let lookup = ["lookup", "service", "tpa", "username", &format!("delivery:{id}")];
+    team.aws.env.command("secret-tool").args(lookup).output().unwrap().status.success()
 }
 
 fn fresh_id() -> String {
@@ -651,4 +651,66 @@ fn doctor_on_the_broker_host_checks_the_brokers_identity_key_and_remote() {
     let broker = report["checks"].as_array().unwrap().iter().find(|c| c["id"] == "broker").unwrap();
     assert_eq!(broker["status"], "fail", "{broker}");
     assert!(broker["detail"].as_str().unwrap().contains("not trusted"), "{broker}");
+}
+
+#[test]
+fn a_break_glass_request_to_the_broker_is_minted_without_approvals_where_the_role_allows_it() {
+    let team = Team::with(&RULES.replace("mint = \"broker\"\n", "mint = \"broker\"\nbreak_glass = true\n"));
+    let out = team.aws.request().args(["--break-glass", "--no-wait", "--json"]).run().success().json();
+    let id = out["grant_id"].as_str().unwrap().to_owned();
+    assert_eq!(out["state"], "awaiting_broker", "{out}");
+    let report = team.broker_once().run().json();
+    assert_eq!(Team::action(&report, &id).0, "minted", "{report}");
+    let got = team.aws.tpa().args(["request", "--resume", &id, "--json"]).run().success().json();
+    assert_eq!(got["grant_id"], id.as_str());
+    let grant = &team.records(&team.aws.dir, &id, "grant")[0];
+    assert_eq!(grant["break_glass"], true, "{grant}");
+    assert_eq!(grant["principal"]["email"], BROKER);
+    // Not allowed for the role: the broker refuses a break-glass request written by hand.
+    let strict = Team::new();
+    let id = strict.ask();
+    let mut request = strict.records(&strict.aws.dir, &id, "request")[0].clone();
+    let other = fresh_id();
+    request["grant_id"] = json!(other);
+    request["break_glass"] = json!(true);
+    strict.aws.tpa().args(["debug", "append"]).stdin(request.to_string()).run().success();
+    strict.aws.tpa().args(["sync"]).run();
+    let report = strict.broker_once().run().json();
+    let (action, detail) = Team::action(&report, &other);
+    assert_eq!(action, "refused", "{report}");
+    assert!(detail.contains("does not allow break-glass"), "{detail}");
+}
+
+#[test]
+fn a_watching_broker_serves_each_approval_and_stops_cleanly_on_sigterm() {
+    let team = Team::new();
+    let mut watching =
+        team.broker_in(&team.broker).args(["broker", "--watch", "--interval", "1s", "--json"]).spawn_piped();
+    for _ in 0..2 {
+        let id = team.ask();
+        team.approve(&id);
+        let got = team
+            .aws
+            .tpa()
+            .args(["request", "--resume", &id, "--poll", "1s", "--json"])
+            .run()
+            .success()
+            .json();
+        assert_eq!(got["grant_id"], id.as_str());
+    }
+    let pid = watching.id().to_string();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = watching.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "a signal ends the watch as an interruption");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(watching.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let passes: Vec<Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("{l}"))).collect();
+    let minted = passes
+        .iter()
+        .flat_map(|p| p["items"].as_array().cloned().unwrap_or_default())
+        .filter(|i| i["action"] == "minted")
+        .count();
+    assert_eq!(minted, 2, "{stdout}");
 }

@@ -91,6 +91,23 @@ impl AwsRepo {
         self.env.tpa(&self.dir)
     }
 
+    /// A teammate's clone of the same origin, with a signing key of their own whose line is
+    /// committed to main and pushed (as review would merge it).
+    pub fn teammate(&self, name: &str, email: &str) -> PathBuf {
+        let origin = self.env.path("work-origin.git");
+        let dir = self.env.path(name);
+        self.env.git(self.env.root.path(), &["clone", "-q", origin.to_str().unwrap(), dir.to_str().unwrap()]);
+        self.env.git(&dir, &["config", "user.email", email]);
+        self.env.git(&dir, &["config", "user.name", name]);
+        let key = self.env.ssh_key(&format!("{name}-key"));
+        self.env.tpa(&dir).args(["init", "--signing-key"]).arg(&key).run().success();
+        self.env.git(&dir, &["add", ".tpa"]);
+        self.env.git(&dir, &["commit", "-q", "-m", &format!("tpa: allow {email} to sign")]);
+        self.env.git(&dir, &["pull", "-q", "--rebase", "origin", "main"]);
+        self.env.git(&dir, &["push", "-q", "origin", "main"]);
+        dir
+    }
+
     pub fn request(&self) -> Run {
         self.tpa().args(["request", "--role", "prod-readonly", "--reason", REASON])
     }
