@@ -85,6 +85,28 @@ impl StateDir {
         self.write(lock, WITNESS, &format!("{tip}\n"))
     }
 
+    /// The verify cache (src/ledger/verify_cache.rs), as stored.
+    pub fn verify_cache(&self) -> Result<Option<Vec<u8>>, StateError> {
+        let path = self.dir.join(crate::ledger::verify_cache::FILE);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError { path, source }),
+        }
+    }
+
+    /// Replaces the verify cache atomically (a reader sees the old file or the new one). Not
+    /// synced to disk, unlike the other state: it is a cache, and one a crash left short fails its
+    /// own digest and costs a full check, while syncing megabytes would cost every `tpa verify`.
+    pub fn set_verify_cache(&self, _lock: &StateLock, bytes: &[u8]) -> Result<(), StateError> {
+        let path = self.dir.join(crate::ledger::verify_cache::FILE);
+        let err = |source| StateError { path: path.clone(), source };
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(err)?;
+        tmp.write_all(bytes).map_err(err)?;
+        tmp.persist(&path).map_err(|e| err(e.error))?;
+        Ok(())
+    }
+
     /// The notes tip up to which the history was last searched for removed records.
     pub fn restore_cursor(&self) -> Result<Option<Oid>, StateError> {
         Ok(self.read(RESTORE_CURSOR)?.and_then(|text| Oid::from_str(text.trim()).ok()))

@@ -19,26 +19,32 @@ pub struct VerifyArgs {
     /// new reference point.
     #[arg(long)]
     accept_rewrite: bool,
+    /// Check every record and the whole history even when the last verified tip and its cache
+    /// would let tpa check only what is new since.
+    #[arg(long)]
+    full: bool,
 }
 
 pub fn run(ctx: &Ctx, args: VerifyArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
     let mut out = std::io::stdout().lock();
-    let view = ledger::verify(&repo, args.accept_rewrite)?;
-    let report = &view.report;
-    let findings: Vec<_> = report.all_findings().collect();
+    let options = ledger::VerifyOptions { accept_rewrite: args.accept_rewrite, full: args.full };
+    let verified = ledger::verify(&repo, options)?;
+    let summary = &verified.summary;
+    let findings = &summary.findings;
     if args.json {
         print_json(&json!({
             "ok": findings.is_empty(),
-            "tip": report.tip.map(|t| t.to_string()),
-            "trust_ref": view.trust.as_ref().map(|t| &t.refname),
-            "trust_commit": view.trust.as_ref().map(|t| t.commit.to_string()),
-            "records": report.records.len(),
+            "tip": verified.tip.map(|t| t.to_string()),
+            "trust_ref": verified.trust.as_ref().map(|t| &t.refname),
+            "trust_commit": verified.trust.as_ref().map(|t| t.commit.to_string()),
+            "records": summary.records,
             "findings": findings,
-            "git_copies": report.git_copies,
+            "git_copies": summary.git_copies,
+            "checked": verified.coverage,
         }))?;
     } else {
-        if let Some(trust) = &view.trust {
+        if let Some(trust) = &verified.trust {
             if trust.origin == TrustOrigin::LocalNoRemote {
                 eprintln!(
                     "note: no remote: trusting the local branch {}, which nobody reviewed",
@@ -48,14 +54,21 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> anyhow::Result<u8> {
             writeln!(
                 out,
                 "checked {} records against .tpa/allowed_signers at {} ({})",
-                report.records.len(),
+                summary.records,
                 escape::text(&trust.refname),
                 render::short(&trust.commit.to_string())
             )?;
+            if let ledger::Coverage::SinceWitness { commits, notes_checked, .. } = &verified.coverage {
+                writeln!(
+                    out,
+                    "since the last verified tip: {commits} new notes commit(s), {notes_checked} note(s) checked; \
+                     the rest as verified then (--full checks everything again)"
+                )?;
+            }
         } else {
             writeln!(out, "the ledger is empty")?;
         }
-        for f in &findings {
+        for f in findings {
             let place = match (&f.commit, f.line) {
                 (Some(c), Some(l)) => format!(" {}:{l}", render::short(c)),
                 (Some(c), None) => format!(" {}", render::short(c)),
@@ -65,12 +78,12 @@ pub fn run(ctx: &Ctx, args: VerifyArgs) -> anyhow::Result<u8> {
             let kind = f.kind.as_str();
             writeln!(out, "{kind}{place}{grant}: {}", escape::text(&f.message))?;
         }
-        if !report.git_copies.is_empty() {
+        if !summary.git_copies.is_empty() {
             writeln!(
                 out,
                 "info: {} record(s) copied by git (notes.rewriteRef) onto rewritten commits, originals in \
                  place: ignored",
-                report.git_copies.len()
+                summary.git_copies.len()
             )?;
         }
         match findings.len() {

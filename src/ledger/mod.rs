@@ -3,12 +3,15 @@
 //! A note line is `{"payload": "<JSON string>", "sig": "<armored SSHSIG, namespace tpa>"}`; the
 //! signed bytes are exactly the UTF-8 bytes of `payload` (see docs/ledger-format.md).
 
+pub mod check;
 pub mod delivery;
 pub mod notes;
 pub mod restore;
+pub mod signature;
 pub mod signers;
 pub mod signing;
 pub mod verify;
+pub mod verify_cache;
 
 use git2::{Oid, Repository};
 use serde::{Deserialize, Serialize};
@@ -74,20 +77,18 @@ pub struct StoredLine {
     pub text: String,
 }
 
-/// Every line of every note in the notes commit `tip`.
+/// Every line of every note in the notes commit `tip` (for export and the audit's events, which
+/// read records without the checks across records).
 pub fn read_lines(repo: &Repository, tip: Option<Oid>) -> Result<Vec<StoredLine>, git2::Error> {
     let Some(tip) = tip else { return Ok(Vec::new()) };
     let tree = repo.find_commit(tip)?.tree()?;
     let mut out = Vec::new();
     for note in notes::list_notes(repo, &tree)? {
         let blob = repo.find_blob(note.blob)?;
-        for (index, raw) in blob.content().split(|b| *b == b'\n').enumerate() {
-            if raw.is_empty() {
-                continue;
-            }
+        for (line_no, raw) in verify::numbered_lines(blob.content()) {
             out.push(StoredLine {
                 annotated: note.annotated,
-                line_no: index + 1,
+                line_no,
                 text: String::from_utf8_lossy(raw).into_owned(),
             });
         }

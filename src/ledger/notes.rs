@@ -359,6 +359,175 @@ pub fn changed_notes(
     Ok(())
 }
 
+/// Where a note sits in a notes tree: the object it annotates, and where its path is split into
+/// directories (bit n set: a directory ends after n hex digits; `ab/cd/ef…` is bits 2 and 4, git's
+/// flat layout 0). git reads any fan-out, so two notes on one object can coexist under two splits;
+/// they are two notes, as for `tpa verify` before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NoteKey {
+    pub annotated: Oid,
+    pub splits: u64,
+}
+
+/// A note at a given notes tip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub key: NoteKey,
+    pub blob: Oid,
+}
+
+/// A directory of a notes tree: the hex digits of its path so far, and where the path was split.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Dir {
+    pub prefix: String,
+    pub splits: u64,
+}
+
+impl Dir {
+    pub fn root() -> Self {
+        Dir { prefix: String::new(), splits: 0 }
+    }
+}
+
+/// What an entry of a notes tree is to tpa, by the same rules as [`list_notes`]: a directory on
+/// the way to a note, a note, or something git keeps there that holds no records.
+pub enum Entry {
+    Dir(Dir, Oid),
+    Note(Note),
+    Other,
+}
+
+pub fn classify(dir: &Dir, entry: &git2::TreeEntry<'_>) -> Entry {
+    let Ok(name) = entry.name() else { return Entry::Other };
+    if !is_hex(name) {
+        return Entry::Other;
+    }
+    let full = format!("{}{name}", dir.prefix);
+    match entry.kind() {
+        Some(ObjectType::Tree) if full.len() < 40 => {
+            let splits = dir.splits | 1 << full.len();
+            Entry::Dir(Dir { prefix: full, splits }, entry.id())
+        }
+        Some(ObjectType::Blob) if full.len() == 40 || full.len() == 64 => match Oid::from_str(&full) {
+            Ok(annotated) => {
+                Entry::Note(Note { key: NoteKey { annotated, splits: dir.splits }, blob: entry.id() })
+            }
+            Err(_) => Entry::Other,
+        },
+        _ => Entry::Other,
+    }
+}
+
+/// Every note under `tree` (the directory `dir` of a notes tree), and every directory met on the
+/// way with its tree id.
+pub fn list_under(
+    repo: &Repository,
+    tree: &Tree,
+    dir: &Dir,
+    notes: &mut Vec<Note>,
+    dirs: &mut Vec<(Dir, Oid)>,
+) -> Result<(), git2::Error> {
+    for entry in tree.iter() {
+        match classify(dir, &entry) {
+            Entry::Dir(sub, id) => {
+                list_under(repo, &repo.find_tree(id)?, &sub, notes, dirs)?;
+                dirs.push((sub, id));
+            }
+            Entry::Note(note) => notes.push(note),
+            Entry::Other => {}
+        }
+    }
+    Ok(())
+}
+
+/// git's order of tree entries: names compared as bytes, a directory's as if it ended with `/`.
+pub fn git_order(a: &git2::TreeEntry<'_>, b: &git2::TreeEntry<'_>) -> std::cmp::Ordering {
+    fn key<'e>(e: &'e git2::TreeEntry<'_>) -> impl Iterator<Item = &'e u8> {
+        let suffix: &[u8] = if e.kind() == Some(ObjectType::Tree) { b"/" } else { b"" };
+        e.name_bytes().iter().chain(suffix)
+    }
+    key(a).cmp(key(b))
+}
+
+/// A note whose blob differs between two notes trees: present in only one, or with two blobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoteChange {
+    pub key: NoteKey,
+    pub old: Option<Oid>,
+    pub new: Option<Oid>,
+}
+
+/// Every note whose blob differs between the notes trees `old` and `new` (either may be absent).
+/// Subtrees with the same id on both sides are skipped without being read, so the cost follows
+/// the change, not the ledger. A path that is a directory on one side and a note on the other is
+/// a removal and an addition.
+pub fn diff_notes(
+    repo: &Repository,
+    old: Option<&Tree>,
+    new: Option<&Tree>,
+    dir: &Dir,
+    out: &mut Vec<NoteChange>,
+) -> Result<(), git2::Error> {
+    let old_entries: Vec<_> = old.map(|t| t.iter().collect()).unwrap_or_default();
+    let new_entries: Vec<_> = new.map(|t| t.iter().collect()).unwrap_or_default();
+    let (mut i, mut j) = (0, 0);
+    while i < old_entries.len() || j < new_entries.len() {
+        let order = match (old_entries.get(i), new_entries.get(j)) {
+            (Some(a), Some(b)) => git_order(a, b),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, _) => std::cmp::Ordering::Greater,
+        };
+        let (a, b) = match order {
+            std::cmp::Ordering::Less => {
+                i += 1;
+                (Some(&old_entries[i - 1]), None)
+            }
+            std::cmp::Ordering::Greater => {
+                j += 1;
+                (None, Some(&new_entries[j - 1]))
+            }
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+                if old_entries[i - 1].id() == new_entries[j - 1].id()
+                    && old_entries[i - 1].kind() == new_entries[j - 1].kind()
+                {
+                    continue;
+                }
+                (Some(&old_entries[i - 1]), Some(&new_entries[j - 1]))
+            }
+        };
+        let a = a.map(|e| classify(dir, e)).unwrap_or(Entry::Other);
+        let b = b.map(|e| classify(dir, e)).unwrap_or(Entry::Other);
+        match (a, b) {
+            (Entry::Dir(sub, x), Entry::Dir(_, y)) => {
+                diff_notes(repo, Some(&repo.find_tree(x)?), Some(&repo.find_tree(y)?), &sub, out)?;
+            }
+            (Entry::Note(x), Entry::Note(y)) if x.key == y.key => {
+                out.push(NoteChange { key: x.key, old: Some(x.blob), new: Some(y.blob) });
+            }
+            (a, b) => {
+                for (side, is_old) in [(a, true), (b, false)] {
+                    match side {
+                        Entry::Dir(sub, id) => {
+                            let tree = repo.find_tree(id)?;
+                            let (o, n) = if is_old { (Some(&tree), None) } else { (None, Some(&tree)) };
+                            diff_notes(repo, o, n, &sub, out)?;
+                        }
+                        Entry::Note(note) => out.push(NoteChange {
+                            key: note.key,
+                            old: is_old.then_some(note.blob),
+                            new: (!is_old).then_some(note.blob),
+                        }),
+                        Entry::Other => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,19 +1,22 @@
 //! Checking the ledger: every record's signature and signer against the trust ref's
 //! allowed_signers, its place in the notes tree, its grant's intent, and the notes ref's own
-//! history (nothing removed, nothing rewritten since the last verified tip).
+//! history (nothing removed, nothing rewritten since the last verified tip). This file holds the
+//! checks themselves; src/ledger/check.rs runs them over a notes tip, in full or since the last
+//! verified tip.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use git2::{Oid, Repository};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use ssh_key::SshSig;
 
-use super::notes::{self, NoteEntry};
+use super::notes;
+use super::signature::{self, KeyCache};
 use super::signers::{AllowedSigners, NAMESPACE, SignerCheck};
 use super::{NoteLine, StoredLine};
-use crate::grant::{GrantId, Record, RecordKind, sha256_hex};
+use crate::grant::{GrantId, Record, RecordKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,7 +86,7 @@ impl FindingKind {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     pub kind: FindingKind,
     /// The commit whose note holds the line, when the finding is about one line.
@@ -127,6 +130,10 @@ pub struct Report {
 }
 
 impl Report {
+    pub fn empty(tip: Option<Oid>) -> Self {
+        Report { tip, records: Vec::new(), git_copies: Vec::new(), ledger_findings: Vec::new() }
+    }
+
     pub fn all_findings(&self) -> impl Iterator<Item = &Finding> {
         self.records.iter().flat_map(|r| r.findings.iter()).chain(self.ledger_findings.iter())
     }
@@ -137,7 +144,7 @@ impl Report {
 }
 
 /// A record git copied onto a rewritten commit.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct GitCopy {
     /// The commit whose note holds the copy.
     pub commit: String,
@@ -147,102 +154,177 @@ pub struct GitCopy {
     pub original: String,
 }
 
-/// Takes out of `records` each record stored on a commit it does not name whose payload is also
-/// stored, unaltered and in its right place, on the commit it names: git's `notes.rewriteRef`
-/// copies a commit's note to the commit that replaces it on `commit --amend` and `rebase`. Such a
-/// copy is no second record and no tampering. A record whose original is gone (moved, not copied)
-/// stays, with its `wrong_commit` finding.
-pub fn set_aside_git_copies(records: &mut Vec<CheckedRecord>) -> Vec<GitCopy> {
-    let in_place: HashSet<(&str, String)> = records
-        .iter()
-        .filter(|c| !c.findings.iter().any(|f| f.kind == FindingKind::WrongCommit))
-        .filter_map(|c| Some((c.payload_sha256.as_deref()?, c.annotated.to_string())))
-        .collect();
-    let is_copy = |c: &CheckedRecord| {
-        c.findings.iter().any(|f| f.kind == FindingKind::WrongCommit)
-            && matches!((&c.record, &c.payload_sha256), (Some(r), Some(sha)) if in_place.contains(&(sha.as_str(), r.commit.clone())))
-    };
-    let copies: Vec<bool> = records.iter().map(is_copy).collect();
-    let mut set_aside = Vec::new();
-    let mut index = 0;
-    records.retain(|c| {
-        let copy = copies[index];
-        index += 1;
-        if copy {
-            set_aside.push(GitCopy {
-                commit: c.annotated.to_string(),
-                line: c.line_no,
-                grant_id: c.record.as_ref().map(|r| r.grant_id.clone()),
-                original: c.record.as_ref().map(|r| r.commit.clone()).unwrap_or_default(),
-            });
-        }
-        !copy
-    });
-    set_aside
-}
+/// A grant id as its 26 characters (always a valid ULID in upper case): a key of fixed size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantKey(pub [u8; 26]);
 
-/// Checks each line on its own: format, payload, signature, signer, place. Spread over the cores.
-pub fn check_lines(lines: Vec<StoredLine>, signers: &AllowedSigners) -> Vec<CheckedRecord> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
-    let chunk = lines.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = lines
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    let mut keys = KeyCache::default();
-                    part.iter().map(|l| check_line(l, signers, &mut keys)).collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("a checker thread never panics")).collect()
-    })
-}
-
-/// Decompressed ed25519 keys by their bytes: a ledger has few signers and many records, and
-/// decompressing the key is a good part of a verification.
-#[derive(Default)]
-struct KeyCache(HashMap<[u8; 32], Option<ed25519_dalek::VerifyingKey>>);
-
-/// Verifies an SSHSIG over `payload` in namespace `tpa`. Ed25519 (the common case) goes through a
-/// cached key; everything else through ssh-key's general path.
-fn verify_signature(signature: &SshSig, payload: &[u8], keys: &mut KeyCache) -> Result<(), String> {
-    if let ssh_key::public::KeyData::Ed25519(public) = signature.public_key()
-        && signature.algorithm() == ssh_key::Algorithm::Ed25519
-        && signature.reserved().is_empty()
-    {
-        let key =
-            keys.0.entry(public.0).or_insert_with(|| ed25519_dalek::VerifyingKey::from_bytes(&public.0).ok());
-        let key = key.as_ref().ok_or("the signing key is not a valid ed25519 point")?;
-        let signed =
-            SshSig::signed_data(NAMESPACE, signature.hash_alg(), payload).map_err(|e| e.to_string())?;
-        let raw =
-            ed25519_dalek::Signature::from_slice(signature.signature_bytes()).map_err(|e| e.to_string())?;
-        return key.verify_strict(&signed, &raw).map_err(|e| e.to_string());
+impl GrantKey {
+    pub fn of(id: &GrantId) -> Self {
+        let mut key = [0; 26];
+        key.copy_from_slice(id.as_str().as_bytes());
+        GrantKey(key)
     }
-    ssh_key::PublicKey::from(signature.public_key().clone())
-        .verify(NAMESPACE, payload, signature)
-        .map_err(|e| e.to_string())
+
+    /// None when the bytes are no grant id (a damaged cache).
+    pub fn grant_id(&self) -> Option<GrantId> {
+        std::str::from_utf8(&self.0).ok()?.parse().ok()
+    }
 }
 
-fn check_line(stored: &StoredLine, signers: &AllowedSigners, keys: &mut KeyCache) -> CheckedRecord {
-    let commit = stored.annotated.to_string();
-    let mut checked = CheckedRecord {
-        annotated: stored.annotated,
-        line_no: stored.line_no,
-        record: None,
-        payload_sha256: None,
-        signer: None,
-        findings: Vec::new(),
-    };
+/// A payload a record names by its sha256 (`intent_sha256`, `request_sha256`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadRef {
+    /// 64 lower-case hex digits, decoded.
+    Sha([u8; 32]),
+    /// Anything else (upper-case digits pass record validation): it names no payload, since
+    /// payload digests are always written in lower case.
+    Other,
+}
+
+/// The commit a record names (`commit`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitRef {
+    /// 40 lower-case hex digits, decoded: a SHA-1 object id.
+    Sha1([u8; 20]),
+    /// A 64-digit id: never the name of a note in a SHA-1 repository.
+    Other(String),
+}
+
+impl CommitRef {
+    fn of(commit: &str) -> Self {
+        let mut raw = [0; 20];
+        match hex::decode_to_slice(commit, &mut raw) {
+            Ok(()) if commit.len() == 40 && !commit.bytes().any(|b| b.is_ascii_uppercase()) => {
+                CommitRef::Sha1(raw)
+            }
+            _ => CommitRef::Other(commit.to_owned()),
+        }
+    }
+
+    /// Does it name `annotated`?
+    pub fn names(&self, annotated: Oid) -> bool {
+        matches!(self, CommitRef::Sha1(raw) if raw == annotated.as_bytes())
+    }
+
+    fn text(&self) -> String {
+        match self {
+            CommitRef::Sha1(raw) => hex::encode(raw),
+            CommitRef::Other(text) => text.clone(),
+        }
+    }
+}
+
+/// What the checks across records (intents, git copies, place) read of a record. The same for a
+/// record checked in this run and one whose note blob an earlier run checked (the verify cache).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub grant: GrantKey,
+    pub kind: RecordKind,
+    /// The intent it names: never on a request, intent or approval (record validation refuses
+    /// one there); on the other kinds unless they name a request instead (a cancelled request).
+    pub intent: Option<PayloadRef>,
+    /// The request it names: on approvals, and on every record of a grant asked for with one.
+    pub request: Option<PayloadRef>,
+    pub commit: CommitRef,
+}
+
+impl Facts {
+    pub fn of(record: &Record) -> Self {
+        let named = |digest: &str| {
+            let mut raw = [0; 32];
+            match hex::decode_to_slice(digest, &mut raw) {
+                Ok(()) if !digest.bytes().any(|b| b.is_ascii_uppercase()) => PayloadRef::Sha(raw),
+                _ => PayloadRef::Other,
+            }
+        };
+        Facts {
+            grant: GrantKey::of(&record.grant_id),
+            kind: record.kind,
+            intent: record.intent_sha256.as_deref().map(named),
+            request: record.request_sha256.as_deref().map(named),
+            commit: CommitRef::of(&record.commit),
+        }
+    }
+
+    /// Fits the verify cache: every id in its decoded form.
+    pub fn is_plain(&self) -> bool {
+        matches!(self.commit, CommitRef::Sha1(_))
+            && !matches!(self.intent, Some(PayloadRef::Other))
+            && !matches!(self.request, Some(PayloadRef::Other))
+    }
+}
+
+/// One line of a note, checked on its own: format, payload, signature, signer. None of that depends
+/// on where the line is stored, so for a given note blob and trust it is always the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// 1-based line number within the note.
+    pub line_no: u32,
+    /// sha256 of the payload, once the line is `{"payload", "sig"}`.
+    pub payload_sha256: Option<[u8; 32]>,
+    /// Once the payload is a valid record.
+    pub facts: Option<Facts>,
+    /// What the line's own checks found.
+    pub findings: Vec<Finding>,
+}
+
+impl Line {
+    /// Nothing found, and everything the verify cache needs in plain form.
+    pub fn is_clean(&self) -> bool {
+        self.findings.is_empty()
+            && self.payload_sha256.is_some()
+            && self.facts.as_ref().is_some_and(Facts::is_plain)
+    }
+}
+
+/// What the flows that read records (log, show, status, the audit) keep of a line besides its
+/// [`Line`]: the record, and who really signed it.
+#[derive(Clone, Debug, Default)]
+pub struct Kept {
+    pub record: Option<Record>,
+    /// The SHA256 fingerprint of the key whose signature over the payload verified (trusted or
+    /// not), once the payload is a valid record: see [`CheckedRecord::signer`].
+    pub signer: Option<String>,
+}
+
+/// Checks one stored line on its own. Returns the line and, with `keep`, the record and its signer
+/// (`tpa verify` needs neither, and skips the fingerprint).
+pub fn check_line(
+    annotated: Oid,
+    line_no: usize,
+    raw: &[u8],
+    signers: &AllowedSigners,
+    keys: &mut KeyCache,
+    keep: bool,
+) -> (Line, Kept) {
+    let (line, record, signer) = check_line_inner(annotated, line_no, raw, signers, keys, keep);
+    let kept = if keep { Kept { record, signer } } else { Kept::default() };
+    (line, kept)
+}
+
+fn check_line_inner(
+    annotated: Oid,
+    line_no: usize,
+    raw: &[u8],
+    signers: &AllowedSigners,
+    keys: &mut KeyCache,
+    keep: bool,
+) -> (Line, Option<Record>, Option<String>) {
+    let mut signer = None;
+    let commit = annotated.to_string();
+    let mut checked =
+        Line { line_no: line_no as u32, payload_sha256: None, facts: None, findings: Vec::new() };
     let finding = |kind, grant_id: Option<GrantId>, message: String| Finding {
         kind,
         commit: Some(commit.clone()),
-        line: Some(stored.line_no),
+        line: Some(line_no),
         grant_id,
         message,
     };
-    let line: NoteLine = match serde_json::from_str(&stored.text) {
+    // As before: a line that is not UTF-8 is read with replacement characters, so its signature
+    // (over other bytes than were signed) fails, or its JSON does.
+    let text = String::from_utf8_lossy(raw);
+    let line: NoteLine = match serde_json::from_str(&text) {
         Ok(line) => line,
         Err(e) => {
             checked.findings.push(finding(
@@ -250,17 +332,18 @@ fn check_line(stored: &StoredLine, signers: &AllowedSigners, keys: &mut KeyCache
                 None,
                 format!("not a ledger line: {e}"),
             ));
-            return checked;
+            return (checked, None, None);
         }
     };
-    checked.payload_sha256 = Some(sha256_hex(line.payload.as_bytes()));
+    checked.payload_sha256 = Some(Sha256::digest(line.payload.as_bytes()).into());
 
     let record = parse_payload(&line.payload);
     let grant_id = record.as_ref().ok().map(|r| r.grant_id.clone());
-    match &record {
-        Ok(_) => {}
-        Err((kind, message)) => checked.findings.push(finding(*kind, None, message.clone())),
+    if let Err((kind, message)) = &record {
+        checked.findings.push(finding(*kind, None, message.clone()));
     }
+    let record = record.ok();
+    checked.facts = record.as_ref().map(Facts::of);
 
     let signature = match SshSig::from_pem(line.sig.as_bytes()) {
         Ok(sig) => sig,
@@ -270,55 +353,57 @@ fn check_line(stored: &StoredLine, signers: &AllowedSigners, keys: &mut KeyCache
                 grant_id,
                 format!("not an SSH signature: {e}"),
             ));
-            checked.record = record.ok();
-            return checked;
+            return (checked, record, signer);
         }
     };
     if signature.namespace() != NAMESPACE {
         let message = format!("signed for namespace `{}`, not `{NAMESPACE}`", signature.namespace());
-        checked.findings.push(finding(FindingKind::WrongNamespace, grant_id.clone(), message));
-    } else if let Err(e) = verify_signature(&signature, line.payload.as_bytes(), keys) {
+        checked.findings.push(finding(FindingKind::WrongNamespace, grant_id, message));
+    } else if let Err(e) = signature::verify(&signature, line.payload.as_bytes(), keys) {
         let message = format!("signature does not match the payload: {e}");
-        checked.findings.push(finding(FindingKind::BadSignature, grant_id.clone(), message));
-    } else if let Ok(record) = &record {
-        let fingerprint = signature.public_key().fingerprint(ssh_key::HashAlg::Sha256);
-        checked.signer = Some(fingerprint.to_string());
+        checked.findings.push(finding(FindingKind::BadSignature, grant_id, message));
+    } else if let Some(record) = &record {
+        let fingerprint = || signature.public_key().fingerprint(ssh_key::HashAlg::Sha256);
+        if keep {
+            signer = Some(fingerprint().to_string());
+        }
         let email = &record.principal.email;
         let at = record.issued_at;
         let problem = match signers.check(signature.public_key(), email, at) {
             SignerCheck::Allowed => None,
             SignerCheck::UnknownKey => Some((
                 FindingKind::UnknownSigner,
-                format!("key {fingerprint} is not in .tpa/allowed_signers at the trust ref"),
+                format!("key {} is not in .tpa/allowed_signers at the trust ref", fingerprint()),
             )),
             SignerCheck::WrongNamespace => Some((
                 FindingKind::UnknownSigner,
-                format!("key {fingerprint} of {email} is not allowed for namespace `{NAMESPACE}`"),
+                format!("key {} of {email} is not allowed for namespace `{NAMESPACE}`", fingerprint()),
             )),
             SignerCheck::OtherPrincipal(owners) => Some((
                 FindingKind::PrincipalMismatch,
-                format!("record says {email}, but key {fingerprint} belongs to {owners}"),
+                format!("record says {email}, but key {} belongs to {owners}", fingerprint()),
             )),
             SignerCheck::NotValidAt => Some((
                 FindingKind::SignerNotValid,
-                format!("key {fingerprint} of {email} was not valid at {}", at.to_rfc3339()),
+                format!("key {} of {email} was not valid at {}", fingerprint(), at.to_rfc3339()),
             )),
         };
         if let Some((kind, message)) = problem {
-            checked.findings.push(finding(kind, grant_id.clone(), message));
+            checked.findings.push(finding(kind, grant_id, message));
         }
     }
-    if let Ok(record) = &record
-        && record.commit != commit
-    {
-        let message = format!("record is for commit {} but stored on {commit}", record.commit);
-        checked.findings.push(finding(FindingKind::WrongCommit, grant_id, message));
-    }
-    checked.record = record.ok();
-    checked
+    (checked, record, signer)
 }
 
 fn parse_payload(payload: &str) -> Result<Record, (FindingKind, String)> {
+    // The common case parses once; only a payload that fails is probed for its version, so that a
+    // newer record is told apart from a broken one.
+    let parsed: Result<Record, _> = serde_json::from_str(payload);
+    if let Ok(record) = &parsed
+        && record.validate().is_ok()
+    {
+        return parsed.map_err(|_| unreachable!());
+    }
     #[derive(serde::Deserialize)]
     struct VersionProbe {
         version: Option<u32>,
@@ -333,171 +418,231 @@ fn parse_payload(payload: &str) -> Result<Record, (FindingKind, String)> {
             format!("record version {version} is newer than this tpa reads: upgrade tpa"),
         ));
     }
-    let record: Record =
-        serde_json::from_str(payload).map_err(|e| (FindingKind::InvalidRecord, format!("payload: {e}")))?;
+    let record = parsed.map_err(|e| (FindingKind::InvalidRecord, format!("payload: {e}")))?;
     record.validate().map_err(|e| (FindingKind::InvalidRecord, e.to_string()))?;
     Ok(record)
 }
 
-/// Links each later record to its grant's intent.
-pub fn check_intents(records: &mut [CheckedRecord]) {
-    let mut intents: HashMap<GrantId, Vec<String>> = HashMap::new();
-    let mut requests: HashMap<GrantId, Vec<String>> = HashMap::new();
-    for checked in records.iter() {
-        if let (Some(record), Some(sha)) = (&checked.record, &checked.payload_sha256) {
-            match record.kind {
-                RecordKind::Intent => intents.entry(record.grant_id.clone()).or_default().push(sha.clone()),
-                RecordKind::Request => requests.entry(record.grant_id.clone()).or_default().push(sha.clone()),
+/// Checks each line on its own, and its place (`wrong_commit`), spread over the cores; no checks
+/// across records. For `tpa export` and the audit's events, which ship records one by one.
+pub fn check_lines(lines: Vec<StoredLine>, signers: &AllowedSigners) -> Vec<CheckedRecord> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    let chunk = lines.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = lines
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut keys = KeyCache::default();
+                    part.iter()
+                        .map(|stored| {
+                            let (line, kept) = check_line(
+                                stored.annotated,
+                                stored.line_no,
+                                stored.text.as_bytes(),
+                                signers,
+                                &mut keys,
+                                true,
+                            );
+                            let placed = [Placed { annotated: stored.annotated, line: &line }];
+                            let mut findings = line.findings.clone();
+                            findings.extend(wrong_commit(&placed).into_iter().map(|(_, f)| f));
+                            CheckedRecord {
+                                annotated: stored.annotated,
+                                line_no: stored.line_no,
+                                record: kept.record,
+                                payload_sha256: line.payload_sha256.map(hex::encode),
+                                signer: kept.signer,
+                                findings,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a checker thread never panics")).collect()
+    })
+}
+
+/// A line as the checks across records see it: where it is stored, and what it is.
+#[derive(Clone, Copy)]
+pub struct Placed<'a> {
+    pub annotated: Oid,
+    pub line: &'a Line,
+}
+
+/// What the checks across records found.
+#[derive(Debug, Default)]
+pub struct Across {
+    /// Per line (same order as given): a copy git made, set aside.
+    pub copies: Vec<bool>,
+    /// Findings to add to a line (index into the lines given), in the order they were made.
+    pub findings: Vec<(usize, Finding)>,
+    pub git_copies: Vec<GitCopy>,
+}
+
+fn is_misplaced(placed: &Placed<'_>) -> bool {
+    placed.line.facts.as_ref().is_some_and(|f| !f.commit.names(placed.annotated))
+}
+
+/// The intents (or requests) at the tip: the grants that have one, and each one's payload digest.
+#[derive(Default)]
+struct Named {
+    grants: HashSet<GrantKey>,
+    payloads: HashSet<(GrantKey, [u8; 32])>,
+}
+
+impl Named {
+    fn insert(&mut self, grant: GrantKey, sha: [u8; 32]) {
+        self.grants.insert(grant);
+        self.payloads.insert((grant, sha));
+    }
+
+    /// Is `named` one of `grant`'s? A digest not in lower-case hex names no payload.
+    fn names(&self, grant: GrantKey, named: PayloadRef) -> bool {
+        matches!(named, PayloadRef::Sha(sha) if self.payloads.contains(&(grant, sha)))
+    }
+}
+
+/// A `wrong_commit` finding for each record stored on another commit than the one it names.
+fn wrong_commit(lines: &[Placed<'_>]) -> Vec<(usize, Finding)> {
+    let mut out = Vec::new();
+    for (index, placed) in lines.iter().enumerate() {
+        if let (true, Some(facts)) = (is_misplaced(placed), &placed.line.facts) {
+            let commit = placed.annotated.to_string();
+            out.push((
+                index,
+                Finding {
+                    kind: FindingKind::WrongCommit,
+                    message: format!("record is for commit {} but stored on {commit}", facts.commit.text()),
+                    commit: Some(commit),
+                    line: Some(placed.line.line_no as usize),
+                    grant_id: facts.grant.grant_id(),
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// The checks that depend on where a line is stored and on the other records: the record's place
+/// (`wrong_commit`), copies git made of it (`notes.rewriteRef`), and its grant's intent. They are
+/// always run over every line at the tip, whether its own checks were made now or read from the
+/// verify cache, so a record added, moved or removed changes what they find exactly as in a full
+/// check.
+pub fn check_across(lines: &[Placed<'_>]) -> Across {
+    let mut across = Across { copies: vec![false; lines.len()], ..Across::default() };
+    let wrong: Vec<bool> = lines.iter().map(is_misplaced).collect();
+    across.findings = wrong_commit(lines);
+
+    // Git copies: a record on a commit it does not name whose payload is also stored, unaltered
+    // and in its right place, on the commit it names. Such a copy is no second record and no
+    // tampering. A record whose original is gone (moved, not copied) stays, with its finding.
+    if wrong.iter().any(|w| *w) {
+        let in_place: HashSet<([u8; 32], Oid)> = lines
+            .iter()
+            .zip(&wrong)
+            .filter(|(_, wrong)| !**wrong)
+            .filter_map(|(p, _)| Some((p.line.payload_sha256?, p.annotated)))
+            .collect();
+        for (index, placed) in lines.iter().enumerate() {
+            let (Some(facts), Some(sha)) = (&placed.line.facts, placed.line.payload_sha256) else { continue };
+            let CommitRef::Sha1(named) = &facts.commit else { continue };
+            if wrong[index] && in_place.contains(&(sha, Oid::from_bytes(named).expect("20 bytes"))) {
+                across.copies[index] = true;
+                across.git_copies.push(GitCopy {
+                    commit: placed.annotated.to_string(),
+                    line: placed.line.line_no as usize,
+                    grant_id: facts.grant.grant_id(),
+                    original: facts.commit.text(),
+                });
+            }
+        }
+        // A copy is set aside: none of its findings (the wrong place) stand.
+        let copies = &across.copies;
+        across.findings.retain(|(index, _)| !copies[*index]);
+    }
+
+    // Each later record names its grant's intent, and a record naming a request names its
+    // grant's request.
+    // Which grants have an intent (a request), and which (grant, payload sha256) pairs are one:
+    // sets, not a list per grant, since this runs over every record on every `tpa verify`.
+    let (mut intents, mut requests) = (Named::default(), Named::default());
+    for (index, placed) in lines.iter().enumerate() {
+        if let (Some(facts), Some(sha), false) =
+            (&placed.line.facts, placed.line.payload_sha256, across.copies[index])
+        {
+            match facts.kind {
+                RecordKind::Intent => intents.insert(facts.grant, sha),
+                RecordKind::Request => requests.insert(facts.grant, sha),
                 _ => {}
             }
         }
     }
-    for checked in records.iter_mut() {
-        let Some(record) = &checked.record else { continue };
-        if record.kind == RecordKind::Request {
+    for (index, placed) in lines.iter().enumerate() {
+        let Some(facts) = &placed.line.facts else { continue };
+        if facts.kind == RecordKind::Request || across.copies[index] {
             continue;
         }
         // A record naming a request (approvals, the intent of an approved grant, a cancelled
         // request) must name this grant's request.
-        if let Some(named) = &record.request_sha256
-            && !requests.get(&record.grant_id).is_some_and(|shas| shas.contains(named))
+        if let Some(named) = facts.request
+            && !requests.names(facts.grant, named)
         {
-            checked.findings.push(Finding {
-                kind: if requests.contains_key(&record.grant_id) {
-                    FindingKind::IntentMismatch
-                } else {
-                    FindingKind::OrphanRecord
+            let grant_id = facts.grant.grant_id();
+            let shown = grant_id.as_ref().map(ToString::to_string).unwrap_or_default();
+            across.findings.push((
+                index,
+                Finding {
+                    kind: if requests.grants.contains(&facts.grant) {
+                        FindingKind::IntentMismatch
+                    } else {
+                        FindingKind::OrphanRecord
+                    },
+                    commit: Some(placed.annotated.to_string()),
+                    line: Some(placed.line.line_no as usize),
+                    grant_id,
+                    message: format!("{} record names a request that is not grant {shown}'s", facts.kind),
                 },
-                commit: Some(checked.annotated.to_string()),
-                line: Some(checked.line_no),
-                grant_id: Some(record.grant_id.clone()),
-                message: format!(
-                    "{} record names a request that is not grant {}'s",
-                    record.kind, record.grant_id
-                ),
-            });
+            ));
             continue;
         }
-        if matches!(record.kind, RecordKind::Intent | RecordKind::Approval) || record.intent_sha256.is_none()
-        {
+        if matches!(facts.kind, RecordKind::Intent | RecordKind::Approval) || facts.intent.is_none() {
             continue;
         }
-        let base = Finding {
-            kind: FindingKind::OrphanRecord,
-            commit: Some(checked.annotated.to_string()),
-            line: Some(checked.line_no),
-            grant_id: Some(record.grant_id.clone()),
-            message: String::new(),
+        // The grant id is built only for a finding: most records have none.
+        let kind = match facts.intent {
+            _ if !intents.grants.contains(&facts.grant) => FindingKind::OrphanRecord,
+            Some(named) if !intents.names(facts.grant, named) => FindingKind::IntentMismatch,
+            _ => continue,
         };
-        match intents.get(&record.grant_id) {
-            None => checked.findings.push(Finding {
-                message: format!(
-                    "{} record for grant {} whose intent is not in the ledger",
-                    record.kind, record.grant_id
-                ),
-                ..base
-            }),
-            Some(shas) if !shas.iter().any(|s| Some(s) == record.intent_sha256.as_ref()) => {
-                checked.findings.push(Finding {
-                    kind: FindingKind::IntentMismatch,
-                    message: format!(
-                        "{} record names an intent that is not grant {}'s",
-                        record.kind, record.grant_id
-                    ),
-                    ..base
-                })
-            }
-            Some(_) => {}
-        }
-    }
-}
-
-/// Walks the notes ref's own history: every line that was ever in a note must still be in that
-/// note at the tip. Returns one finding per line that is gone.
-pub fn check_history(repo: &Repository, tip: Oid) -> Result<Vec<Finding>, git2::Error> {
-    let tip_tree = repo.find_commit(tip)?.tree()?;
-    let tip_notes = notes::list_notes(repo, &tip_tree)?;
-    let tip_pairs: HashSet<(Oid, Oid)> = tip_notes.iter().map(|n| (n.annotated, n.blob)).collect();
-    let blob_of: HashMap<Oid, Oid> = tip_notes.iter().map(|n| (n.annotated, n.blob)).collect();
-
-    // Every (annotated, blob) a notes commit introduced, minus the blobs still at the tip.
-    let mut historic: Vec<NoteEntry> = Vec::new();
-    let mut seen: HashSet<(Oid, Oid)> = HashSet::new();
-    let mut walk = repo.revwalk()?;
-    walk.push(tip)?;
-    // The walk goes from the tip back; a linear history visits each commit right after its child,
-    // so the parent tree loaded for one step is the new tree of the next.
-    let mut carried: Option<(Oid, git2::Tree)> = None;
-    for oid in walk {
-        let commit = repo.find_commit(oid?)?;
-        let tree = match carried.take() {
-            Some((id, tree)) if id == commit.id() => tree,
-            _ => commit.tree()?,
-        };
-        let mut changed = Vec::new();
-        if commit.parent_count() == 0 {
-            notes::changed_notes(repo, None, &tree, "", &mut changed)?;
+        let grant_id = facts.grant.grant_id();
+        let shown = grant_id.as_ref().map(ToString::to_string).unwrap_or_default();
+        let message = if kind == FindingKind::OrphanRecord {
+            format!("{} record for grant {shown} whose intent is not in the ledger", facts.kind)
         } else {
-            for parent in commit.parents() {
-                let parent_tree = parent.tree()?;
-                notes::changed_notes(repo, Some(&parent_tree), &tree, "", &mut changed)?;
-                if carried.is_none() {
-                    carried = Some((parent.id(), parent_tree));
-                }
-            }
-        }
-        for note in changed {
-            let pair = (note.annotated, note.blob);
-            if !tip_pairs.contains(&pair) && seen.insert(pair) {
-                historic.push(note);
-            }
-        }
-    }
-    if historic.is_empty() {
-        return Ok(Vec::new());
-    }
-
-    let hasher = std::collections::hash_map::RandomState::new();
-    let mut tip_lines: HashMap<Oid, HashSet<u64>> = HashMap::new();
-    let mut findings = Vec::new();
-    let mut reported: HashSet<(Oid, u64)> = HashSet::new();
-    for note in historic {
-        let present = match tip_lines.get(&note.annotated) {
-            Some(set) => set,
-            None => {
-                let set = match blob_of.get(&note.annotated) {
-                    Some(blob) => {
-                        lines_of(repo.find_blob(*blob)?.content()).map(|l| hasher.hash_one(l)).collect()
-                    }
-                    None => HashSet::new(),
-                };
-                tip_lines.entry(note.annotated).or_insert(set)
-            }
+            format!("{} record names an intent that is not grant {shown}'s", facts.kind)
         };
-        let old_blob = repo.find_blob(note.blob)?;
-        for line in lines_of(old_blob.content()) {
-            let hash = hasher.hash_one(line);
-            if present.contains(&hash) || !reported.insert((note.annotated, hash)) {
-                continue;
-            }
-            let (grant_id, what) = describe_line(line);
-            findings.push(Finding {
-                kind: FindingKind::RecordRemoved,
-                commit: Some(note.annotated.to_string()),
-                line: None,
-                grant_id,
-                message: format!("{what} was in the ledger's history but is missing or altered at its tip"),
-            });
-        }
+        let finding = Finding {
+            kind,
+            commit: Some(placed.annotated.to_string()),
+            line: Some(placed.line.line_no as usize),
+            grant_id,
+            message,
+        };
+        across.findings.push((index, finding));
     }
-    Ok(findings)
+    across
 }
 
-fn lines_of(content: &[u8]) -> impl Iterator<Item = &[u8]> {
-    content.split(|b| *b == b'\n').filter(|l| !l.is_empty())
+/// Lines of a note blob, with their 1-based line numbers; empty lines (`git notes append` adds
+/// them) are no lines.
+pub fn numbered_lines(content: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    content.split(|b| *b == b'\n').enumerate().filter(|(_, l)| !l.is_empty()).map(|(i, l)| (i + 1, l))
 }
 
-fn describe_line(line: &[u8]) -> (Option<GrantId>, String) {
+/// What a line that is gone from the tip was, for the `record_removed` finding.
+pub fn describe_line(line: &[u8]) -> (Option<GrantId>, String) {
     let parsed = std::str::from_utf8(line)
         .ok()
         .and_then(|text| serde_json::from_str::<NoteLine>(text).ok())
@@ -510,6 +655,18 @@ fn describe_line(line: &[u8]) -> (Option<GrantId>, String) {
         None => format!("a {kind} record"),
     };
     (grant_id, what)
+}
+
+/// The `record_removed` finding for a line of an earlier state of `annotated`'s note.
+pub fn removed_finding(annotated: Oid, line: &[u8]) -> Finding {
+    let (grant_id, what) = describe_line(line);
+    Finding {
+        kind: FindingKind::RecordRemoved,
+        commit: Some(annotated.to_string()),
+        line: None,
+        grant_id,
+        message: format!("{what} was in the ledger's history but is missing or altered at its tip"),
+    }
 }
 
 /// Is the tip still a descendant of (or equal to) the last verified tip?

@@ -1,11 +1,12 @@
 //! Reading the ledger: `tpa log`, `tpa show` and `tpa verify` all go through here.
 
-use git2::Repository;
+use git2::{Oid, Repository};
 
 use crate::ledger::signers::{AllowedSigners, SignersError};
-use crate::ledger::verify::{self, CheckedRecord, FindingKind, Report};
-use crate::ledger::{self, notes, restore};
+use crate::ledger::verify::{self, CheckedRecord, Report};
+use crate::ledger::{check, notes, restore, verify_cache};
 use crate::ops::init::ALLOWED_SIGNERS_PATH;
+use crate::policy::POLICY_PATH;
 use crate::state::{StateDir, StateError};
 use crate::trust::{TrustError, TrustRef};
 
@@ -52,15 +53,8 @@ pub fn records_lenient(repo: &Repository) -> Result<LedgerView, InspectError> {
     match records(repo) {
         Err(InspectError::NoSigners(_)) => {
             let tip = notes::tip(repo)?;
-            let lines = ledger::read_lines(repo, tip)?;
-            let mut records = verify::check_lines(lines, &AllowedSigners::default());
-            let git_copies = verify::set_aside_git_copies(&mut records);
-            verify::check_intents(&mut records);
-            sort_newest_first(&mut records);
-            Ok(LedgerView {
-                trust: TrustRef::resolve(repo).ok(),
-                report: Report { tip, records, git_copies, ledger_findings: vec![] },
-            })
+            let report = read_records(repo, tip, &AllowedSigners::default(), false)?;
+            Ok(LedgerView { trust: TrustRef::resolve(repo).ok(), report })
         }
         other => other,
     }
@@ -68,78 +62,187 @@ pub fn records_lenient(repo: &Repository) -> Result<LedgerView, InspectError> {
 
 /// Every record at the tip with its own checks (signature, signer, place, intent). No history walk.
 pub fn records(repo: &Repository) -> Result<LedgerView, InspectError> {
-    records_at(repo, notes::tip(repo)?)
+    records_at(repo, notes::tip(repo)?, false)
 }
 
-fn records_at(repo: &Repository, tip: Option<git2::Oid>) -> Result<LedgerView, InspectError> {
-    let lines = ledger::read_lines(repo, tip)?;
-    if lines.is_empty() {
-        return Ok(LedgerView {
-            trust: TrustRef::resolve(repo).ok(),
-            report: Report { tip, records: vec![], git_copies: vec![], ledger_findings: vec![] },
-        });
-    }
-    let trust = TrustRef::resolve(repo)?;
-    let signers = load_signers(repo, &trust)?;
-    let mut records = verify::check_lines(lines, &signers);
-    let git_copies = verify::set_aside_git_copies(&mut records);
-    verify::check_intents(&mut records);
-    sort_newest_first(&mut records);
-    Ok(LedgerView {
-        trust: Some(trust),
-        report: Report { tip, records, git_copies, ledger_findings: vec![] },
-    })
-}
-
-/// The full check of `tpa verify`: records, the notes ref's history and the witness. A tip that
-/// passes the rewrite check becomes the new witness; `accept_rewrite` re-anchors it after an
-/// operator has looked into a rewrite.
-pub fn verify(repo: &Repository, accept_rewrite: bool) -> Result<LedgerView, InspectError> {
-    check(repo, Some(accept_rewrite))
-}
-
-/// The checks of [`verify`] without moving the witness: for `tpa audit`, which only reads.
-pub fn verify_read_only(repo: &Repository) -> Result<LedgerView, InspectError> {
-    check(repo, None)
-}
-
-/// `update_witness`: None leaves the witness alone; Some(accept_rewrite) as in [`verify`].
-fn check(repo: &Repository, update_witness: Option<bool>) -> Result<LedgerView, InspectError> {
-    let tip = notes::tip(repo)?;
-    // The history walk and the record checks are independent: run them side by side, on one
-    // fixed tip. The walk gets its own handle, since a Repository is not shared across threads.
-    let git_dir = repo.path().to_owned();
-    let (view, history) = std::thread::scope(|scope| {
-        let history = scope.spawn(move || -> Result<Vec<_>, git2::Error> {
-            match tip {
-                Some(tip) => verify::check_history(&Repository::open(&git_dir)?, tip),
-                None => Ok(Vec::new()),
-            }
-        });
-        let view = records_at(repo, tip);
-        (view, history.join().expect("the history walk never panics"))
-    });
-    let mut view = view?;
-    view.report.ledger_findings.extend(history?);
-    let state = StateDir::open(repo)?;
-    let Some(accept_rewrite) = update_witness else {
-        let rewritten = verify::check_witness(repo, tip, state.witness()?);
-        view.report.ledger_findings.extend(rewritten);
-        return Ok(view);
+fn records_at(repo: &Repository, tip: Option<Oid>, history: bool) -> Result<LedgerView, InspectError> {
+    let Some(signers) = trusted_signers(repo, tip)? else {
+        return Ok(LedgerView { trust: TrustRef::resolve(repo).ok(), report: Report::empty(tip) });
     };
-    let lock = state.lock()?;
-    let witness = state.witness()?;
-    let rewritten = verify::check_witness(repo, tip, witness);
-    if let Some(finding) = rewritten.clone()
-        && !accept_rewrite
-    {
-        view.report.ledger_findings.push(finding);
-    } else if let Some(tip) = tip {
-        state.set_witness(&lock, tip)?;
+    let (trust, signers) = signers;
+    Ok(LedgerView { trust: Some(trust), report: read_records(repo, tip, &signers, history)? })
+}
+
+/// The trust ref and its signers, or None when there is nothing to check (no note at the tip), so
+/// that an empty ledger needs no trust ref.
+fn trusted_signers(
+    repo: &Repository,
+    tip: Option<Oid>,
+) -> Result<Option<(TrustRef, AllowedSigners)>, InspectError> {
+    let Some(tip) = tip else { return Ok(None) };
+    let loaded = TrustRef::resolve(repo)
+        .map_err(InspectError::from)
+        .and_then(|trust| Ok((load_signers(repo, &trust)?, trust)));
+    match loaded {
+        Ok((signers, trust)) => Ok(Some((trust, signers))),
+        Err(e) => {
+            let tree = repo.find_commit(tip)?.tree()?;
+            if notes::list_notes(repo, &tree)?.is_empty() { Ok(None) } else { Err(e) }
+        }
     }
-    debug_assert!(
-        view.report.ledger_findings.iter().filter(|f| f.kind == FindingKind::HistoryRewritten).count() <= 1
-    );
+}
+
+fn read_records(
+    repo: &Repository,
+    tip: Option<Oid>,
+    signers: &AllowedSigners,
+    history: bool,
+) -> Result<Report, InspectError> {
+    let Some(tip) = tip else { return Ok(Report::empty(None)) };
+    let options = check::Options { keep_records: true, history };
+    let (mut records, git_copies, ledger_findings) = check::full(repo, tip, signers, options)?.into_records();
+    sort_newest_first(&mut records);
+    Ok(Report { tip: Some(tip), records, git_copies, ledger_findings })
+}
+
+/// How `tpa verify` went about it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Coverage {
+    /// Every record and the whole history, and why.
+    Full { reason: String },
+    /// What is new since the witness, with the verify cache.
+    SinceWitness { witness: String, commits: usize, notes_checked: usize },
+}
+
+/// What `tpa verify` found.
+pub struct Verified {
+    pub trust: Option<TrustRef>,
+    pub tip: Option<Oid>,
+    pub summary: check::Summary,
+    pub coverage: Coverage,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VerifyOptions {
+    /// After an operator examined a reported rewrite: accept the current tip as the witness.
+    pub accept_rewrite: bool,
+    /// Check everything, whatever the verify cache holds.
+    pub full: bool,
+}
+
+/// `tpa verify`: every record and the notes ref's history, checked in full or, with a verify
+/// cache written at the witness, since the witness (the same findings; see docs/verify.md). A
+/// tip that passes the rewrite check becomes the new witness, with a new cache beside it;
+/// `accept_rewrite` re-anchors the witness after an operator has looked into a rewrite.
+pub fn verify(repo: &Repository, options: VerifyOptions) -> Result<Verified, InspectError> {
+    let tip = notes::tip(repo)?;
+    let state = StateDir::open(repo)?;
+    let Some(tip_id) = tip else {
+        let mut summary = check::Summary::default();
+        if !options.accept_rewrite {
+            summary.findings.extend(verify::check_witness(repo, None, state.witness()?));
+        }
+        let coverage = Coverage::Full { reason: "the ledger is empty".into() };
+        return Ok(Verified { trust: TrustRef::resolve(repo).ok(), tip, summary, coverage });
+    };
+    let trusted = trusted_signers(repo, tip)?;
+    let trust = trusted.as_ref().map(|(t, _)| t.clone());
+    let signers = trusted.map(|(_, s)| s).unwrap_or_default();
+    let policy_blob = match &trust {
+        Some(trust) => committed_blob(repo, trust.commit, POLICY_PATH)?,
+        None => None,
+    };
+    let key = verify_cache::Key::this_build(verify_cache::trust_digest(&signers, policy_blob));
+
+    let witness = state.witness()?;
+    let (checked, coverage) = match plan(repo, &state, &key, witness, tip_id, options.full)? {
+        Plan::Since(base) => {
+            let witness = base.tip.to_string();
+            let (checked, delta) = check::since(repo, base, tip_id, &signers)?;
+            let coverage = Coverage::SinceWitness {
+                witness,
+                commits: delta.commits,
+                notes_checked: delta.notes_checked,
+            };
+            (checked, coverage)
+        }
+        Plan::Full(reason) => {
+            let options = check::Options { keep_records: false, history: true };
+            (check::full(repo, tip_id, &signers, options)?, Coverage::Full { reason })
+        }
+    };
+    let mut summary = checked.summary();
+
+    let lock = state.lock()?;
+    let witness_now = state.witness()?;
+    match verify::check_witness(repo, tip, witness_now) {
+        Some(rewritten) if !options.accept_rewrite => summary.findings.push(rewritten),
+        _ => {
+            // The cache first, then the witness: a run stopped between the two leaves a cache
+            // for another tip than the witness, which is not used.
+            let unchanged = witness_now == Some(tip_id) && matches!(coverage, Coverage::SinceWitness { .. });
+            if !unchanged {
+                state.set_verify_cache(&lock, &verify_cache::encode(&key, &checked))?;
+                state.set_witness(&lock, tip_id)?;
+            }
+        }
+    }
+    Ok(Verified { trust, tip, summary, coverage })
+}
+
+enum Plan {
+    Full(String),
+    Since(check::Base),
+}
+
+/// Whether the verify cache may stand in for the checks up to the witness: only a cache that
+/// passes its own digest, was written by this build against the same trust, describes the tip that
+/// is the witness, and whose tip the ledger's tip descends from. Anything else is a full check.
+fn plan(
+    repo: &Repository,
+    state: &StateDir,
+    key: &verify_cache::Key,
+    witness: Option<Oid>,
+    tip: Oid,
+    full: bool,
+) -> Result<Plan, InspectError> {
+    if full {
+        return Ok(Plan::Full("asked for (--full)".into()));
+    }
+    let Some(witness) = witness else { return Ok(Plan::Full("no verified tip yet".into())) };
+    let Some(bytes) = state.verify_cache()? else { return Ok(Plan::Full("no verify cache".into())) };
+    let base = match verify_cache::decode(&bytes, key) {
+        Ok(base) => base,
+        Err(refused) => return Ok(Plan::Full(format!("the verify cache was not used: {refused}"))),
+    };
+    if base.tip != witness {
+        return Ok(Plan::Full("the verify cache is for another tip than the witness".into()));
+    }
+    let descends = tip == witness || repo.graph_descendant_of(tip, witness).unwrap_or(false);
+    if !descends {
+        return Ok(Plan::Full("the ledger's tip does not descend from the witness".into()));
+    }
+    Ok(Plan::Since(base))
+}
+
+/// The blob id of `path` at `commit`, or None when it is not there.
+fn committed_blob(repo: &Repository, commit: Oid, path: &str) -> Result<Option<Oid>, git2::Error> {
+    let tree = repo.find_commit(commit)?.tree()?;
+    match tree.get_path(std::path::Path::new(path)) {
+        Ok(entry) => Ok(Some(entry.id())),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The checks of [`verify`], always in full and with every record, without moving the witness: for
+/// `tpa audit`, which only reads.
+pub fn verify_read_only(repo: &Repository) -> Result<LedgerView, InspectError> {
+    let tip = notes::tip(repo)?;
+    let mut view = records_at(repo, tip, true)?;
+    let state = StateDir::open(repo)?;
+    view.report.ledger_findings.extend(verify::check_witness(repo, tip, state.witness()?));
     Ok(view)
 }
 

@@ -26,3 +26,4 @@ mod snapshots;
 mod sweep;
 mod sync;
 mod tamper;
+mod verify_cache;

@@ -352,6 +352,116 @@ pub fn finding_kinds(verify_json: &serde_json::Value) -> Vec<String> {
     kinds
 }
 
+/// `tpa verify --json` as a developer runs it (since the witness, when a verified tip and its
+/// cache are there), then `--full`, then once more from the cache the full run left. Then, from the
+/// witness and cache that were there before the first run: once with the cache damaged, and once
+/// with allowed_signers changed on the trust ref (one more signer, who signed nothing here). Every
+/// run must agree with `--full` on the exit code, the record count, every finding (every field)
+/// and the git copies, so that neither a check since the witness nor a damaged or stale cache can
+/// ever report less than a full check. Leaves the trust ref, the witness and the cache as the third
+/// run left them. Returns the first run's exit code and JSON (whose `checked` says how it checked).
+pub fn verify_each_way(env: &TestEnv, dir: &Path) -> (i32, serde_json::Value) {
+    let state =
+        PathBuf::from(env.git(dir, &["rev-parse", "--path-format=absolute", "--git-common-dir"])).join("tpa");
+    let (witness_file, cache_file) = (state.join("witness"), state.join("verify-cache"));
+    let before = (std::fs::read(&witness_file).ok(), std::fs::read(&cache_file).ok());
+    let run = |args: &[&str]| {
+        let run = env.tpa(dir).args(args).run();
+        let json = run.json();
+        (run.code, json)
+    };
+    let runs: Vec<(i32, serde_json::Value)> =
+        [&["verify", "--json"][..], &["verify", "--json", "--full"], &["verify", "--json"]]
+            .iter()
+            .map(|args| run(args))
+            .collect();
+    let comparable = |(code, json): &(i32, serde_json::Value)| {
+        (
+            *code,
+            json["records"].clone(),
+            json["findings"].clone(),
+            json["git_copies"].clone(),
+            json["ok"].clone(),
+        )
+    };
+    let same_as_full = |what: &str, other: &(i32, serde_json::Value)| {
+        assert_eq!(comparable(other), comparable(&runs[1]), "{what} vs --full:\n{}\n{}", other.1, runs[1].1);
+    };
+    same_as_full("since the witness", &runs[0]);
+    same_as_full("again from the cache", &runs[2]);
+    assert_eq!(runs[1].1["checked"]["mode"], "full");
+    let after = (std::fs::read(&witness_file).ok(), std::fs::read(&cache_file).ok());
+    let put = |file: &Path, bytes: &Option<Vec<u8>>| match bytes {
+        Some(bytes) => std::fs::write(file, bytes).unwrap(),
+        None => {
+            let _ = std::fs::remove_file(file);
+        }
+    };
+
+    if let (Some(witness), Some(cache)) = &before {
+        // The cache that was there, damaged (one bit in the middle, the digest left as it was).
+        let mut damaged = cache.clone();
+        let middle = damaged.len() / 2;
+        damaged[middle] ^= 1;
+        std::fs::write(&witness_file, witness).unwrap();
+        std::fs::write(&cache_file, &damaged).unwrap();
+        let damaged_run = run(&["verify", "--json"]);
+        assert_eq!(
+            damaged_run.1["checked"]["mode"], "full",
+            "a damaged cache is not used: {}",
+            damaged_run.1
+        );
+        same_as_full("with a damaged cache", &damaged_run);
+
+        // allowed_signers changed on the trust ref between the two runs: one more signer.
+        if let Some(trust_ref) = runs[1].1["trust_ref"].as_str().filter(|_| runs[1].1["records"] != 0) {
+            let old = env.git(dir, &["rev-parse", trust_ref]);
+            let signers = env.git(dir, &["show", &format!("{old}:.tpa/allowed_signers")]);
+            let index = env.path("trust-index");
+            let _ = std::fs::remove_file(&index);
+            let git = |args: &[&str], input: Option<&str>| {
+                let mut cmd = env.command("git");
+                cmd.current_dir(dir).env("GIT_INDEX_FILE", &index).args(args);
+                if input.is_some() {
+                    cmd.stdin(std::process::Stdio::piped());
+                }
+                cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+                let mut child = cmd.spawn().unwrap();
+                if let Some(input) = input {
+                    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+                }
+                let out = child.wait_with_output().unwrap();
+                assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            };
+            let more = format!(
+                "{signers}\nnobody@example.com namespaces=\"tpa\" \
+                 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAVFuAj+KOG7Jil4cFbABSuDwnqXCKv6D3KDN9ztQvgo\n"
+            );
+            let blob = git(&["hash-object", "-w", "--stdin"], Some(&more));
+            git(&["read-tree", &old], None);
+            git(&["update-index", "--cacheinfo", &format!("100644,{blob},.tpa/allowed_signers")], None);
+            let tree = git(&["write-tree"], None);
+            let commit = git(&["commit-tree", &tree, "-p", &old, "-m", "one more signer"], None);
+            git(&["update-ref", trust_ref, &commit], None);
+            std::fs::write(&witness_file, witness).unwrap();
+            std::fs::write(&cache_file, cache).unwrap();
+            let trust_run = run(&["verify", "--json"]);
+            git(&["update-ref", trust_ref, &old], None);
+            assert_eq!(trust_run.1["checked"]["mode"], "full", "other signers: {}", trust_run.1);
+            assert!(
+                trust_run.1["checked"]["reason"].as_str().unwrap().contains("allowed_signers"),
+                "{}",
+                trust_run.1
+            );
+            same_as_full("with allowed_signers changed on the trust ref", &trust_run);
+        }
+        put(&witness_file, &after.0);
+        put(&cache_file, &after.1);
+    }
+    runs.into_iter().next().unwrap()
+}
+
 /// Every file under `dir`, recursively.
 pub fn walk(dir: &std::path::PathBuf) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();

@@ -1,0 +1,616 @@
+//! Running the checks of src/ledger/verify.rs over a notes tip: in full (every record and the
+//! notes ref's whole history), or since the last verified tip with what the verify cache holds.
+//!
+//! The full check is what an auditor's CI runs on a fresh clone. Its work is cut into units that
+//! the cores take in turn, each thread with its own handle on the repository (a `Repository` is
+//! not shared across threads), at most one thread per core: the tip's notes (a unit per top-level
+//! fan-out directory), their records (signatures are most of the CPU), and the history. Every
+//! object is read once: the history reads each distinct tree of the notes ref's past once, skips
+//! every subtree that is also in the tip (all of its notes are at the tip), and reads only the
+//! blobs that are no longer at the tip.
+//!
+//! On libgit2's strict hash verification (on by default: every object read is hashed again and
+//! compared with its id), measured with bench/ledger.sh (`nohash_ms`, docs/verify.md, "Cost"): it
+//! is about a sixth of the full check's CPU time at 10,000 and 100,000 records (the SHA-1 of every
+//! tree of the notes ref's history, with collision detection). It stays on. Signatures cover the
+//! payloads at the tip, but not what this module infers
+//! from object ids: a subtree skipped because its id is also in the tip, a historic blob taken as
+//! present because its id is the tip's, and the verify cache, whose entries are keyed by blob id.
+//! An object whose bytes no longer match its id (a damaged pack, a swapped loose object) would make
+//! each of those inferences wrong without any signature failing; with the check it is an error.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use git2::{Oid, Repository};
+use sha2::{Digest, Sha256};
+
+use super::notes::{self, Dir, Entry, Note, NoteKey};
+use super::signature::KeyCache;
+use super::signers::AllowedSigners;
+use super::verify::{self, Finding, Kept, Line, Placed};
+
+/// A note at the tip, with its lines checked (now, or by an earlier run: the verify cache).
+#[derive(Clone, Debug)]
+pub struct CheckedNote {
+    pub note: Note,
+    pub lines: Vec<Line>,
+    /// The record and signer of each line (same order as `lines`); only when asked for.
+    pub records: Vec<Kept>,
+    /// Checked in this run from its blob (not taken from the cache).
+    pub fresh: bool,
+}
+
+impl CheckedNote {
+    /// Every line passed its own checks: what the verify cache may keep for this blob.
+    pub fn is_clean(&self) -> bool {
+        self.lines.iter().all(Line::is_clean)
+    }
+}
+
+/// A line that was in an earlier state of a note and is not at the tip.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removed {
+    pub annotated: Oid,
+    /// sha256 of the line's bytes: stable across runs, unlike the keyed hashes used to compare.
+    pub line_sha256: [u8; 32],
+    pub finding: Finding,
+}
+
+/// The checks over one notes tip.
+#[derive(Debug)]
+pub struct Checked {
+    pub tip: Oid,
+    /// Every note at the tip, ordered by key.
+    pub notes: Vec<CheckedNote>,
+    /// What the history walk found, ordered by commit and line digest. Empty when not walked.
+    pub removed: Vec<Removed>,
+}
+
+/// What a `tpa verify` reports of a [`Checked`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Lines at the tip, copies git made set aside.
+    pub records: usize,
+    pub findings: Vec<Finding>,
+    pub git_copies: Vec<verify::GitCopy>,
+}
+
+impl Checked {
+    fn placed(&self) -> Vec<Placed<'_>> {
+        self.notes
+            .iter()
+            .flat_map(|n| n.lines.iter().map(move |line| Placed { annotated: n.note.key.annotated, line }))
+            .collect()
+    }
+
+    /// Findings of every line, then of the history, in an order that does not depend on how the
+    /// lines were checked (a full check and one since the witness report the same list).
+    pub fn summary(&self) -> Summary {
+        let placed = self.placed();
+        let across = verify::check_across(&placed);
+        let mut extra: HashMap<usize, Vec<&Finding>> = HashMap::new();
+        for (index, finding) in &across.findings {
+            extra.entry(*index).or_default().push(finding);
+        }
+        let mut summary = Summary { git_copies: across.git_copies.clone(), ..Summary::default() };
+        for (index, p) in placed.iter().enumerate() {
+            if across.copies[index] {
+                continue;
+            }
+            summary.records += 1;
+            summary.findings.extend(p.line.findings.iter().cloned());
+            summary.findings.extend(extra.get(&index).into_iter().flatten().map(|f| (*f).clone()));
+        }
+        summary.findings.extend(self.removed.iter().map(|r| r.finding.clone()));
+        summary
+    }
+
+    /// The records with their findings (for log, show, status and the audit), copies git made
+    /// set aside. Needs a check that kept records.
+    pub fn into_records(self) -> (Vec<verify::CheckedRecord>, Vec<verify::GitCopy>, Vec<Finding>) {
+        let across = {
+            let placed = self.placed();
+            verify::check_across(&placed)
+        };
+        let mut extra: HashMap<usize, Vec<Finding>> = HashMap::new();
+        for (index, finding) in across.findings {
+            extra.entry(index).or_default().push(finding);
+        }
+        let mut out = Vec::new();
+        let mut index = 0;
+        for note in self.notes {
+            let mut records = note.records.into_iter();
+            for line in note.lines {
+                let kept = records.next().unwrap_or_default();
+                let this = index;
+                index += 1;
+                if across.copies[this] {
+                    continue;
+                }
+                let mut findings = line.findings;
+                findings.extend(extra.remove(&this).unwrap_or_default());
+                out.push(verify::CheckedRecord {
+                    annotated: note.note.key.annotated,
+                    line_no: line.line_no as usize,
+                    record: kept.record,
+                    payload_sha256: line.payload_sha256.map(hex::encode),
+                    signer: kept.signer,
+                    findings,
+                });
+            }
+        }
+        (out, across.git_copies, self.removed.into_iter().map(|r| r.finding).collect())
+    }
+}
+
+/// What a full check does besides the records' own checks.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Keep each line's parsed record (log, show, status, audit); `tpa verify` needs only facts.
+    pub keep_records: bool,
+    /// Walk the notes ref's history for removed records.
+    pub history: bool,
+}
+
+/// Every record at `tip`, and with `options.history` every line its history ever held.
+pub fn full(
+    repo: &Repository,
+    tip: Oid,
+    signers: &AllowedSigners,
+    options: Options,
+) -> Result<Checked, git2::Error> {
+    // The benchmark's way to measure what the strict hash verification costs (bench/ledger.sh).
+    #[cfg(feature = "testing")]
+    if std::env::var_os("TPA_TEST_NO_STRICT_HASH").is_some() {
+        git2::opts::strict_hash_verification(false);
+    }
+    let git_dir = repo.path();
+    let tip_tree = repo.find_commit(tip)?.tree()?;
+    let root = Dir::root();
+    let mut notes_at_tip = Vec::new();
+    let mut top_dirs = Vec::new();
+    for entry in tip_tree.iter() {
+        match notes::classify(&root, &entry) {
+            Entry::Dir(dir, id) => top_dirs.push((dir, id)),
+            Entry::Note(note) => notes_at_tip.push(note),
+            Entry::Other => {}
+        }
+    }
+
+    // First the tip's notes, a unit per top-level directory, and beside them the list of commits.
+    enum First {
+        Walk,
+        List(Dir, Oid),
+    }
+    enum FirstOut {
+        Roots(Vec<Oid>),
+        Listed(Vec<Note>, Vec<(Dir, Oid)>),
+    }
+    let mut units: Vec<First> = Vec::new();
+    if options.history {
+        units.push(First::Walk);
+    }
+    units.extend(top_dirs.iter().cloned().map(|(dir, id)| First::List(dir, id)));
+    let first = parallel(git_dir, units, |worker, unit| match unit {
+        First::Walk => Ok(FirstOut::Roots(root_trees(&worker.repo, tip)?)),
+        First::List(dir, id) => {
+            let (mut found, mut dirs) = (Vec::new(), vec![(dir.clone(), id)]);
+            notes::list_under(&worker.repo, &worker.repo.find_tree(id)?, &dir, &mut found, &mut dirs)?;
+            Ok(FirstOut::Listed(found, dirs))
+        }
+    })?;
+    let mut roots = Vec::new();
+    let mut tip_dirs: HashSet<(Dir, Oid)> = HashSet::new();
+    for out in first {
+        match out {
+            FirstOut::Roots(r) => roots = r,
+            FirstOut::Listed(found, dirs) => {
+                notes_at_tip.extend(found);
+                tip_dirs.extend(dirs);
+            }
+        }
+    }
+    notes_at_tip.sort_by_key(|n| n.key);
+
+    // Then the records, and the history's trees level by level.
+    let hasher = RandomState::new();
+    let checked = check_notes(git_dir, &notes_at_tip, signers, options.keep_records, &hasher)?;
+    let removed = if options.history {
+        roots.retain(|r| *r != tip_tree.id());
+        let historic = historic_pairs(git_dir, roots, &tip_dirs, &notes_at_tip)?;
+        let needed: HashSet<Oid> = historic.iter().map(|(annotated, _)| *annotated).collect();
+        let tip_hashes =
+            tip_line_hashes(checked.iter().filter(|(n, _)| needed.contains(&n.note.key.annotated)));
+        compare_historic(git_dir, historic, &tip_hashes, &hasher)?
+    } else {
+        Vec::new()
+    };
+    Ok(Checked { tip, notes: checked.into_iter().map(|(n, _)| n).collect(), removed })
+}
+
+/// What the verify cache knew at the last verified tip (src/ledger/verify_cache.rs).
+pub struct Base {
+    pub tip: Oid,
+    /// Every note at that tip, ordered by key.
+    pub notes: Vec<BaseNote>,
+    pub removed: Vec<Removed>,
+}
+
+/// A note at the base: its lines as checked then, or None when they had a finding (such a note is
+/// checked again every time).
+pub struct BaseNote {
+    pub note: Note,
+    pub lines: Option<Vec<Line>>,
+}
+
+/// What changed since the base, for `tpa verify --json`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub commits: usize,
+    pub notes_checked: usize,
+}
+
+/// The checks at `tip` from the verified state at `base.tip`, which must be an ancestor of `tip`
+/// (or the tip itself), checked against the same trust. Gives what [`full`] would give (without
+/// records): see docs/verify.md for why nothing can be skipped.
+pub fn since(
+    repo: &Repository,
+    base: Base,
+    tip: Oid,
+    signers: &AllowedSigners,
+) -> Result<(Checked, Delta), git2::Error> {
+    let git_dir = repo.path();
+    let base_tree = repo.find_commit(base.tip)?.tree()?;
+    let tip_tree = repo.find_commit(tip)?.tree()?;
+    let mut changes = Vec::new();
+    if base_tree.id() != tip_tree.id() {
+        notes::diff_notes(repo, Some(&base_tree), Some(&tip_tree), &Dir::root(), &mut changes)?;
+    }
+
+    // The notes at the tip: the base's, less what changed, plus what is new; every note whose
+    // blob is new, or had a finding at the base, is checked now.
+    let changed: HashSet<NoteKey> = changes.iter().map(|c| c.key).collect();
+    let mut kept = Vec::new();
+    let mut to_check: Vec<Note> =
+        changes.iter().filter_map(|c| Some(Note { key: c.key, blob: c.new? })).collect();
+    for note in base.notes {
+        if changed.contains(&note.note.key) {
+            continue;
+        }
+        match note.lines {
+            Some(lines) => {
+                kept.push(CheckedNote { note: note.note, lines, records: Vec::new(), fresh: false })
+            }
+            None => to_check.push(note.note),
+        }
+    }
+    to_check.sort_by_key(|n| n.key);
+    let hasher = RandomState::new();
+    let checked = check_notes(git_dir, &to_check, signers, false, &hasher)?;
+    let delta_checked = checked.len();
+    let mut fresh: HashMap<NoteKey, Vec<u64>> = HashMap::new();
+    let mut all: Vec<CheckedNote> = kept;
+    for (note, hashes) in checked {
+        fresh.insert(note.note.key, hashes);
+        all.push(note);
+    }
+    all.sort_by_key(|n| n.note.key);
+
+    // History since the base: what commits after it held, and what the base's tip held that the
+    // tip no longer does, is compared with the tip; what was already missing at the base is
+    // missing still unless the tip's note of that object changed.
+    let mut candidates: Vec<(Oid, Oid)> =
+        changes.iter().filter_map(|c| Some((c.key.annotated, c.old?))).collect();
+    let mut walk = repo.revwalk()?;
+    walk.push(tip)?;
+    walk.hide(base.tip)?;
+    let mut commits = 0;
+    for oid in walk {
+        let commit = repo.find_commit(oid?)?;
+        commits += 1;
+        let tree = commit.tree()?;
+        let mut introduced = Vec::new();
+        if commit.parent_count() == 0 {
+            notes::diff_notes(repo, None, Some(&tree), &Dir::root(), &mut introduced)?;
+        }
+        for parent in commit.parents() {
+            notes::diff_notes(repo, Some(&parent.tree()?), Some(&tree), &Dir::root(), &mut introduced)?;
+        }
+        candidates.extend(introduced.iter().filter_map(|c| Some((c.key.annotated, c.new?))));
+    }
+    candidates.sort();
+    candidates.dedup();
+    candidates.retain(|(annotated, blob)| !notes_of(&all, *annotated).iter().any(|n| n.note.blob == *blob));
+
+    let touched: HashSet<Oid> = changed.iter().map(|k| k.annotated).collect();
+    let mut removed: Vec<Removed> = Vec::new();
+    let mut recheck: Vec<Removed> = Vec::new();
+    for entry in base.removed {
+        if touched.contains(&entry.annotated) { recheck.push(entry) } else { removed.push(entry) }
+    }
+    // The tip's lines of every object the comparison needs: those checked now are hashed
+    // already, the others are read once.
+    let needed: HashSet<Oid> = candidates.iter().map(|(a, _)| *a).collect();
+    let mut tip_hashes: HashMap<Oid, HashSet<u64>> = HashMap::new();
+    for annotated in &needed {
+        let set = tip_hashes.entry(*annotated).or_default();
+        for note in notes_of(&all, *annotated) {
+            match fresh.get(&note.note.key) {
+                Some(hashes) => set.extend(hashes.iter().copied()),
+                None => {
+                    let blob = repo.find_blob(note.note.blob)?;
+                    set.extend(verify::numbered_lines(blob.content()).map(|(_, l)| hasher.hash_one(l)));
+                }
+            }
+        }
+    }
+    for entry in recheck {
+        let mut present = false;
+        for note in notes_of(&all, entry.annotated) {
+            let blob = repo.find_blob(note.note.blob)?;
+            present |= verify::numbered_lines(blob.content())
+                .any(|(_, l)| <[u8; 32]>::from(Sha256::digest(l)) == entry.line_sha256);
+        }
+        if !present {
+            removed.push(entry);
+        }
+    }
+    let found = compare_historic(git_dir, candidates, &tip_hashes, &hasher)?;
+    removed.extend(found);
+    removed.sort_by_key(|a| (a.annotated, a.line_sha256));
+    removed.dedup_by(|a, b| a.annotated == b.annotated && a.line_sha256 == b.line_sha256);
+    Ok((Checked { tip, notes: all, removed }, Delta { commits, notes_checked: delta_checked }))
+}
+
+/// The notes of one object in notes ordered by key (usually one; more when git's fan-out differs).
+fn notes_of(notes: &[CheckedNote], annotated: Oid) -> &[CheckedNote] {
+    let start = notes.partition_point(|n| n.note.key.annotated < annotated);
+    let end = start + notes[start..].partition_point(|n| n.note.key.annotated == annotated);
+    &notes[start..end]
+}
+
+/// One worker thread's state.
+struct Worker {
+    repo: Repository,
+    keys: KeyCache,
+}
+
+/// Runs `work` over `units` on at most one thread per core (and at most 8), each with its own
+/// handle on the repository; results in the order of the units.
+fn parallel<U: Send, R: Send>(
+    git_dir: &Path,
+    units: Vec<U>,
+    work: impl Fn(&mut Worker, U) -> Result<R, git2::Error> + Sync,
+) -> Result<Vec<R>, git2::Error> {
+    let count = units.len();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8).min(count);
+    if threads <= 1 {
+        let mut worker = Worker { repo: Repository::open(git_dir)?, keys: KeyCache::default() };
+        return units.into_iter().map(|u| work(&mut worker, u)).collect();
+    }
+    let units: Vec<Mutex<Option<U>>> = units.into_iter().map(|u| Mutex::new(Some(u))).collect();
+    let results: Vec<Mutex<Option<R>>> = (0..count).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<git2::Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let run = || -> Result<(), git2::Error> {
+                    let mut worker = Worker { repo: Repository::open(git_dir)?, keys: KeyCache::default() };
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= count || failed.lock().expect("not poisoned").is_some() {
+                            return Ok(());
+                        }
+                        let unit = units[index].lock().expect("not poisoned").take().expect("taken once");
+                        let result = work(&mut worker, unit)?;
+                        *results[index].lock().expect("not poisoned") = Some(result);
+                    }
+                };
+                if let Err(e) = run() {
+                    failed.lock().expect("not poisoned").get_or_insert(e);
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().expect("not poisoned") {
+        return Err(e);
+    }
+    Ok(results.into_iter().map(|r| r.into_inner().expect("not poisoned").expect("every unit ran")).collect())
+}
+
+/// How many records a unit of record checks holds: enough to amortise taking a unit, small enough
+/// that the cores finish together.
+const RECORDS_PER_UNIT: usize = 256;
+/// How many trees a unit of the history walk reads.
+const TREES_PER_UNIT: usize = 2048;
+
+/// Checks the lines of `notes` (ordered by key) on the cores. With each note, the keyed hashes of
+/// its lines, for the history comparison.
+fn check_notes(
+    git_dir: &Path,
+    notes: &[Note],
+    signers: &AllowedSigners,
+    keep_records: bool,
+    hasher: &RandomState,
+) -> Result<Vec<(CheckedNote, Vec<u64>)>, git2::Error> {
+    let units: Vec<&[Note]> = notes.chunks(RECORDS_PER_UNIT).collect();
+    let out = parallel(git_dir, units, |worker, chunk| {
+        let mut out = Vec::with_capacity(chunk.len());
+        for note in chunk {
+            let blob = worker.repo.find_blob(note.blob)?;
+            let mut checked =
+                CheckedNote { note: *note, lines: Vec::new(), records: Vec::new(), fresh: true };
+            let mut hashes = Vec::new();
+            for (line_no, raw) in verify::numbered_lines(blob.content()) {
+                let (line, kept) = verify::check_line(
+                    note.key.annotated,
+                    line_no,
+                    raw,
+                    signers,
+                    &mut worker.keys,
+                    keep_records,
+                );
+                checked.lines.push(line);
+                if keep_records {
+                    checked.records.push(kept);
+                }
+                hashes.push(hasher.hash_one(raw));
+            }
+            out.push((checked, hashes));
+        }
+        Ok(out)
+    })?;
+    Ok(out.into_iter().flatten().collect())
+}
+
+fn tip_line_hashes<'a>(
+    checked: impl IntoIterator<Item = &'a (CheckedNote, Vec<u64>)>,
+) -> HashMap<Oid, HashSet<u64>> {
+    let mut by: HashMap<Oid, HashSet<u64>> = HashMap::new();
+    for (note, hashes) in checked {
+        by.entry(note.note.key.annotated).or_default().extend(hashes.iter().copied());
+    }
+    by
+}
+
+/// The root tree of every commit reachable from `tip`, each commit read once, in walk order
+/// (a commit's parent follows it in linear history, so neighbouring trees differ little).
+fn root_trees(repo: &Repository, tip: Oid) -> Result<Vec<Oid>, git2::Error> {
+    let mut seen = HashSet::from([tip]);
+    let mut stack = vec![tip];
+    let mut roots = Vec::new();
+    let mut seen_roots = HashSet::new();
+    while let Some(oid) = stack.pop() {
+        let commit = repo.find_commit(oid)?;
+        if seen_roots.insert(commit.tree_id()) {
+            roots.push(commit.tree_id());
+        }
+        for parent in commit.parent_ids() {
+            if seen.insert(parent) {
+                stack.push(parent);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// Every (annotated object, blob) any tree in `roots` holds that the tip does not. Reads each
+/// distinct tree once, level by level: a unit reads a run of trees of one directory and keeps of
+/// each only the entries that differ from the tree before it in the run (the others were taken
+/// from that tree already); a subtree that the tip also has is not read at all.
+fn historic_pairs(
+    git_dir: &Path,
+    roots: Vec<Oid>,
+    tip_dirs: &HashSet<(Dir, Oid)>,
+    tip_notes: &[Note],
+) -> Result<Vec<(Oid, Oid)>, git2::Error> {
+    let mut level: Vec<(Dir, Vec<Oid>)> = vec![(Dir::root(), roots)];
+    let mut pairs: HashSet<(Oid, Oid)> = HashSet::new();
+    while !level.is_empty() {
+        let units: Vec<(Dir, &[Oid])> = level
+            .iter()
+            .flat_map(|(dir, ids)| ids.chunks(TREES_PER_UNIT).map(move |chunk| (dir.clone(), chunk)))
+            .collect();
+        let outs = parallel(git_dir, units, |worker, (dir, ids)| {
+            let repo = &worker.repo;
+            let mut previous: Option<git2::Tree<'_>> = None;
+            let mut subdirs: Vec<(Dir, Oid)> = Vec::new();
+            let mut leaves: Vec<(Oid, Oid)> = Vec::new();
+            for id in ids {
+                let tree = repo.find_tree(*id)?;
+                let mut b = 0;
+                for entry in tree.iter() {
+                    let before = |b: usize| previous.as_ref().and_then(|p| p.get(b));
+                    while before(b).is_some_and(|e| notes::git_order(&e, &entry).is_lt()) {
+                        b += 1;
+                    }
+                    if before(b).is_some_and(|e| e.id() == entry.id() && notes::git_order(&e, &entry).is_eq())
+                    {
+                        continue;
+                    }
+                    match notes::classify(&dir, &entry) {
+                        Entry::Dir(sub, sub_id) => {
+                            if !tip_dirs.contains(&(sub.clone(), sub_id)) {
+                                subdirs.push((sub, sub_id));
+                            }
+                        }
+                        Entry::Note(note) => leaves.push((note.key.annotated, note.blob)),
+                        Entry::Other => {}
+                    }
+                }
+                previous = Some(tree);
+            }
+            Ok((subdirs, leaves))
+        })?;
+        let mut next: HashMap<Dir, (Vec<Oid>, HashSet<Oid>)> = HashMap::new();
+        for (subdirs, leaves) in outs {
+            pairs.extend(leaves);
+            for (dir, id) in subdirs {
+                let (ids, seen) = next.entry(dir).or_default();
+                if seen.insert(id) {
+                    ids.push(id);
+                }
+            }
+        }
+        let mut next: Vec<(Dir, Vec<Oid>)> = next.into_iter().map(|(dir, (ids, _))| (dir, ids)).collect();
+        next.sort_by(|a, b| a.0.cmp(&b.0));
+        level = next;
+    }
+    let at_tip: HashSet<(Oid, Oid)> = tip_notes.iter().map(|n| (n.key.annotated, n.blob)).collect();
+    let mut historic: Vec<(Oid, Oid)> = pairs.into_iter().filter(|p| !at_tip.contains(p)).collect();
+    historic.sort();
+    Ok(historic)
+}
+
+/// Reads each historic blob (ordered by annotated object) and reports every line of it that no
+/// note of the same object at the tip holds, once per object and line.
+fn compare_historic(
+    git_dir: &Path,
+    historic: Vec<(Oid, Oid)>,
+    tip_lines: &HashMap<Oid, HashSet<u64>>,
+    hasher: &RandomState,
+) -> Result<Vec<Removed>, git2::Error> {
+    if historic.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Units never split one object's blobs, so each object's lines are compared in one place.
+    let mut units: Vec<Vec<(Oid, Oid)>> = Vec::new();
+    for pair in historic {
+        match units.last_mut() {
+            Some(unit) if unit.len() < RECORDS_PER_UNIT || unit.last().is_some_and(|l| l.0 == pair.0) => {
+                unit.push(pair)
+            }
+            _ => units.push(vec![pair]),
+        }
+    }
+    let nothing = HashSet::new();
+    let outs = parallel(git_dir, units, |worker, unit| {
+        let mut found = Vec::new();
+        let mut reported: HashSet<(Oid, u64)> = HashSet::new();
+        for (annotated, blob) in unit {
+            let present = tip_lines.get(&annotated).unwrap_or(&nothing);
+            let blob = worker.repo.find_blob(blob)?;
+            for (_, line) in verify::numbered_lines(blob.content()) {
+                let hash = hasher.hash_one(line);
+                if present.contains(&hash) || !reported.insert((annotated, hash)) {
+                    continue;
+                }
+                found.push(Removed {
+                    annotated,
+                    line_sha256: Sha256::digest(line).into(),
+                    finding: verify::removed_finding(annotated, line),
+                });
+            }
+        }
+        Ok(found)
+    })?;
+    let mut removed: Vec<Removed> = outs.into_iter().flatten().collect();
+    removed.sort_by_key(|a| (a.annotated, a.line_sha256));
+    removed.dedup_by(|a, b| a.annotated == b.annotated && a.line_sha256 == b.line_sha256);
+    Ok(removed)
+}
