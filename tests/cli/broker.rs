@@ -353,6 +353,16 @@ fn a_delivery_left_for_the_requester_opens_only_with_their_key_and_goes_once_pic
     // Picked up once: asking again finds no delivery and says so.
     let again = team.aws.tpa().args(["request", "--resume", &id]).run().code(2);
     assert!(again.stderr.contains("delivery"), "{}", again.stderr);
+
+    // A delivery nobody picks up goes once its grant has expired.
+    let id = team.ask();
+    team.approve(&id);
+    assert_eq!(Team::action(&team.broker_once().run().json(), &id).0, "minted");
+    assert!(team.remote_refs("refs/tpa/deliveries/").contains(&id));
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let report = team.broker_once().env("TPA_TEST_NOW", &later).run().json();
+    assert_eq!(report["deliveries_removed"], 1, "{report}");
+    assert_eq!(team.remote_refs("refs/tpa/deliveries/"), "");
 }
 
 #[test]
