@@ -137,7 +137,7 @@ pub fn pass(
     };
     sync::fetch_branches(repo, &options.remote, options.timeout);
     let mut report = BrokerReport::default();
-    push(repo, &sync_options, &mut report);
+    sync_ledger(repo, &sync_options, &mut report);
     let me = context::principal(repo)?;
     let trust = TrustRef::resolve(repo)?;
     let (policy, _) = crate::policy::load(repo, &trust)?;
@@ -185,7 +185,7 @@ pub fn pass(
             _ => serving.serve(grant, request, rules, now),
         };
         if item.action != Action::Waiting {
-            push(repo, &sync_options, &mut report);
+            sync_ledger(repo, &sync_options, &mut report);
         }
         report.items.push(item);
     }
@@ -202,13 +202,13 @@ pub fn pass(
     report.sweep = Some(swept);
     report.deliveries_removed = clean_up(repo, options, &all, &mut report.findings);
     if wrote {
-        push(repo, &sync_options, &mut report);
+        sync_ledger(repo, &sync_options, &mut report);
     }
     Ok(report)
 }
 
 /// Fetches and pushes the ledger; what could not be pushed is reported (the next pass retries).
-fn push(repo: &Repository, sync_options: &SyncOptions, report: &mut BrokerReport) {
+fn sync_ledger(repo: &Repository, sync_options: &SyncOptions, report: &mut BrokerReport) {
     report.unpushed.clear();
     match sync::sync(repo, sync_options) {
         Ok(results) => report.unpushed.extend(

@@ -571,7 +571,9 @@ fn from_the_broker(
         GrantState::Failed => {
             return Err(RequestError::BrokerRefused {
                 grant_id: grant_id.clone(),
-                why: failure_reason(repo, grant_id).unwrap_or_else(|| "no reason recorded".into()),
+                why: newest_verified(repo, grant_id, RecordKind::Failed)
+                    .and_then(|r| r.error)
+                    .unwrap_or_else(|| "no reason recorded".into()),
             });
         }
         GrantState::Active => {}
@@ -589,7 +591,7 @@ fn from_the_broker(
         }
     }
     let issued = grant.issued.clone().expect("an active grant has its grant record");
-    let trusted = signed_grant_record(repo, grant_id)
+    let trusted = newest_verified(repo, grant_id, RecordKind::Grant)
         .is_some_and(|record| record == issued && policy.brokers.contains(&record.principal.email));
     if !trusted {
         return Err(RequestError::NotFromTheBroker {
@@ -649,28 +651,17 @@ fn from_the_broker(
     }))
 }
 
-/// The grant's newest grant record whose signature verifies with a key trusted for its principal.
-fn signed_grant_record(repo: &Repository, grant_id: &GrantId) -> Option<Record> {
+/// The grant's newest record of `kind` whose signature verifies with a key trusted for its
+/// principal (the broker's grant record, or the `failed` record of a refusal).
+fn newest_verified(repo: &Repository, grant_id: &GrantId, kind: RecordKind) -> Option<Record> {
     let view = crate::ops::ledger::records_lenient(repo).ok()?;
     view.report
         .records
         .into_iter()
         .filter(|c| c.is_verified())
         .filter_map(|c| c.record)
-        .filter(|r| &r.grant_id == grant_id && r.kind == RecordKind::Grant)
+        .filter(|r| &r.grant_id == grant_id && r.kind == kind)
         .max_by_key(|r| r.issued_at)
-}
-
-/// The error a `failed` record of the grant gives (a broker's refusal, or the provider's).
-fn failure_reason(repo: &Repository, grant_id: &GrantId) -> Option<String> {
-    let view = crate::ops::ledger::records_lenient(repo).ok()?;
-    view.report
-        .records
-        .iter()
-        .filter(|c| c.is_verified())
-        .filter_map(|c| c.record.as_ref())
-        .find(|r| &r.grant_id == grant_id && r.kind == RecordKind::Failed)
-        .and_then(|r| r.error.clone())
 }
 
 /// Issues a planned grant through the one executor, then tells the required webhooks before

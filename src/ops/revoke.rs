@@ -130,9 +130,14 @@ pub fn revoke_grants(
 ) -> Vec<Revoked> {
     let mut outcomes = Vec::new();
     let mut to_end: BTreeMap<ProviderKind, Vec<GrantView>> = BTreeMap::new();
-    let policy = policy_now(repo);
-    let brokers: &[String] = policy.as_ref().map_or(&[], |p| p.brokers.as_slice());
-    let i_am_a_broker = brokers.contains(&author.principal.email);
+    // Read once, and only when a grant has to be ended: cancelling requests needs no policy.
+    let policy_cell = std::cell::OnceCell::new();
+    let policy = || policy_cell.get_or_init(|| policy_now(repo));
+    // Only the broker holds the rights to end what it minted: other clones ask it to.
+    let asks_the_broker = |grant: &GrantView| {
+        let brokers: &[String] = policy().as_ref().map_or(&[], |p| p.brokers.as_slice());
+        minted_by_broker(grant, brokers) && !brokers.contains(&author.principal.email)
+    };
     for grant in chosen {
         match grant.state {
             GrantState::Revoked => outcomes.push(skipped(&grant, "already revoked")),
@@ -155,8 +160,7 @@ pub fn revoke_grants(
                 let _ = secrets::delete_credentials(&grant.grant_id);
                 outcomes.push(skipped(&grant, "already expired at the provider; nothing to end"))
             }
-            // Only the broker holds the rights to end what it minted: this clone asks it to.
-            _ if minted_by_broker(&grant, brokers) && !i_am_a_broker => outcomes.push(record_outcome(
+            _ if asks_the_broker(&grant) => outcomes.push(record_outcome(
                 repo,
                 &grant,
                 spec,
@@ -173,7 +177,7 @@ pub fn revoke_grants(
     let reach = Reach {
         profile: spec.profile.as_deref(),
         timeout: spec.timeout,
-        policy: policy.as_ref().map_err(String::as_str),
+        policy: policy().as_ref().map_err(String::as_str),
     };
     for (kind, grants) in to_end {
         let mut backend = provider::backend(&kind, &reach);

@@ -314,9 +314,8 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
     }
 
     // What a broker minted only a broker can deny (again).
-    let reassertable: Vec<GrantView> =
-        all.iter().filter(|g| i_am_a_broker || !revoke::minted_by_broker(g, &brokers)).cloned().collect();
-    reassert(repo, &reassertable, &expiries, options, now, &mut report);
+    let ours = |g: &GrantView| i_am_a_broker || !revoke::minted_by_broker(g, &brokers);
+    reassert(repo, &all, &ours, &expiries, options, now, &mut report);
     update_index(repo, &state, &me, now)?;
     Ok(report)
 }
@@ -343,14 +342,16 @@ pub fn backoff(attempts: usize) -> chrono::Duration {
 fn reassert(
     repo: &Repository,
     all: &[GrantView],
+    ours: &dyn Fn(&GrantView) -> bool,
     expiries: &BTreeMap<String, DateTime<Utc>>,
     options: &SweepOptions,
     now: DateTime<Utc>,
     report: &mut SweepReport,
 ) {
     let mut by_kind: BTreeMap<&ProviderKind, Vec<&GrantView>> = BTreeMap::new();
-    for grant in
-        all.iter().filter(|g| g.state == GrantState::Revoked && g.expires_at.is_some_and(|e| e > now))
+    for grant in all
+        .iter()
+        .filter(|g| g.state == GrantState::Revoked && g.expires_at.is_some_and(|e| e > now) && ours(g))
     {
         by_kind.entry(&grant.provider).or_default().push(grant);
     }

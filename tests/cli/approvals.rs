@@ -198,7 +198,7 @@ fn self_approval_and_non_approvers_are_refused_and_never_count() {
     forged["principal"] = json!({"email": "carol@example.com", "user": "carol", "host": "h"});
     forged["decision"] = json!("approve");
     forged["request_sha256"] =
-        team.records(&id, "request").first().map(|_| sha_of_request(&team, &id)).unwrap();
+        team.records(&id, "request").first().map(|_| json!(team.aws.request_sha256(&id))).unwrap();
     forged.as_object_mut().unwrap().remove("approve_by");
     forged["issued_at"] = json!(chrono::Utc::now().to_rfc3339());
     team.tpa_in(&team.carol).args(["debug", "append"]).stdin(forged.to_string()).run().success();
@@ -215,14 +215,6 @@ fn self_approval_and_non_approvers_are_refused_and_never_count() {
     assert_eq!(still["state"], "awaiting_approval", "{still}");
     assert_eq!(still["approvals"], 0);
     let _ = denied;
-}
-
-fn sha_of_request(team: &Team, id: &str) -> Value {
-    let head = team.aws.head();
-    let lines = crate::common::notes::note_lines(&team.aws.env, &team.aws.dir, &head);
-    let line = lines.iter().find(|l| l.contains("\\\"kind\\\":\\\"request\\\"") && l.contains(id)).unwrap();
-    let payload = serde_json::from_str::<Value>(line).unwrap()["payload"].as_str().unwrap().to_owned();
-    json!(tpa::grant::sha256_hex(payload.as_bytes()))
 }
 
 #[test]

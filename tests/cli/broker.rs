@@ -392,7 +392,7 @@ fn the_broker_refuses_what_does_not_hold_and_says_why_in_the_ledger() {
     // Self-approval, written by hand with alice's trusted key.
     let id = team.ask();
     let request = team.records(&team.aws.dir, &id, "request")[0].clone();
-    let sha = request_sha(&team, &id);
+    let sha = team.aws.request_sha256(&id);
     let mut own = request.clone();
     own["kind"] = json!("approval");
     own["decision"] = json!("approve");
@@ -471,15 +471,6 @@ fn one_time_key_kept(team: &Team, id: &str) -> bool {
 
 fn fresh_id() -> String {
     tpa::grant::GrantId::generate(chrono::Utc::now()).to_string()
-}
-
-/// The sha256 of the payload of a request record, as approvals name it.
-fn request_sha(team: &Team, id: &str) -> String {
-    let head = team.aws.head();
-    let lines = crate::common::notes::note_lines(&team.aws.env, &team.aws.dir, &head);
-    let line = lines.iter().find(|l| l.contains("\\\"kind\\\":\\\"request\\\"") && l.contains(id)).unwrap();
-    let payload = serde_json::from_str::<Value>(line).unwrap()["payload"].as_str().unwrap().to_owned();
-    tpa::grant::sha256_hex(payload.as_bytes())
 }
 
 #[test]

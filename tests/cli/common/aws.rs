@@ -112,6 +112,16 @@ impl AwsRepo {
         self.tpa().args(["request", "--role", "prod-readonly", "--reason", REASON])
     }
 
+    /// The sha256 of the payload of request `id`'s record on HEAD's note, as approvals name it.
+    pub fn request_sha256(&self, id: &str) -> String {
+        let lines = super::notes::note_lines(&self.env, &self.dir, &self.head());
+        let line =
+            lines.iter().find(|l| l.contains("\\\"kind\\\":\\\"request\\\"") && l.contains(id)).unwrap();
+        let payload =
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["payload"].as_str().unwrap().to_owned();
+        tpa::grant::sha256_hex(payload.as_bytes())
+    }
+
     pub fn notes_tip(&self) -> Option<String> {
         let out = self.env.git_output(&self.dir, &["rev-parse", "--verify", "-q", "refs/notes/tpa"]);
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
