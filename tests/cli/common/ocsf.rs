@@ -10,7 +10,7 @@
 //! `just_one`), `category_uid`/`class_uid`/`type_uid` and the `*_name` siblings of `*_id` values.
 //! Deprecated attributes are reported separately.
 //!
-//! The schema is `../shared/ocsf-schema-1.8.0` beside the project, or `TPA_OCSF_SCHEMA`.
+//! The schema is `tests/fixtures/ocsf-schema-1.8.0` (vendored), or `TPA_OCSF_SCHEMA`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -51,7 +51,7 @@ pub struct Verdict {
 pub fn schema_dir() -> PathBuf {
     match std::env::var_os("TPA_OCSF_SCHEMA") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/ocsf-schema-1.8.0"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ocsf-schema-1.8.0"),
     }
 }
 
@@ -65,7 +65,7 @@ fn read(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
         panic!(
             "the OCSF schema file {} cannot be read ({e}): the tests need the OCSF schema repository at \
-             ../shared/ocsf-schema-1.8.0 (or TPA_OCSF_SCHEMA)",
+             tests/fixtures/ocsf-schema-1.8.0 (or TPA_OCSF_SCHEMA)",
             path.display()
         )
     });
@@ -105,7 +105,7 @@ impl Schema {
         assert!(
             root.join("version.json").exists(),
             "no OCSF schema at {}: the tests need the OCSF schema repository (release 1.8.0) at \
-             ../shared/ocsf-schema-1.8.0 beside the project, or its path in TPA_OCSF_SCHEMA",
+             tests/fixtures/ocsf-schema-1.8.0, or its path in TPA_OCSF_SCHEMA",
             root.display()
         );
         let version = read(&root.join("version.json"))["version"].as_str().unwrap().to_owned();
