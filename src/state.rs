@@ -107,6 +107,28 @@ impl StateDir {
         Ok(())
     }
 
+    /// The records cache (src/ledger/records_cache.rs), as stored.
+    pub fn records_cache(&self) -> Result<Option<Vec<u8>>, StateError> {
+        let path = self.dir.join(crate::ledger::records_cache::FILE);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError { path, source }),
+        }
+    }
+
+    /// Replaces the records cache atomically. Without the state lock: reads of the ledger happen
+    /// under it and outside it, and two writers each leave a whole file (the last one stays), which
+    /// is all a cache needs. Not synced, as the verify cache.
+    pub fn set_records_cache(&self, bytes: &[u8]) -> Result<(), StateError> {
+        let path = self.dir.join(crate::ledger::records_cache::FILE);
+        let err = |source| StateError { path: path.clone(), source };
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(err)?;
+        tmp.write_all(bytes).map_err(err)?;
+        tmp.persist(&path).map_err(|e| err(e.error))?;
+        Ok(())
+    }
+
     /// The notes tip up to which the history was last searched for removed records.
     pub fn restore_cursor(&self) -> Result<Option<Oid>, StateError> {
         Ok(self.read(RESTORE_CURSOR)?.and_then(|text| Oid::from_str(text.trim()).ok()))

@@ -149,11 +149,14 @@ impl Checked {
 
 /// What a full check does besides the records' own checks.
 #[derive(Clone, Copy, Debug)]
-pub struct Options {
+pub struct Options<'a> {
     /// Keep each line's parsed record (log, show, status, audit); `tpa verify` needs only facts.
     pub keep_records: bool,
     /// Walk the notes ref's history for removed records.
     pub history: bool,
+    /// Note blobs whose lines all passed their own checks against these signers before (the
+    /// records cache): their signatures are not verified again.
+    pub verified_before: Option<&'a HashSet<Oid>>,
 }
 
 /// Every record at `tip`, and with `options.history` every line its history ever held.
@@ -161,7 +164,7 @@ pub fn full(
     repo: &Repository,
     tip: Oid,
     signers: &AllowedSigners,
-    options: Options,
+    options: Options<'_>,
 ) -> Result<Checked, git2::Error> {
     // The benchmark's way to measure what the strict hash verification costs (bench/ledger.sh).
     #[cfg(feature = "testing")]
@@ -218,7 +221,8 @@ pub fn full(
 
     // Then the records, and the history's trees level by level.
     let hasher = RandomState::new();
-    let checked = check_notes(git_dir, &notes_at_tip, signers, options.keep_records, &hasher)?;
+    let checked =
+        check_notes(git_dir, &notes_at_tip, signers, options.keep_records, options.verified_before, &hasher)?;
     let removed = if options.history {
         roots.retain(|r| *r != tip_tree.id());
         let historic = historic_pairs(git_dir, roots, &tip_dirs, &notes_at_tip)?;
@@ -290,7 +294,7 @@ pub fn since(
     }
     to_check.sort_by_key(|n| n.key);
     let hasher = RandomState::new();
-    let checked = check_notes(git_dir, &to_check, signers, false, &hasher)?;
+    let checked = check_notes(git_dir, &to_check, signers, false, None, &hasher)?;
     let delta_checked = checked.len();
     let mut fresh: HashMap<NoteKey, Vec<u64>> = HashMap::new();
     let mut all: Vec<CheckedNote> = kept;
@@ -436,6 +440,7 @@ fn check_notes(
     notes: &[Note],
     signers: &AllowedSigners,
     keep_records: bool,
+    verified_before: Option<&HashSet<Oid>>,
     hasher: &RandomState,
 ) -> Result<Vec<(CheckedNote, Vec<u64>)>, git2::Error> {
     let units: Vec<&[Note]> = notes.chunks(RECORDS_PER_UNIT).collect();
@@ -446,6 +451,10 @@ fn check_notes(
             let mut checked =
                 CheckedNote { note: *note, lines: Vec::new(), records: Vec::new(), fresh: true };
             let mut hashes = Vec::new();
+            let signature_check = match verified_before {
+                Some(blobs) if blobs.contains(&note.blob) => verify::SignatureCheck::VerifiedBefore,
+                _ => verify::SignatureCheck::Verify,
+            };
             for (line_no, raw) in verify::numbered_lines(blob.content()) {
                 let (line, kept) = verify::check_line(
                     note.key.annotated,
@@ -454,6 +463,7 @@ fn check_notes(
                     signers,
                     &mut worker.keys,
                     keep_records,
+                    signature_check,
                 );
                 checked.lines.push(line);
                 if keep_records {

@@ -6,6 +6,7 @@
 pub mod check;
 pub mod delivery;
 pub mod notes;
+pub mod records_cache;
 pub mod restore;
 pub mod signature;
 pub mod signers;

@@ -4,7 +4,7 @@ use git2::{Oid, Repository};
 
 use crate::ledger::signers::{AllowedSigners, SignersError};
 use crate::ledger::verify::{self, CheckedRecord, Report};
-use crate::ledger::{check, notes, restore, verify_cache};
+use crate::ledger::{check, notes, records_cache, restore, verify_cache};
 use crate::ops::init::ALLOWED_SIGNERS_PATH;
 use crate::policy::POLICY_PATH;
 use crate::state::{StateDir, StateError};
@@ -109,14 +109,62 @@ fn read_records(
     {
         return Ok(report);
     }
-    let options = check::Options { keep_records: true, history };
-    let (mut records, git_copies, ledger_findings) = check::full(repo, tip, signers, options)?.into_records();
+    let cache = RecordsCache::open(repo, signers, history);
+    let verified_before = cache.as_ref().map(RecordsCache::verified_before);
+    let options = check::Options { keep_records: true, history, verified_before: verified_before.as_ref() };
+    let checked = check::full(repo, tip, signers, options)?;
+    if let Some(cache) = cache {
+        cache.update(&checked);
+    }
+    let (mut records, git_copies, ledger_findings) = checked.into_records();
     sort_newest_first(&mut records);
     let report = Report { tip: Some(tip), records, git_copies, ledger_findings };
     if let Some(key) = key {
         *RECENTLY_READ.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, report.clone()));
     }
     Ok(report)
+}
+
+/// The records cache of a clone (src/ledger/records_cache.rs), for reads of the records at the
+/// tip against the trust ref's signers: status, show, log, the sweep, the broker. Not for the
+/// checks an organisation relies on (`tpa verify`, `tpa audit`: they walk the history too), nor
+/// for a read against no signers (nothing would be clean, and the cache of the real signers would
+/// be lost). A cache that cannot be read or written costs a read in full, never an error.
+struct RecordsCache {
+    state: StateDir,
+    key: records_cache::Key,
+    listed: Vec<Oid>,
+}
+
+impl RecordsCache {
+    fn open(repo: &Repository, signers: &AllowedSigners, history: bool) -> Option<Self> {
+        if history || signers.entries.is_empty() {
+            return None;
+        }
+        let state = StateDir::open(repo).ok()?;
+        let key = records_cache::Key::this_build(verify_cache::trust_digest(signers, None));
+        let listed = match state.records_cache() {
+            Ok(Some(bytes)) => records_cache::decode(&bytes, &key).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        Some(RecordsCache { state, key, listed })
+    }
+
+    fn verified_before(&self) -> std::collections::HashSet<Oid> {
+        self.listed.iter().copied().collect()
+    }
+
+    /// Lists the clean blobs at this tip, if that is not what the cache lists already.
+    fn update(self, checked: &check::Checked) {
+        let mut clean: Vec<Oid> =
+            checked.notes.iter().filter(|n| n.is_clean()).map(|n| n.note.blob).collect();
+        clean.sort();
+        clean.dedup();
+        if clean != self.listed {
+            // Best effort: a cache not written costs the next read its signature checks.
+            let _ = self.state.set_records_cache(&records_cache::encode(&self.key, &clean));
+        }
+    }
 }
 
 type ReadKey = (std::path::PathBuf, Oid, [u8; 32]);
@@ -192,7 +240,7 @@ pub fn verify(repo: &Repository, options: VerifyOptions) -> Result<Verified, Ins
             (checked, coverage)
         }
         Plan::Full(reason) => {
-            let options = check::Options { keep_records: false, history: true };
+            let options = check::Options { keep_records: false, history: true, verified_before: None };
             (check::full(repo, tip_id, &signers, options)?, Coverage::Full { reason })
         }
     };

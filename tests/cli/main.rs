@@ -20,6 +20,7 @@ mod notify;
 mod notify_flow;
 mod org_audit;
 mod postgres;
+mod records_cache;
 mod request;
 mod revoke;
 mod snapshots;

@@ -1,0 +1,198 @@
+//! The records cache: the note blobs at the tip whose every line passed its own checks (format,
+//! payload, signature, signer) against the allowed_signers of the trust ref, so that the next read
+//! of the records (status, the sweep, the hooks' index, the broker's pass) verifies no signature
+//! twice. It lives in the state dir (`tpa/records-cache`) beside the verify cache and holds no
+//! secret: blob ids only.
+//!
+//! Keyed by content, as the verify cache is: a blob id names the exact bytes of a note, so a
+//! record that is edited, re-signed or moved is in another blob, which is checked in full. The
+//! whole file is bound to the tpa build that wrote it and to a digest of the signers as parsed;
+//! another build or other signers make it unused. It checks its own integrity (a sha256 over
+//! everything before it); a truncated, damaged or reordered file is refused whole, which costs a
+//! read in full, never a skipped finding. Like the witness it is as trustworthy as the clone's
+//! `.git` directory: whoever can rewrite it can equally rewrite `refs/notes/tpa` or the hooks.
+//! That is why `tpa verify` and `tpa audit`, the checks an organisation relies on, never use it.
+
+use git2::Oid;
+use sha2::{Digest, Sha256};
+
+/// The file's name in the state dir.
+pub const FILE: &str = "records-cache";
+const MAGIC: &[u8] = b"tpa records cache\n";
+/// Bumped whenever what a listed blob means changes.
+const FORMAT: u32 = 1;
+
+/// What a cache must have been written for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Key {
+    /// The tpa build: another build may check records differently.
+    pub build: String,
+    /// Digest of the signers the records were checked against
+    /// ([`super::verify_cache::trust_digest`]).
+    pub trust: [u8; 32],
+}
+
+impl Key {
+    pub fn this_build(trust: [u8; 32]) -> Self {
+        Key {
+            build: format!("{} {} format {FORMAT}", env!("CARGO_PKG_VERSION"), env!("TPA_BUILD_COMMIT")),
+            trust,
+        }
+    }
+}
+
+/// Why a cache was not used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("it is damaged ({0})")]
+    Damaged(&'static str),
+    #[error("another tpa build wrote it")]
+    OtherBuild,
+    #[error("allowed_signers at the trust ref changed since")]
+    OtherTrust,
+}
+
+/// The cache listing `clean` (the blobs whose lines all passed their own checks), for `key`.
+pub fn encode(key: &Key, clean: &[Oid]) -> Vec<u8> {
+    let mut blobs = clean.to_vec();
+    blobs.sort();
+    blobs.dedup();
+    let mut out = Vec::with_capacity(MAGIC.len() + 128 + blobs.len() * 20);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_le_bytes());
+    out.extend_from_slice(&(key.build.len() as u32).to_le_bytes());
+    out.extend_from_slice(key.build.as_bytes());
+    out.extend_from_slice(&key.trust);
+    out.extend_from_slice(&(blobs.len() as u32).to_le_bytes());
+    for blob in &blobs {
+        out.extend_from_slice(blob.as_bytes());
+    }
+    let digest = Sha256::digest(&out);
+    out.extend_from_slice(&digest);
+    out
+}
+
+/// The blobs a cache written for `key` lists, in increasing order. Everything is checked before
+/// anything is used.
+pub fn decode(bytes: &[u8], key: &Key) -> Result<Vec<Oid>, Refused> {
+    let damaged = Refused::Damaged;
+    if bytes.len() < MAGIC.len() + 32 || !bytes.starts_with(MAGIC) {
+        return Err(damaged("not a records cache"));
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    if Sha256::digest(body).as_slice() != digest {
+        return Err(damaged("its digest does not match its contents"));
+    }
+    let mut r = Reader { rest: &body[MAGIC.len()..] };
+    if r.u32()? != FORMAT {
+        return Err(Refused::OtherBuild);
+    }
+    let build_len = r.u32()? as usize;
+    if r.take(build_len)? != key.build.as_bytes() {
+        return Err(Refused::OtherBuild);
+    }
+    if r.take(32)? != key.trust {
+        return Err(Refused::OtherTrust);
+    }
+    let count = r.u32()? as usize;
+    if r.rest.len() != count.saturating_mul(20) {
+        return Err(damaged("its count does not match its length"));
+    }
+    let mut blobs = Vec::with_capacity(count);
+    for id in r.rest.chunks_exact(20) {
+        let blob = Oid::from_bytes(id).map_err(|_| damaged("an object id is invalid"))?;
+        if blobs.last().is_some_and(|last| *last >= blob) {
+            return Err(damaged("its blobs are out of order"));
+        }
+        blobs.push(blob);
+    }
+    Ok(blobs)
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Refused> {
+        if self.rest.len() < n {
+            return Err(Refused::Damaged("it ends early"));
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, Refused> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oid(byte: u8) -> Oid {
+        Oid::from_bytes(&[byte; 20]).unwrap()
+    }
+
+    fn key() -> Key {
+        Key::this_build([7; 32])
+    }
+
+    #[test]
+    fn round_trips_sorted_and_without_duplicates() {
+        let bytes = encode(&key(), &[oid(3), oid(1), oid(3), oid(2)]);
+        assert_eq!(decode(&bytes, &key()).unwrap(), vec![oid(1), oid(2), oid(3)]);
+        assert_eq!(decode(&encode(&key(), &[]), &key()).unwrap(), Vec::<Oid>::new());
+    }
+
+    #[test]
+    fn another_build_or_trust_is_not_used() {
+        let bytes = encode(&key(), &[oid(1)]);
+        let other_trust = Key::this_build([8; 32]);
+        assert_eq!(decode(&bytes, &other_trust), Err(Refused::OtherTrust));
+        let other_build = Key { build: "another".into(), ..key() };
+        assert_eq!(decode(&bytes, &other_build), Err(Refused::OtherBuild));
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_byte_is_refused() {
+        let bytes = encode(&key(), &[oid(1), oid(2)]);
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len], &key()).is_err(), "truncated to {len}");
+        }
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x01;
+            assert!(decode(&damaged, &key()).is_err(), "byte {at} flipped");
+        }
+    }
+
+    #[test]
+    fn a_body_with_a_recomputed_digest_must_still_be_in_order_and_whole() {
+        let reseal = |mut body: Vec<u8>| {
+            body.truncate(body.len() - 32);
+            let digest = Sha256::digest(&body);
+            body.extend_from_slice(&digest);
+            body
+        };
+        let bytes = encode(&key(), &[oid(1), oid(2)]);
+        let first = bytes.len() - 32 - 40;
+        let mut swapped = bytes.clone();
+        swapped[first..first + 20].copy_from_slice(oid(2).as_bytes());
+        swapped[first + 20..first + 40].copy_from_slice(oid(1).as_bytes());
+        assert_eq!(decode(&reseal(swapped), &key()), Err(Refused::Damaged("its blobs are out of order")));
+
+        let mut longer = bytes.clone();
+        longer.truncate(longer.len() - 32);
+        longer.push(0);
+        longer.extend_from_slice(&[0; 32]);
+        assert!(decode(&reseal(longer), &key()).is_err());
+
+        let mut huge_count = bytes;
+        let count_at = huge_count.len() - 32 - 40 - 4;
+        huge_count[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(&reseal(huge_count), &key()).is_err());
+    }
+}
