@@ -87,29 +87,26 @@ impl StateDir {
 
     /// The verify cache (src/ledger/verify_cache.rs), as stored.
     pub fn verify_cache(&self) -> Result<Option<Vec<u8>>, StateError> {
-        let path = self.dir.join(crate::ledger::verify_cache::FILE);
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StateError { path, source }),
-        }
+        self.read_cache(crate::ledger::verify_cache::FILE)
     }
 
-    /// Replaces the verify cache atomically (a reader sees the old file or the new one). Not
-    /// synced to disk, unlike the other state: it is a cache, and one a crash left short fails its
-    /// own digest and costs a full check, while syncing megabytes would cost every `tpa verify`.
     pub fn set_verify_cache(&self, _lock: &StateLock, bytes: &[u8]) -> Result<(), StateError> {
-        let path = self.dir.join(crate::ledger::verify_cache::FILE);
-        let err = |source| StateError { path: path.clone(), source };
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(err)?;
-        tmp.write_all(bytes).map_err(err)?;
-        tmp.persist(&path).map_err(|e| err(e.error))?;
-        Ok(())
+        self.write_cache(crate::ledger::verify_cache::FILE, bytes)
     }
 
     /// The records cache (src/ledger/records_cache.rs), as stored.
     pub fn records_cache(&self) -> Result<Option<Vec<u8>>, StateError> {
-        let path = self.dir.join(crate::ledger::records_cache::FILE);
+        self.read_cache(crate::ledger::records_cache::FILE)
+    }
+
+    /// Without the state lock: the records are read under it and outside it, and two writers each
+    /// leave a whole file (the last one stays), which is all a cache needs.
+    pub fn set_records_cache(&self, bytes: &[u8]) -> Result<(), StateError> {
+        self.write_cache(crate::ledger::records_cache::FILE, bytes)
+    }
+
+    fn read_cache(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let path = self.dir.join(name);
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -117,11 +114,11 @@ impl StateDir {
         }
     }
 
-    /// Replaces the records cache atomically. Without the state lock: reads of the ledger happen
-    /// under it and outside it, and two writers each leave a whole file (the last one stays), which
-    /// is all a cache needs. Not synced, as the verify cache.
-    pub fn set_records_cache(&self, bytes: &[u8]) -> Result<(), StateError> {
-        let path = self.dir.join(crate::ledger::records_cache::FILE);
+    /// Replaces a cache atomically (a reader sees the old file or the new one). Not synced to disk,
+    /// unlike the other state: a cache a crash left short fails its own digest and costs a check in
+    /// full, while syncing megabytes would cost every `tpa verify`.
+    fn write_cache(&self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+        let path = self.dir.join(name);
         let err = |source| StateError { path: path.clone(), source };
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(err)?;
         tmp.write_all(bytes).map_err(err)?;

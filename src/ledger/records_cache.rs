@@ -14,43 +14,15 @@
 //! That is why `tpa verify` and `tpa audit`, the checks an organisation relies on, never use it.
 
 use git2::Oid;
-use sha2::{Digest, Sha256};
+
+use super::verify_cache::{Key, Refused, put_header, seal, unseal};
 
 /// The file's name in the state dir.
 pub const FILE: &str = "records-cache";
 const MAGIC: &[u8] = b"tpa records cache\n";
-/// Bumped whenever what a listed blob means changes.
+/// Bumped whenever what a listed blob means changes. The key is the verify cache's ([`Key`]:
+/// this build, and the digest of the signers, with no policy).
 const FORMAT: u32 = 1;
-
-/// What a cache must have been written for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Key {
-    /// The tpa build: another build may check records differently.
-    pub build: String,
-    /// Digest of the signers the records were checked against
-    /// ([`super::verify_cache::trust_digest`]).
-    pub trust: [u8; 32],
-}
-
-impl Key {
-    pub fn this_build(trust: [u8; 32]) -> Self {
-        Key {
-            build: format!("{} {} format {FORMAT}", env!("CARGO_PKG_VERSION"), env!("TPA_BUILD_COMMIT")),
-            trust,
-        }
-    }
-}
-
-/// Why a cache was not used.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    #[error("it is damaged ({0})")]
-    Damaged(&'static str),
-    #[error("another tpa build wrote it")]
-    OtherBuild,
-    #[error("allowed_signers at the trust ref changed since")]
-    OtherTrust,
-}
 
 /// The cache listing `clean` (the blobs whose lines all passed their own checks), for `key`.
 pub fn encode(key: &Key, clean: &[Oid]) -> Vec<u8> {
@@ -58,42 +30,19 @@ pub fn encode(key: &Key, clean: &[Oid]) -> Vec<u8> {
     blobs.sort();
     blobs.dedup();
     let mut out = Vec::with_capacity(MAGIC.len() + 128 + blobs.len() * 20);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT.to_le_bytes());
-    out.extend_from_slice(&(key.build.len() as u32).to_le_bytes());
-    out.extend_from_slice(key.build.as_bytes());
-    out.extend_from_slice(&key.trust);
+    put_header(&mut out, MAGIC, FORMAT, key);
     out.extend_from_slice(&(blobs.len() as u32).to_le_bytes());
     for blob in &blobs {
         out.extend_from_slice(blob.as_bytes());
     }
-    let digest = Sha256::digest(&out);
-    out.extend_from_slice(&digest);
-    out
+    seal(out)
 }
 
 /// The blobs a cache written for `key` lists, in increasing order. Everything is checked before
 /// anything is used.
 pub fn decode(bytes: &[u8], key: &Key) -> Result<Vec<Oid>, Refused> {
     let damaged = Refused::Damaged;
-    if bytes.len() < MAGIC.len() + 32 || !bytes.starts_with(MAGIC) {
-        return Err(damaged("not a records cache"));
-    }
-    let (body, digest) = bytes.split_at(bytes.len() - 32);
-    if Sha256::digest(body).as_slice() != digest {
-        return Err(damaged("its digest does not match its contents"));
-    }
-    let mut r = Reader { rest: &body[MAGIC.len()..] };
-    if r.u32()? != FORMAT {
-        return Err(Refused::OtherBuild);
-    }
-    let build_len = r.u32()? as usize;
-    if r.take(build_len)? != key.build.as_bytes() {
-        return Err(Refused::OtherBuild);
-    }
-    if r.take(32)? != key.trust {
-        return Err(Refused::OtherTrust);
-    }
+    let mut r = unseal(bytes, MAGIC, FORMAT, key)?;
     let count = r.u32()? as usize;
     if r.rest.len() != count.saturating_mul(20) {
         return Err(damaged("its count does not match its length"));
@@ -109,27 +58,10 @@ pub fn decode(bytes: &[u8], key: &Key) -> Result<Vec<Oid>, Refused> {
     Ok(blobs)
 }
 
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Refused> {
-        if self.rest.len() < n {
-            return Err(Refused::Damaged("it ends early"));
-        }
-        let (head, rest) = self.rest.split_at(n);
-        self.rest = rest;
-        Ok(head)
-    }
-
-    fn u32(&mut self) -> Result<u32, Refused> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
 
     fn oid(byte: u8) -> Oid {

@@ -87,10 +87,7 @@ pub enum Refused {
 /// their own checks (else marked to be checked again), and what the history walk found.
 pub fn encode(key: &Key, checked: &Checked) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + checked.notes.len() * 170);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT.to_le_bytes());
-    put_str(&mut out, &key.build);
-    out.extend_from_slice(&key.trust);
+    put_header(&mut out, MAGIC, FORMAT, key);
     out.extend_from_slice(checked.tip.as_bytes());
     out.extend_from_slice(&(checked.notes.len() as u32).to_le_bytes());
     for note in &checked.notes {
@@ -140,28 +137,13 @@ pub fn encode(key: &Key, checked: &Checked) -> Vec<u8> {
         }
         put_str(&mut out, &removed.finding.message);
     }
-    let digest = Sha256::digest(&out);
-    out.extend_from_slice(&digest);
-    out
+    seal(out)
 }
 
 /// Reads a cache written for `key`. Everything is checked before anything is used.
 pub fn decode(bytes: &[u8], key: &Key) -> Result<Base, Refused> {
     let damaged = Refused::Damaged;
-    if bytes.len() < MAGIC.len() + 32 || !bytes.starts_with(MAGIC) {
-        return Err(damaged("not a verify cache"));
-    }
-    let (body, digest) = bytes.split_at(bytes.len() - 32);
-    if Sha256::digest(body).as_slice() != digest {
-        return Err(damaged("its digest does not match its contents"));
-    }
-    let mut r = Reader { rest: &body[MAGIC.len()..] };
-    if r.u32()? != FORMAT || r.str()? != key.build {
-        return Err(Refused::OtherBuild);
-    }
-    if r.array::<32>()? != key.trust {
-        return Err(Refused::OtherTrust);
-    }
+    let mut r = unseal(bytes, MAGIC, FORMAT, key)?;
     let tip = r.oid()?;
     let count = r.count(49)?;
     let mut notes = Vec::with_capacity(count);
@@ -236,6 +218,46 @@ pub fn decode(bytes: &[u8], key: &Key) -> Result<Base, Refused> {
     Ok(Base { tip, notes, removed })
 }
 
+/// The header the tpa caches share: what the file is, its format, and the key it was written for.
+pub(super) fn put_header(out: &mut Vec<u8>, magic: &[u8], format: u32, key: &Key) {
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&format.to_le_bytes());
+    put_str(out, &key.build);
+    out.extend_from_slice(&key.trust);
+}
+
+/// Appends the sha256 over everything before it.
+pub(super) fn seal(mut out: Vec<u8>) -> Vec<u8> {
+    let digest = Sha256::digest(&out);
+    out.extend_from_slice(&digest);
+    out
+}
+
+/// What follows the header of a cache file sealed by [`seal`], once its digest, its magic, its
+/// format and its key are what they must be.
+pub(super) fn unseal<'a>(
+    bytes: &'a [u8],
+    magic: &[u8],
+    format: u32,
+    key: &Key,
+) -> Result<Reader<'a>, Refused> {
+    if bytes.len() < magic.len() + 32 || !bytes.starts_with(magic) {
+        return Err(Refused::Damaged("not a tpa cache of this kind"));
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    if Sha256::digest(body).as_slice() != digest {
+        return Err(Refused::Damaged("its digest does not match its contents"));
+    }
+    let mut r = Reader { rest: &body[magic.len()..] };
+    if r.u32()? != format || r.str()? != key.build {
+        return Err(Refused::OtherBuild);
+    }
+    if r.array::<32>()? != key.trust {
+        return Err(Refused::OtherTrust);
+    }
+    Ok(r)
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -276,8 +298,8 @@ fn fits(kind: RecordKind, intent: bool, request: bool) -> bool {
     }
 }
 
-struct Reader<'a> {
-    rest: &'a [u8],
+pub(super) struct Reader<'a> {
+    pub(super) rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
@@ -298,7 +320,7 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
-    fn u32(&mut self) -> Result<u32, Refused> {
+    pub(super) fn u32(&mut self) -> Result<u32, Refused> {
         Ok(u32::from_le_bytes(self.array()?))
     }
 
@@ -320,7 +342,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn oid(&mut self) -> Result<Oid, Refused> {
+    pub(super) fn oid(&mut self) -> Result<Oid, Refused> {
         Oid::from_bytes(self.take(20)?).map_err(|_| Refused::Damaged("an object id is invalid"))
     }
 

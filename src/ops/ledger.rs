@@ -132,7 +132,7 @@ fn read_records(
 /// be lost). A cache that cannot be read or written costs a read in full, never an error.
 struct RecordsCache {
     state: StateDir,
-    key: records_cache::Key,
+    key: verify_cache::Key,
     listed: Vec<Oid>,
 }
 
@@ -142,7 +142,7 @@ impl RecordsCache {
             return None;
         }
         let state = StateDir::open(repo).ok()?;
-        let key = records_cache::Key::this_build(verify_cache::trust_digest(signers, None));
+        let key = verify_cache::Key::this_build(verify_cache::trust_digest(signers, None));
         let listed = match state.records_cache() {
             Ok(Some(bytes)) => records_cache::decode(&bytes, &key).unwrap_or_default(),
             _ => Vec::new(),
