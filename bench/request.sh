@@ -2,6 +2,8 @@
 # Benchmark `tpa request` vs awscli vs a bare curl POST (see bench/request.py). Starts its own moto
 # server and keyring session; needs curl, jq, git, dbus, gnome-keyring, python3.
 #   ROUNDS=30 bench/request.sh
+#   SYNC=manual bench/request.sh   # the policy's sync (default "push": each grant is pushed to the
+#                                  # clone's remote, a local bare repository here, before tpa returns)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${TPA_BENCH_IN_SESSION:-}" ]; then
@@ -37,7 +39,8 @@ cd "$work/repo"
 git config user.email bench@example.com; git config user.name Bench
 git commit -q --allow-empty -m root
 "$tpa" init >/dev/null
-printf 'protected_branches = ["main"]\n[roles.bench]\narn = "%s"\nregion = "us-east-1"\nmax_ttl = "1h"\n' "$role_arn" > .tpa/policy.toml
+printf 'protected_branches = ["main"]\nsync = "%s"\n[roles.bench]\narn = "%s"\nregion = "us-east-1"\nmax_ttl = "1h"\n' \
+  "${SYNC:-push}" "$role_arn" > .tpa/policy.toml
 git add .tpa; git commit -q -m policy; git push -q origin HEAD:main 2>/dev/null
 git switch -q -c hotfix/bench; git commit -q --allow-empty -m work
 cd - >/dev/null
