@@ -55,6 +55,22 @@ pub struct RemoteSync {
 }
 
 pub fn sync(repo: &Repository, options: &SyncOptions) -> Result<Vec<RemoteSync>, SyncError> {
+    sync_with(repo, options, Order::FetchFirst)
+}
+
+/// Whether a remote's round starts with the fetch or with the push.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// `tpa sync`: bringing the other clones' records in is half the point.
+    FetchFirst,
+    /// After this clone wrote records: the push alone, when the remote still has what this clone
+    /// last fetched or pushed (the lease says so, atomically) and the local ledger already holds
+    /// it. Otherwise the lease is lost and the round goes on as FetchFirst. Saves a fetch, a
+    /// round trip to the remote, on every request.
+    PushFirst,
+}
+
+fn sync_with(repo: &Repository, options: &SyncOptions, order: Order) -> Result<Vec<RemoteSync>, SyncError> {
     let all =
         crate::gitconfig::GitConfig::of(repo).map_err(|e| git2::Error::from_str(&e.to_string()))?.remotes();
     if all.is_empty() {
@@ -74,7 +90,7 @@ pub fn sync(repo: &Repository, options: &SyncOptions) -> Result<Vec<RemoteSync>,
     let mut out = Vec::new();
     for remote in chosen {
         // One remote's trouble (a ref that is no notes commit, say) must not stop the others.
-        out.push(sync_remote(repo, &remote, options).unwrap_or_else(|e| RemoteSync {
+        out.push(sync_remote(repo, &remote, options, order).unwrap_or_else(|e| RemoteSync {
             remote: remote.clone(),
             merged: "none",
             pushed: false,
@@ -96,7 +112,8 @@ pub fn push_if_policy_says(repo: &Repository, timeout: Duration, always: bool) -
     {
         return None;
     }
-    Some(sync(repo, &SyncOptions { remotes: None, timeout, interactive: false }).unwrap_or_else(|e| {
+    let options = SyncOptions { remotes: None, timeout, interactive: false };
+    Some(sync_with(repo, &options, Order::PushFirst).unwrap_or_else(|e| {
         vec![RemoteSync {
             remote: "(all)".into(),
             merged: "none",
@@ -111,11 +128,40 @@ fn tracking_ref(remote: &str) -> String {
     format!("refs/notes/remotes/{remote}/tpa")
 }
 
-fn sync_remote(repo: &Repository, remote: &str, options: &SyncOptions) -> Result<RemoteSync, SyncError> {
+fn sync_remote(
+    repo: &Repository,
+    remote: &str,
+    options: &SyncOptions,
+    order: Order,
+) -> Result<RemoteSync, SyncError> {
     let mut report =
         RemoteSync { remote: remote.to_owned(), merged: "none", pushed: false, rounds: 0, error: None };
+    if order == Order::PushFirst {
+        if let (Some(theirs), Some(local)) = (remote_tip(repo, remote), notes::tip(repo)?) {
+            if local == theirs {
+                report.pushed = true;
+                report.rounds = 1;
+                return Ok(report);
+            }
+            if repo.graph_descendant_of(local, theirs)? {
+                report.rounds = 1;
+                match push_leased(repo, options, remote, local, Some(theirs)) {
+                    Ok(()) => {
+                        report.pushed = true;
+                        return Ok(report);
+                    }
+                    // Another clone pushed since: fetch and merge, as `tpa sync` does.
+                    Err(GitFailure::Failed(text)) if is_lost_lease(&text) => {}
+                    Err(e) => {
+                        report.error = Some(format!("push: {e}"));
+                        return Ok(report);
+                    }
+                }
+            }
+        }
+    }
     for round in 0..MAX_ROUNDS {
-        report.rounds = round + 1;
+        report.rounds += 1;
         let refspec = format!("+{NOTES_REF}*:refs/notes/remotes/{remote}/tpa*");
         if let Err(e) = git(
             repo,
@@ -145,13 +191,8 @@ fn sync_remote(repo: &Repository, remote: &str, options: &SyncOptions) -> Result
             report.pushed = true;
             return Ok(report);
         }
-        let lease =
-            format!("--force-with-lease={NOTES_REF}:{}", theirs.map(|t| t.to_string()).unwrap_or_default());
-        let refspec = format!("{local}:{NOTES_REF}");
-        match git(repo, options, &["push", "--quiet", "--porcelain", &lease, remote, &refspec]) {
-            Ok(_) => {
-                // What the remote has now, so the next sync's lease starts from it.
-                repo.reference(&tracking_ref(remote), local, true, "tpa sync: pushed")?;
+        match push_leased(repo, options, remote, local, theirs) {
+            Ok(()) => {
                 report.pushed = true;
                 report.error = None;
                 return Ok(report);
@@ -169,6 +210,24 @@ fn sync_remote(repo: &Repository, remote: &str, options: &SyncOptions) -> Result
     report.error =
         Some(format!("other clones kept pushing: gave up after {MAX_ROUNDS} rounds; run `tpa sync` again"));
     Ok(report)
+}
+
+/// Pushes `local` to the remote's ledger only if the remote still has `theirs` there (none: no
+/// ledger yet), then remembers what the remote has now, so that the next lease starts from it.
+fn push_leased(
+    repo: &Repository,
+    options: &SyncOptions,
+    remote: &str,
+    local: Oid,
+    theirs: Option<Oid>,
+) -> Result<(), GitFailure> {
+    let lease =
+        format!("--force-with-lease={NOTES_REF}:{}", theirs.map(|t| t.to_string()).unwrap_or_default());
+    let refspec = format!("{local}:{NOTES_REF}");
+    git(repo, options, &["push", "--quiet", "--porcelain", &lease, remote, &refspec])?;
+    // Losing this only costs the next push a fetch: the lease then fails and the round refetches.
+    let _ = repo.reference(&tracking_ref(remote), local, true, "tpa sync: pushed");
+    Ok(())
 }
 
 fn is_lost_lease(output: &str) -> bool {
@@ -225,8 +284,9 @@ fn git(repo: &Repository, options: &SyncOptions, args: &[&str]) -> Result<(), Gi
                 let _ = child.wait();
                 return Err(GitFailure::TimedOut(options.timeout));
             }
-            // A deadline on a child process: std has no wait-with-timeout.
-            None => std::thread::sleep(Duration::from_millis(10)),
+            // A deadline on a child process: std has no wait-with-timeout. Half the interval is
+            // added to every fetch and push a request waits for, so it is short.
+            None => std::thread::sleep(Duration::from_millis(2)),
         }
     }
 }

@@ -176,3 +176,50 @@ fn a_remote_that_dropped_a_record_or_lost_its_ledger_takes_nothing_from_this_clo
         env.git(&a, &["rev-parse", "refs/notes/tpa"])
     );
 }
+
+#[test]
+fn a_request_pushes_without_fetching_unless_another_clone_pushed_first() {
+    let aws = AwsRepo::new();
+    let origin = aws.env.path("work-origin.git");
+    aws.request().arg("--json").run().success();
+    let git_commands = |trace: &Path| -> Vec<String> {
+        std::fs::read_to_string(trace)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once("trace: built-in: git ").map(|(_, c)| c.to_owned()))
+            .collect()
+    };
+
+    // Nobody else pushed since this clone's last push: the lease holds, so a push is enough.
+    let trace = aws.env.path("trace-alone");
+    let alone = aws.request().arg("--json").env("GIT_TRACE", &trace).run().success();
+    assert!(alone.stderr.is_empty(), "{}", alone.stderr);
+    let commands = git_commands(&trace);
+    assert!(commands.iter().any(|c| c.starts_with("push")), "{commands:?}");
+    assert!(!commands.iter().any(|c| c.starts_with("fetch")), "no fetch: {commands:?}");
+    assert_eq!(aws.env.git(&origin, &["rev-parse", "refs/notes/tpa"]), aws.notes_tip().unwrap());
+
+    // A teammate pushed a record in between: the lease is lost, and the round fetches, merges and
+    // pushes, so that origin and this clone end up with both clones' records.
+    let bob = aws.teammate("bob", "bob@example.com");
+    aws.env.tpa(&bob).args(["debug", "intent", "--reason", "INC-7: from bob"]).run().success();
+    aws.env.tpa(&bob).args(["sync"]).run().success();
+    // Only main (bob's signing key is on it): a plain fetch would bring the ledger too
+    // (`tpa init` adds its refspec), and a clone that knows the remote moved fetches first.
+    aws.env.git(&aws.dir, &["fetch", "-q", "origin", "main:refs/remotes/origin/main"]);
+    let trace = aws.env.path("trace-raced");
+    let raced = aws.request().arg("--json").env("GIT_TRACE", &trace).run().success();
+    assert!(raced.stderr.is_empty(), "{}", raced.stderr);
+    let commands = git_commands(&trace);
+    assert_eq!(commands.iter().filter(|c| c.starts_with("push")).count(), 2, "{commands:?}");
+    assert!(commands.iter().any(|c| c.starts_with("fetch")), "{commands:?}");
+    let tip = aws.notes_tip().unwrap();
+    assert_eq!(aws.env.git(&origin, &["rev-parse", "refs/notes/tpa"]), tip, "origin has the merge");
+    let ours = records(&aws.env, &aws.dir);
+    let theirs = records(&aws.env, &bob);
+    assert!(ours.iter().any(|(_, kind)| kind == "intent") && ours.len() > theirs.len(), "{ours:?}");
+    aws.env.tpa(&bob).args(["sync"]).run().success();
+    assert_eq!(records(&aws.env, &bob), ours, "bob's clone converges on the same ledger");
+    let verified = aws.tpa().args(["verify", "--json"]).run().code(0).json();
+    assert_eq!(finding_kinds(&verified), Vec::<String>::new());
+}
