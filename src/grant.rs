@@ -99,8 +99,18 @@ pub(crate) fn is_grant_id(bytes: &[u8]) -> bool {
 /// Whether `b` is one of [`CROCKFORD`]'s digits, without a search (every record's grant id is
 /// checked, and the verify cache checks each one it reads).
 fn is_crockford(b: u8) -> bool {
-    matches!(b, b'0'..=b'9' | b'A'..=b'H' | b'J' | b'K' | b'M' | b'N' | b'P'..=b'T' | b'V'..=b'Z')
+    IS_CROCKFORD[b as usize]
 }
+
+const IS_CROCKFORD: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < CROCKFORD.len() {
+        table[CROCKFORD[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 impl TryFrom<String> for GrantId {
     type Error = BadGrantId;

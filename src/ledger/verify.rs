@@ -4,7 +4,7 @@
 //! checks themselves; src/ledger/check.rs runs them over a notes tip, in full or since the last
 //! verified tip.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use git2::{Oid, Repository};
@@ -501,22 +501,47 @@ fn is_misplaced(placed: &Placed<'_>) -> bool {
     placed.line.facts.as_ref().is_some_and(|f| !f.commit.names(placed.annotated))
 }
 
-/// The intents (or requests) at the tip: the grants that have one, and each one's payload digest.
-#[derive(Default)]
+/// The intents (or requests) at the tip: the grants that have one, and each one's payload digests.
+/// Built on every `tpa verify` over every record, so one map, hashed once per record: foldhash,
+/// seeded per process, hashes these keys at a fraction of SipHash's cost, and its seed keeps
+/// crafted grant ids from colliding on purpose.
 struct Named {
-    grants: HashSet<GrantKey>,
-    payloads: HashSet<(GrantKey, [u8; 32])>,
+    by_grant: HashMap<GrantKey, Digests, foldhash::fast::RandomState>,
+}
+
+/// A grant's intent (or request) digests: one, unless its records were tampered with.
+struct Digests {
+    first: [u8; 32],
+    more: HashSet<[u8; 32], foldhash::fast::RandomState>,
 }
 
 impl Named {
+    fn with_capacity(records: usize) -> Self {
+        Named { by_grant: HashMap::with_capacity_and_hasher(records, Default::default()) }
+    }
+
     fn insert(&mut self, grant: GrantKey, sha: [u8; 32]) {
-        self.grants.insert(grant);
-        self.payloads.insert((grant, sha));
+        match self.by_grant.entry(grant) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Digests { first: sha, more: HashSet::default() });
+            }
+            std::collections::hash_map::Entry::Occupied(mut digests) => {
+                let digests = digests.get_mut();
+                if digests.first != sha {
+                    digests.more.insert(sha);
+                }
+            }
+        }
+    }
+
+    fn has(&self, grant: &GrantKey) -> bool {
+        self.by_grant.contains_key(grant)
     }
 
     /// Is `named` one of `grant`'s? A digest not in lower-case hex names no payload.
     fn names(&self, grant: GrantKey, named: PayloadRef) -> bool {
-        matches!(named, PayloadRef::Sha(sha) if self.payloads.contains(&(grant, sha)))
+        let PayloadRef::Sha(sha) = named else { return false };
+        self.by_grant.get(&grant).is_some_and(|d| d.first == sha || d.more.contains(&sha))
     }
 }
 
@@ -555,7 +580,7 @@ pub fn check_across(lines: &[Placed<'_>]) -> Across {
     // and in its right place, on the commit it names. Such a copy is no second record and no
     // tampering. A record whose original is gone (moved, not copied) stays, with its finding.
     if wrong.iter().any(|w| *w) {
-        let in_place: HashSet<([u8; 32], Oid)> = lines
+        let in_place: HashSet<([u8; 32], Oid), foldhash::fast::RandomState> = lines
             .iter()
             .zip(&wrong)
             .filter(|(_, wrong)| !**wrong)
@@ -583,7 +608,8 @@ pub fn check_across(lines: &[Placed<'_>]) -> Across {
     // grant's request.
     // Which grants have an intent (a request), and which (grant, payload sha256) pairs are one:
     // sets, not a list per grant, since this runs over every record on every `tpa verify`.
-    let (mut intents, mut requests) = (Named::default(), Named::default());
+    let records = lines.len();
+    let (mut intents, mut requests) = (Named::with_capacity(records / 2), Named::with_capacity(records / 8));
     for (index, placed) in lines.iter().enumerate() {
         if let (Some(facts), Some(sha), false) =
             (&placed.line.facts, placed.line.payload_sha256, across.copies[index])
@@ -610,7 +636,7 @@ pub fn check_across(lines: &[Placed<'_>]) -> Across {
             across.findings.push((
                 index,
                 Finding {
-                    kind: if requests.grants.contains(&facts.grant) {
+                    kind: if requests.has(&facts.grant) {
                         FindingKind::IntentMismatch
                     } else {
                         FindingKind::OrphanRecord
@@ -628,7 +654,7 @@ pub fn check_across(lines: &[Placed<'_>]) -> Across {
         }
         // The grant id is built only for a finding: most records have none.
         let kind = match facts.intent {
-            _ if !intents.grants.contains(&facts.grant) => FindingKind::OrphanRecord,
+            _ if !intents.has(&facts.grant) => FindingKind::OrphanRecord,
             Some(named) if !intents.names(facts.grant, named) => FindingKind::IntentMismatch,
             _ => continue,
         };

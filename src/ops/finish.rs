@@ -75,9 +75,13 @@ pub fn after_write(repo: &Repository, written: &[Written<'_>], now: DateTime<Utc
 }
 
 /// Lets git pack loose objects when it would after its own commands: every append writes a blob,
-/// two trees and a commit with libgit2, which never runs `git gc --auto`. Detached and silent; it
-/// does nothing below git's threshold.
+/// two trees and a commit with libgit2, which never runs `git gc --auto`. Detached and silent, and
+/// started only when git's own test says it has work (starting git to find out costs every
+/// request a process).
 pub fn housekeeping(repo: &Repository) {
+    if !gc_is_due(repo) {
+        return;
+    }
     let dir = repo.workdir().unwrap_or_else(|| repo.path());
     let _ = std::process::Command::new("git")
         .args(["gc", "--auto", "--quiet"])
@@ -86,4 +90,112 @@ pub fn housekeeping(repo: &Repository) {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
+}
+
+/// The test `git gc --auto` makes before it does anything (builtin/gc.c, `need_to_gc`): more loose
+/// objects in `objects/17` than `gc.auto` / 256 (one fan-out directory stands for all 256), or
+/// more packs than `gc.autoPackLimit`. When in doubt (config unreadable), git decides.
+fn gc_is_due(repo: &Repository) -> bool {
+    let Ok(config) = crate::gitconfig::GitConfig::of(repo) else { return true };
+    let number = |key: &str, default: i64| config.get(key).map_or(Some(default), parse_git_int);
+    let (Some(auto), Some(pack_limit)) = (number("gc.auto", 6700), number("gc.autopacklimit", 50)) else {
+        return true;
+    };
+    if auto <= 0 {
+        return false; // gc.auto = 0: the user switched automatic packing off
+    }
+    let objects = repo.path().join("objects");
+    let loose_limit = (auto + 255) / 256;
+    let loose = std::fs::read_dir(objects.join("17")).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name().len() == 38
+                    && e.file_name().as_encoded_bytes().iter().all(u8::is_ascii_hexdigit)
+            })
+            .count()
+    });
+    if loose as i64 > loose_limit {
+        return true;
+    }
+    if pack_limit <= 0 {
+        return false;
+    }
+    let packs = std::fs::read_dir(objects.join("pack")).map_or(0, |entries| {
+        let names: Vec<std::ffi::OsString> = entries.filter_map(Result::ok).map(|e| e.file_name()).collect();
+        names
+            .iter()
+            .filter(|n| n.as_encoded_bytes().ends_with(b".pack"))
+            .filter(|n| {
+                let mut keep = n.as_encoded_bytes().to_vec();
+                keep.truncate(keep.len() - ".pack".len());
+                keep.extend_from_slice(b".keep");
+                !names.iter().any(|other| other.as_encoded_bytes() == keep.as_slice())
+            })
+            .count()
+    });
+    packs as i64 > pack_limit
+}
+
+/// A git integer: decimal with an optional k, m or g (1024-based).
+fn parse_git_int(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let (digits, factor) = match text.as_bytes().last()?.to_ascii_lowercase() {
+        b'k' => (&text[..text.len() - 1], 1024),
+        b'm' => (&text[..text.len() - 1], 1024 * 1024),
+        b'g' => (&text[..text.len() - 1], 1024 * 1024 * 1024),
+        _ => (text, 1),
+    };
+    digits.parse::<i64>().ok()?.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gc_is_due, parse_git_int};
+
+    fn git_config(dir: &std::path::Path, key: &str, value: &str) {
+        let done = std::process::Command::new("git").arg("-C").arg(dir).args(["config", key, value]).status();
+        assert!(done.unwrap().success());
+        crate::gitconfig::GitConfig::invalidate();
+    }
+
+    #[test]
+    fn gc_is_due_when_git_would_say_so_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init(dir.path()).unwrap();
+        let objects = repo.path().join("objects");
+        assert!(!gc_is_due(&repo), "an empty repository");
+        // gc.auto = 512: more than 2 loose objects in objects/17 stand for more than 512 in all.
+        git_config(dir.path(), "gc.auto", "512");
+        std::fs::create_dir_all(objects.join("17")).unwrap();
+        for name in ["a", "b"] {
+            std::fs::write(objects.join("17").join(name.repeat(38)), b"").unwrap();
+        }
+        std::fs::write(objects.join("17").join("not-an-object"), b"").unwrap();
+        assert!(!gc_is_due(&repo), "2 loose objects are not more than 2");
+        std::fs::write(objects.join("17").join("c".repeat(38)), b"").unwrap();
+        assert!(gc_is_due(&repo), "3 are");
+        git_config(dir.path(), "gc.auto", "0");
+        assert!(!gc_is_due(&repo), "gc.auto = 0 switches it off");
+
+        git_config(dir.path(), "gc.auto", "6700");
+        git_config(dir.path(), "gc.autoPackLimit", "1");
+        for name in ["pack-1.pack", "pack-2.pack", "pack-2.keep"] {
+            std::fs::write(objects.join("pack").join(name), b"").unwrap();
+        }
+        assert!(!gc_is_due(&repo), "a kept pack does not count");
+        std::fs::remove_file(objects.join("pack").join("pack-2.keep")).unwrap();
+        assert!(gc_is_due(&repo), "2 packs are more than 1");
+    }
+
+    #[test]
+    fn git_integers_read_as_git_reads_them() {
+        assert_eq!(parse_git_int("6700"), Some(6700));
+        assert_eq!(parse_git_int(" 0 "), Some(0));
+        assert_eq!(parse_git_int("-1"), Some(-1));
+        assert_eq!(parse_git_int("2k"), Some(2048));
+        assert_eq!(parse_git_int("1M"), Some(1024 * 1024));
+        assert_eq!(parse_git_int("lots"), None);
+        assert_eq!(parse_git_int(""), None);
+    }
 }
