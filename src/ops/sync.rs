@@ -136,26 +136,26 @@ fn sync_remote(
 ) -> Result<RemoteSync, SyncError> {
     let mut report =
         RemoteSync { remote: remote.to_owned(), merged: "none", pushed: false, rounds: 0, error: None };
-    if order == Order::PushFirst {
-        if let (Some(theirs), Some(local)) = (remote_tip(repo, remote), notes::tip(repo)?) {
-            if local == theirs {
-                report.pushed = true;
-                report.rounds = 1;
-                return Ok(report);
-            }
-            if repo.graph_descendant_of(local, theirs)? {
-                report.rounds = 1;
-                match push_leased(repo, options, remote, local, Some(theirs)) {
-                    Ok(()) => {
-                        report.pushed = true;
-                        return Ok(report);
-                    }
-                    // Another clone pushed since: fetch and merge, as `tpa sync` does.
-                    Err(GitFailure::Failed(text)) if is_lost_lease(&text) => {}
-                    Err(e) => {
-                        report.error = Some(format!("push: {e}"));
-                        return Ok(report);
-                    }
+    if order == Order::PushFirst
+        && let (Some(theirs), Some(local)) = (remote_tip(repo, remote), notes::tip(repo)?)
+    {
+        if local == theirs {
+            report.pushed = true;
+            report.rounds = 1;
+            return Ok(report);
+        }
+        if repo.graph_descendant_of(local, theirs)? {
+            report.rounds = 1;
+            match push_leased(repo, options, remote, local, Some(theirs)) {
+                Ok(()) => {
+                    report.pushed = true;
+                    return Ok(report);
+                }
+                // Another clone pushed since: fetch and merge, as `tpa sync` does.
+                Err(GitFailure::Failed(text)) if is_lost_lease(&text) => {}
+                Err(e) => {
+                    report.error = Some(format!("push: {e}"));
+                    return Ok(report);
                 }
             }
         }
