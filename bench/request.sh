@@ -2,6 +2,7 @@
 # Benchmark `tpa request` vs awscli vs a bare curl POST (see bench/request.py). Starts its own moto
 # server and keyring session; needs curl, jq, git, dbus, gnome-keyring, python3.
 #   ROUNDS=30 bench/request.sh
+#   GRANTS=1000 bench/request.sh   # with 1,000 ended grants of the user in the ledger first
 #   SYNC=manual bench/request.sh   # the policy's sync (default "push": each grant is pushed to the
 #                                  # clone's remote, a local bare repository here, before tpa returns)
 set -euo pipefail
@@ -43,5 +44,20 @@ printf 'protected_branches = ["main"]\nsync = "%s"\n[roles.bench]\narn = "%s"\nr
   "${SYNC:-push}" "$role_arn" > .tpa/policy.toml
 git add .tpa; git commit -q -m policy; git push -q origin HEAD:main 2>/dev/null
 git switch -q -c hotfix/bench; git commit -q --allow-empty -m work
+# GRANTS=N: a ledger with N ended grants of this user first (intent, grant, revoke each, on N
+# commits of an old hotfix branch), as a clone in use for a while has: what a request reads of
+# the ledger and the keyring then shows.
+if [ "${GRANTS:-0}" -gt 0 ]; then
+  awk -v n="$GRANTS" -v base="$(git rev-parse HEAD~1)" 'BEGIN {
+    for (i = 1; i <= n; i++) {
+      printf "commit refs/heads/hotfix/old\ncommitter B <b@example.com> %d +0000\ndata %d\nc%d\n", 1700000000 + i, length("c" i), i
+      if (i == 1) printf "from %s\n", base
+      printf "\n"
+    }
+  }' | git fast-import --quiet
+  git rev-list refs/heads/hotfix/old --max-count="$GRANTS" | sed 's|$| refs/heads/hotfix/old|' \
+    | "$tpa" debug bulk --grants --role bench --target "$role_arn" >/dev/null
+  git gc -q
+fi
 cd - >/dev/null
 python3 bench/request.py "$tpa" "$work/repo" "$endpoint" "$role_arn" "$PWD/bench/.venv-awscli/bin/aws"

@@ -211,9 +211,11 @@ impl Ctx {
 
 /// Writes JSON to stdout, pretty, with a trailing newline.
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    // Buffered: stdout alone writes line by line, and pretty JSON is a line per field.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
 

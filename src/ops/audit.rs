@@ -162,10 +162,12 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
         return Err(AuditError::CloudTrailOffline);
     }
     let now = options.now;
-    let view = ledger::verify_read_only(repo)?;
+    let mut view = ledger::verify_read_only(repo)?;
     let mut findings: Vec<Finding> = view.report.all_findings().map(integrity_finding).collect();
     let mut checks = vec![CheckRun { name: Check::Ledger, status: CheckStatus::Ran, detail: None }];
-    let all = grants::from_records(&view.report.records, now);
+    // The records move into the grants: from here on, the grants are all the audit reads.
+    let records = view.report.records.len();
+    let all = grants::from_checked(std::mem::take(&mut view.report.records), now);
 
     let trust = view.trust.clone().or_else(|| TrustRef::resolve(repo).ok());
     let policy_now = trust.as_ref().map(|t| crate::policy::load(repo, t));
@@ -292,7 +294,7 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
         ledger_tip: view.report.tip.map(|t| t.to_string()),
         trust_ref: trust.as_ref().map(|t| t.refname.clone()),
         trust_commit: trust.as_ref().map(|t| t.commit.to_string()),
-        records: view.report.records.len(),
+        records,
         grants: in_period.iter().map(|g| audited(g, now)).collect(),
         findings,
         checks,

@@ -134,12 +134,17 @@ fn newest_usable(
     Err(first.map_or(none, |g| DeliveryError::NotHere(g.grant_id)))
 }
 
-/// Removes the keyring entries of my grants that have ended. Best effort: returns how many went.
-pub fn forget_ended(repo: &Repository, me: &str, now: DateTime<Utc>) -> usize {
-    let Ok(all) = grants::list(repo, now) else { return 0 };
-    all.iter()
-        .filter(|g| g.principal == me && !matches!(g.state, GrantState::Active | GrantState::Incomplete))
-        .filter(|g| secrets::load_secret(&g.grant_id).is_ok())
-        .filter(|g| secrets::delete_credentials(&g.grant_id).is_ok())
+/// Removes the keyring entries of the grants this clone holds (its local index) that have
+/// expired. Best effort: returns how many index entries it went through. It reads neither the
+/// ledger nor the keyring's other entries, so a request pays for the grants open here, not for
+/// every grant the ledger ever held: revoking deletes its entry, and the sweep deletes those of
+/// the grants it drops from the index.
+pub fn forget_expired(repo: &Repository, now: DateTime<Utc>) -> usize {
+    let Ok(state) = crate::state::StateDir::open(repo) else { return 0 };
+    let Ok(held) = state.local_grants() else { return 0 };
+    held.iter()
+        .filter(|(_, g)| g.expires_at.is_some_and(|at| at <= now))
+        .filter_map(|(id, _)| id.parse::<GrantId>().ok())
+        .filter(|id| secrets::delete_credentials(id).is_ok())
         .count()
 }

@@ -60,9 +60,7 @@ pub fn after_write(repo: &Repository, written: &[Written<'_>], now: DateTime<Utc
                     NotifyEvent::Grant
                 };
                 let queued = crate::ops::notifications::tell(repo, record, event, None, now);
-                if let Ok(me) = crate::ops::context::principal(repo) {
-                    crate::ops::deliver::forget_ended(repo, &me.email, now);
-                }
+                crate::ops::deliver::forget_expired(repo, now);
                 queued
             }
             Written::Revoked(outcomes) => crate::ops::notifications::tell_revoked(repo, outcomes, now),

@@ -99,57 +99,81 @@ fn authentic(checked: &CheckedRecord) -> bool {
 }
 
 pub fn list(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<GrantView>, InspectError> {
-    Ok(from_records(&ledger::records_lenient(repo)?.report.records, now))
+    Ok(from_checked(ledger::records_lenient(repo)?.report.records, now))
 }
 
-/// The grants of records already read and checked, newest first.
+/// The grants of records already read and checked, newest first. The records are copied: see
+/// [`from_checked`] for a caller done with them.
 pub fn from_records(records: &[CheckedRecord], now: DateTime<Utc>) -> Vec<GrantView> {
-    let mut by_grant: BTreeMap<GrantId, Vec<&CheckedRecord>> = BTreeMap::new();
-    for checked in records.iter().filter(|c| authentic(c)) {
-        let record = checked.record.as_ref().expect("authentic records parse");
-        by_grant.entry(record.grant_id.clone()).or_default().push(checked);
+    from_checked(records.iter().filter(|c| authentic(c)).cloned().collect(), now)
+}
+
+/// The grants of `records`, newest first. The records move into the grants, and the ones no
+/// grant keeps are dropped: a ledger of 300,000 records is then in memory once, not twice.
+pub fn from_checked(records: Vec<CheckedRecord>, now: DateTime<Utc>) -> Vec<GrantView> {
+    let mut by_grant: BTreeMap<GrantId, Vec<CheckedRecord>> = BTreeMap::new();
+    for checked in records.into_iter().filter(authentic) {
+        let grant_id = checked.record.as_ref().expect("authentic records parse").grant_id.clone();
+        by_grant.entry(grant_id).or_default().push(checked);
     }
     let mut grants: Vec<GrantView> =
-        by_grant.into_iter().filter_map(|(grant_id, checked)| summarise(grant_id, &checked, now)).collect();
+        by_grant.into_iter().filter_map(|(grant_id, checked)| summarise(grant_id, checked, now)).collect();
     grants.sort_by_key(|g| std::cmp::Reverse(g.requested_at));
     grants
 }
 
-fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) -> Option<GrantView> {
-    let records: Vec<&Record> = checked.iter().filter_map(|c| c.record.as_ref()).collect();
-    let first_of = |kind: RecordKind| {
-        checked
-            .iter()
-            .filter(|c| c.record.as_ref().is_some_and(|r| r.kind == kind))
-            .min_by_key(|c| c.record.as_ref().map(|r| r.issued_at))
-    };
-    let request_checked = first_of(RecordKind::Request);
+fn summarise(grant_id: GrantId, mut checked: Vec<CheckedRecord>, now: DateTime<Utc>) -> Option<GrantView> {
+    // Oldest first, so that the first of a kind is the earliest and the rest keep their order.
+    checked.sort_by_key(|c| c.record.as_ref().map(|r| r.issued_at));
+    let first_of =
+        |kind: RecordKind| checked.iter().position(|c| c.record.as_ref().is_some_and(|r| r.kind == kind));
+    let request_at = first_of(RecordKind::Request);
     // A grant's story starts with its request or intent; records without one are verify's business.
-    let intent_checked = first_of(RecordKind::Intent);
-    let origin = intent_checked.or(request_checked)?;
-    let intent = origin.record.as_ref()?;
-    let request_sha256 = request_checked.and_then(|c| c.payload_sha256.clone());
-    let mut approvals: Vec<ApprovalView> = checked
+    let intent_at = first_of(RecordKind::Intent);
+    let origin_at = intent_at.or(request_at)?;
+    let issued_at = checked
         .iter()
-        .filter_map(|c| {
-            let record = c.record.as_ref().filter(|r| r.kind == RecordKind::Approval)?;
-            Some(ApprovalView {
-                record: record.clone(),
-                sha256: c.payload_sha256.clone()?,
-                verified: c.is_verified(),
-                signer: c.signer.clone(),
-            })
-        })
-        .collect();
-    approvals.sort_by_key(|a| a.record.issued_at);
-    let issued = records.iter().filter(|r| r.kind == RecordKind::Grant).max_by_key(|r| r.issued_at);
-    let state = GrantState::of(records.iter().copied(), now);
-    let expires_at = issued.and_then(|g| g.expires_at);
+        .enumerate()
+        .filter(|(_, c)| c.record.as_ref().is_some_and(|r| r.kind == RecordKind::Grant))
+        .max_by_key(|(_, c)| c.record.as_ref().map(|r| r.issued_at))
+        .map(|(at, _)| at);
+    let state = GrantState::of(checked.iter().filter_map(|c| c.record.as_ref()), now);
+    let verified = checked.iter().all(|c| c.is_verified());
+    let request_verified = request_at.is_some_and(|at| checked[at].is_verified());
+    let requester_key = checked[request_at.unwrap_or(origin_at)].signer.clone();
+    let intent_sha256 = intent_at.and_then(|at| checked[at].payload_sha256.clone()).unwrap_or_default();
+    let request_sha256 = request_at.and_then(|at| checked[at].payload_sha256.clone());
+
+    // Take out what the view keeps; the rest is dropped with `checked`.
+    let mut take = |at: usize| checked[at].record.take();
+    let request = request_at.and_then(&mut take);
+    let intent = if Some(origin_at) == request_at { request.clone() } else { take(origin_at) }?;
+    let issued = issued_at.and_then(&mut take);
+    let mut approvals = Vec::new();
+    let mut revokes = Vec::new();
+    for c in &mut checked {
+        match c.record.as_ref().map(|r| r.kind) {
+            Some(RecordKind::Approval) => {
+                let (Some(record), Some(sha256)) = (c.record.take(), c.payload_sha256.take()) else {
+                    continue;
+                };
+                approvals.push(ApprovalView {
+                    record,
+                    sha256,
+                    verified: c.findings.is_empty(),
+                    signer: c.signer.take(),
+                });
+            }
+            Some(RecordKind::Revoke) => revokes.extend(c.record.take()),
+            _ => {}
+        }
+    }
+    let expires_at = issued.as_ref().and_then(|g| g.expires_at);
     Some(GrantView {
         grant_id,
         state,
         // Whom the grant is for: the requester, also when a broker wrote its intent and grant.
-        principal: request_checked.and_then(|c| c.record.as_ref()).unwrap_or(intent).principal.email.clone(),
+        principal: request.as_ref().unwrap_or(&intent).principal.email.clone(),
         role: intent.role.clone(),
         target: intent.target.clone(),
         provider: ProviderKind::parse(&intent.provider),
@@ -159,21 +183,16 @@ fn summarise(grant_id: GrantId, checked: &[&CheckedRecord], now: DateTime<Utc>) 
         requested_at: intent.issued_at,
         expires_at,
         seconds_left: expires_at.map(|at| (at - now).num_seconds().max(0)),
-        verified: checked.iter().all(|c| c.is_verified()),
-        intent: intent.clone(),
-        intent_sha256: intent_checked.and_then(|c| c.payload_sha256.clone()).unwrap_or_default(),
-        request: request_checked.and_then(|c| c.record.clone()),
-        request_sha256,
-        requester_key: request_checked.unwrap_or(origin).signer.clone(),
-        approvals,
+        verified,
         break_glass: intent.break_glass == Some(true),
-        request_verified: request_checked.is_some_and(|c| c.is_verified()),
-        issued: issued.map(|r| (*r).clone()),
-        revokes: {
-            let mut revokes: Vec<Record> =
-                records.iter().filter(|r| r.kind == RecordKind::Revoke).map(|r| (*r).clone()).collect();
-            revokes.sort_by_key(|r| r.issued_at);
-            revokes
-        },
+        intent,
+        intent_sha256,
+        request,
+        request_sha256,
+        requester_key,
+        approvals,
+        request_verified,
+        issued,
+        revokes,
     })
 }

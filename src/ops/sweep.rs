@@ -433,10 +433,11 @@ fn update_index(
     let known: HashSet<String> = all.iter().map(|g| g.grant_id.to_string()).collect();
     // Entries the ledger knows nothing of stay until they expire: they are all that is left of
     // those grants (see `deny_unrecorded`).
-    let unrecorded: LocalGrants = state
-        .local_grants()?
-        .into_iter()
-        .filter(|(id, g)| !known.contains(id) && g.expires_at.is_some_and(|e| e > now))
+    let indexed = state.local_grants()?;
+    let unrecorded: LocalGrants = indexed
+        .iter()
+        .filter(|(id, g)| !known.contains(*id) && g.expires_at.is_some_and(|e| e > now))
+        .map(|(id, g)| (id.clone(), g.clone()))
         .collect();
     let mut open: LocalGrants = all
         .into_iter()
@@ -454,6 +455,13 @@ fn update_index(
         .collect();
     open.extend(unrecorded);
     state.set_local_grants(&lock, &open)?;
+    // A grant that leaves the index has ended: its keyring entry goes with it (a request only
+    // forgets the expired grants still indexed, see `deliver::forget_expired`).
+    for id in indexed.keys().filter(|id| !open.contains_key(*id)) {
+        if let Ok(grant_id) = id.parse() {
+            let _ = secrets::delete_credentials(&grant_id);
+        }
+    }
     // Abandonment clocks of branches that no longer hold a grant have nothing left to time.
     let mut left = state.left_branches()?;
     let before = left.len();

@@ -313,3 +313,36 @@ fn missing_base_credentials_say_how_to_log_in() {
     assert!(out.stderr.contains("aws sso login"), "{}", out.stderr);
     assert_eq!(aws.kinds(), ["intent", "failed"]);
 }
+
+#[test]
+fn a_request_forgets_expired_grants_it_holds_and_the_sweep_those_it_drops() {
+    let aws = AwsRepo::new();
+    let id = |out: Done| out.json()["grant_id"].as_str().unwrap().to_owned();
+    let held = |grant: &str| {
+        aws.env
+            .command("secret-tool")
+            .args(["lookup", "service", "tpa", "username", &format!("grant:{grant}")])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let first = id(aws.request().arg("--json").run().success());
+    assert!(held(&first));
+    // The index says the first grant expired an hour ago (as it would, read later).
+    let index = aws.dir.join(".git/tpa/active.json");
+    let mut grants: serde_json::Value = serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+    let past = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    grants[&first]["expires_at"] = serde_json::Value::String(past);
+    std::fs::write(&index, serde_json::to_vec(&grants).unwrap()).unwrap();
+
+    let second = id(aws.request().arg("--json").run().success());
+    assert!(!held(&first), "the request forgot the expired grant's credentials");
+    assert!(held(&second), "and kept its own");
+
+    // Two hours on, the sweep drops the second grant from the index, and its credentials with it.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    aws.tpa().args(["sweep"]).env("TPA_TEST_NOW", &later).run().success();
+    assert!(!held(&second), "the sweep forgot the ended grant's credentials");
+    assert_eq!(aws.keyring_grants(), 0);
+}

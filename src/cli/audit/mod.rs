@@ -140,6 +140,11 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<u8> {
     }
     let repo = ctx.repo()?;
     let report = audit::audit(&repo, &options)?;
+    if format == Format::Json && args.output.is_none() {
+        // Streamed: the report of 100,000 grants is tens of megabytes as one string.
+        print_json(&report)?;
+        return Ok(exit_code(report.worst(), threshold));
+    }
     let text = match format {
         Format::Ocsf => {
             ship_ocsf(&args, |sink| ocsf_of(&repo, &report, sink))?;
@@ -156,7 +161,6 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<u8> {
     match &args.output {
         Some(path) => write_atomically(path, text.as_bytes())
             .with_context(|| format!("cannot write the report to {}", path.display()))?,
-        None if format == Format::Json => print_json(&report)?,
         None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }
     Ok(exit_code(report.worst(), threshold))
