@@ -97,12 +97,12 @@ pub fn read_lines(repo: &Repository, tip: Option<Oid>) -> Result<Vec<StoredLine>
     Ok(out)
 }
 
-/// For the commands that read the whole ledger once (`tpa verify`, `tpa audit`): switches
-/// libgit2's object cache off for the rest of the process. The full check reads each notes commit
-/// and tree once (check.rs), so the cache only holds them: up to 256 MiB for each repository
-/// handle, and the check opens one per core. Measured with bench/audit.sh's ledgers: peak memory
-/// of `tpa verify --full` at 300,000 records 1,084 MB with the cache, 429 MB without, in the same
-/// time (docs/verify.md, "Cost").
-pub fn read_everything_once() {
-    git2::opts::enable_caching(false);
+/// Switches libgit2's object cache on or off for the process. The full check (`tpa verify`, the
+/// audit's first step) reads each notes commit and tree once, so the cache only holds them: up to
+/// 256 MiB for each repository handle, and the check opens one per core. Measured with
+/// bench/audit.sh's ledgers: peak memory of `tpa verify --full` at 300,000 records 1,084 MB with
+/// the cache, 429 MB without, in the same time (docs/verify.md, "Cost"). The audit's history
+/// checks walk commits more than once, and switch it back on.
+pub fn cache_objects(on: bool) {
+    git2::opts::enable_caching(on);
 }

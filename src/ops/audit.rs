@@ -162,7 +162,9 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
         return Err(AuditError::CloudTrailOffline);
     }
     let now = options.now;
+    crate::ledger::cache_objects(false);
     let mut view = ledger::verify_read_only(repo)?;
+    crate::ledger::cache_objects(true);
     let mut findings: Vec<Finding> = view.report.all_findings().map(integrity_finding).collect();
     let mut checks = vec![CheckRun { name: Check::Ledger, status: CheckStatus::Ran, detail: None }];
     // The records move into the grants: from here on, the grants are all the audit reads.

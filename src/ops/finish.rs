@@ -102,14 +102,15 @@ fn gc_is_due(repo: &Repository) -> bool {
     if auto <= 0 {
         return false; // gc.auto = 0: the user switched automatic packing off
     }
-    let objects = repo.path().join("objects");
+    // The common dir: a linked worktree's own git dir has no objects.
+    let objects = repo.commondir().join("objects");
     let loose_limit = (auto + 255) / 256;
     let loose = std::fs::read_dir(objects.join("17")).map_or(0, |entries| {
         entries
             .filter_map(Result::ok)
             .filter(|e| {
                 e.file_name().len() == 38
-                    && e.file_name().as_encoded_bytes().iter().all(u8::is_ascii_hexdigit)
+                    && e.file_name().as_encoded_bytes().iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             })
             .count()
     });
@@ -161,7 +162,8 @@ mod tests {
     fn gc_is_due_when_git_would_say_so_and_not_before() {
         let dir = tempfile::tempdir().unwrap();
         let repo = git2::Repository::init(dir.path()).unwrap();
-        let objects = repo.path().join("objects");
+        // The common dir: a linked worktree's own git dir has no objects.
+        let objects = repo.commondir().join("objects");
         assert!(!gc_is_due(&repo), "an empty repository");
         // gc.auto = 512: more than 2 loose objects in objects/17 stand for more than 512 in all.
         git_config(dir.path(), "gc.auto", "512");

@@ -422,6 +422,9 @@ fn deny_unrecorded(
 }
 
 /// Rebuilds the hooks' index: the open grants this clone holds.
+/// How far back the sweep forgets the keyring entries of the requester's ended grants.
+const FORGET_ENDED_WITHIN_DAYS: i64 = 7;
+
 fn update_index(
     repo: &Repository,
     state: &StateDir,
@@ -439,6 +442,25 @@ fn update_index(
         .filter(|(id, g)| !known.contains(*id) && g.expires_at.is_some_and(|e| e > now))
         .map(|(id, g)| (id.clone(), g.clone()))
         .collect();
+    // Keyring entries of grants that ended: those of this clone's index, and those of the
+    // requester's other grants that ended lately (revoked elsewhere, from another clone, or
+    // dropped from a damaged index). Lately: an STS session lives 12 hours at most, so a week
+    // bounds the work a sweep does in the keyring without leaving a usable secret behind.
+    let lately = now - chrono::Duration::days(FORGET_ENDED_WITHIN_DAYS);
+    let ended: Vec<String> = all
+        .iter()
+        .filter(|g| !g.state.is_open())
+        .filter(|g| {
+            indexed.contains_key(g.grant_id.as_str())
+                || (g.grantee().email == me.email && g.expires_at.is_none_or(|at| at > lately))
+        })
+        .map(|g| g.grant_id.to_string())
+        .collect();
+    let expired_unrecorded: Vec<String> = indexed
+        .iter()
+        .filter(|(id, g)| !known.contains(*id) && g.expires_at.is_some_and(|e| e <= now))
+        .map(|(id, _)| id.clone())
+        .collect();
     let mut open: LocalGrants = all
         .into_iter()
         .filter(|g| g.state.is_open() && g.grantee().email == me.email && g.grantee().host == me.host)
@@ -455,9 +477,9 @@ fn update_index(
         .collect();
     open.extend(unrecorded);
     state.set_local_grants(&lock, &open)?;
-    // A grant that leaves the index has ended: its keyring entry goes with it (a request only
-    // forgets the expired grants still indexed, see `deliver::forget_expired`).
-    for id in indexed.keys().filter(|id| !open.contains_key(*id)) {
+    // Only what has ended: an open grant that left the index (another host name or email than at
+    // request time) keeps its credentials.
+    for id in ended.iter().chain(&expired_unrecorded) {
         if let Ok(grant_id) = id.parse() {
             let _ = secrets::delete_credentials(&grant_id);
         }

@@ -139,12 +139,9 @@ fn sync_remote(
     if order == Order::PushFirst
         && let (Some(theirs), Some(local)) = (remote_tip(repo, remote), notes::tip(repo)?)
     {
-        if local == theirs {
-            report.pushed = true;
-            report.rounds = 1;
-            return Ok(report);
-        }
-        if repo.graph_descendant_of(local, theirs)? {
+        // Equal (nothing new here, as far as this clone knows) or unrelated: the round below
+        // fetches first and finds out.
+        if local != theirs && repo.graph_descendant_of(local, theirs).unwrap_or(false) {
             report.rounds = 1;
             match push_leased(repo, options, remote, local, Some(theirs)) {
                 Ok(()) => {
@@ -207,8 +204,10 @@ fn sync_remote(
             }
         }
     }
-    report.error =
-        Some(format!("other clones kept pushing: gave up after {MAX_ROUNDS} rounds; run `tpa sync` again"));
+    report.error = Some(format!(
+        "other clones kept pushing: gave up after {} rounds; run `tpa sync` again",
+        report.rounds
+    ));
     Ok(report)
 }
 

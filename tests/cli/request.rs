@@ -340,6 +340,13 @@ fn a_request_forgets_expired_grants_it_holds_and_the_sweep_those_it_drops() {
     assert!(!held(&first), "the request forgot the expired grant's credentials");
     assert!(held(&second), "and kept its own");
 
+    // A sweep under another user.email drops the grant from the index (it is not that user's), but
+    // the grant is still active: its credentials stay.
+    aws.env.git(&aws.dir, &["config", "user.email", "someone-else@example.com"]);
+    aws.tpa().args(["sweep"]).run().success();
+    assert!(held(&second), "an active grant keeps its credentials");
+    aws.env.git(&aws.dir, &["config", "user.email", EMAIL]);
+
     // Two hours on, the sweep drops the second grant from the index, and its credentials with it.
     let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
     aws.tpa().args(["sweep"]).env("TPA_TEST_NOW", &later).run().success();

@@ -110,7 +110,6 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
 }
 
 pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<u8> {
-    crate::ledger::read_everything_once();
     let now = super::now();
     let from = args.from.or(args.since.map(|s| now - chrono::Duration::seconds(s as i64)));
     let to = args.to.unwrap_or(now);
