@@ -353,3 +353,24 @@ fn a_request_forgets_expired_grants_it_holds_and_the_sweep_those_it_drops() {
     assert!(!held(&second), "the sweep forgot the ended grant's credentials");
     assert_eq!(aws.keyring_grants(), 0);
 }
+
+#[test]
+fn the_sweep_forgets_an_ended_grant_of_yours_that_this_clone_does_not_index() {
+    let aws = AwsRepo::new();
+    let grant = aws.request().arg("--json").run().success().json()["grant_id"].as_str().unwrap().to_owned();
+    let held = || {
+        aws.env
+            .command("secret-tool")
+            .args(["lookup", "service", "tpa", "username", &format!("grant:{grant}")])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(held());
+    // The index lost it (damaged, or the grant was taken in another clone of yours).
+    std::fs::write(aws.dir.join(".git/tpa/active.json"), "{}").unwrap();
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    aws.tpa().args(["sweep"]).env("TPA_TEST_NOW", &later).run().success();
+    assert!(!held(), "the ledger says it ended and it is yours: its credentials go");
+}
