@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark `tpa request` vs awscli vs a bare curl POST (see bench/request.py). Starts its own moto
-# server and keyring session; needs curl, jq, git, dbus, gnome-keyring, python3.
+# Benchmark `tpa request` vs awscli vs a bare curl POST (see bench/request.py). Starts a moto
+# server (bench/moto.sh) and a keyring session; needs curl, jq, git, dbus, gnome-keyring, python3.
 #   ROUNDS=30 bench/request.sh
 #   GRANTS=1000 bench/request.sh   # with 1,000 ended grants of the user in the ledger first
 #   SYNC=manual bench/request.sh   # the policy's sync (default "push": each grant is pushed to the
@@ -16,23 +16,11 @@ mkdir -p "$HOME" "$XDG_DATA_HOME" "$XDG_RUNTIME_DIR"; chmod 700 "$XDG_RUNTIME_DI
 printf bench | gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>&1
 
 if [ -z "${TPA_BIN:-}" ]; then cargo build --release --features testing --quiet; fi
-[ -x .venv/bin/moto_server ] || { python3 -m venv .venv && .venv/bin/pip install -q 'moto[server]>=5.2,<6'; }
 [ -x bench/.venv-awscli/bin/aws ] || { python3 -m venv bench/.venv-awscli && bench/.venv-awscli/bin/pip install -q awscli; }
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-.venv/bin/moto_server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
-moto=$!
+moto=
 trap 'kill $moto 2>/dev/null; rm -rf "$work"' EXIT
-endpoint=http://127.0.0.1:$port
-for _ in $(seq 100); do curl -s -o /dev/null "$endpoint/moto-api/" && break; sleep 0.1; done
-role_arn=$(curl -sf -X POST "$endpoint" \
-  -H 'Authorization: AWS4-HMAC-SHA256 Credential=AKIABENCH/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0' \
-  --data-urlencode Action=CreateRole --data-urlencode Version=2010-05-08 --data-urlencode RoleName=bench \
-  --data-urlencode 'AssumeRolePolicyDocument={"Version":"2012-10-17","Statement":[]}' \
-  | sed -n 's:.*<Arn>\(.*\)</Arn>.*:\1:p')
-
-export AWS_ENDPOINT_URL=$endpoint AWS_ACCESS_KEY_ID=AKIABENCH AWS_SECRET_ACCESS_KEY=bench AWS_DEFAULT_REGION=us-east-1 \
-  AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true TPA_NONINTERACTIVE=1
+. bench/moto.sh
 tpa=${TPA_BIN:-$PWD/target/release/tpa}
 git init -q --bare "$work/origin.git"
 git clone -q "$work/origin.git" "$work/repo" 2>/dev/null
