@@ -95,6 +95,12 @@ impl GitConfig {
             .map(|(_, v)| v.as_deref().unwrap_or("true"))
     }
 
+    /// An integer as git reads one (decimal, with an optional k, m or g: 1024-based): `default`
+    /// when unset, None when set to something git would refuse.
+    pub fn get_int(&self, key: &str, default: i64) -> Option<i64> {
+        self.get(key).map_or(Some(default), parse_int)
+    }
+
     /// Names of the configured remotes (those with a URL), in the order git lists them.
     pub fn remotes(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
@@ -119,6 +125,17 @@ fn cache() -> &'static Mutex<HashMap<PathBuf, Arc<GitConfig>>> {
     CACHE.get_or_init(Default::default)
 }
 
+fn parse_int(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let (digits, factor) = match text.as_bytes().last()?.to_ascii_lowercase() {
+        b'k' => (&text[..text.len() - 1], 1024),
+        b'm' => (&text[..text.len() - 1], 1024 * 1024),
+        b'g' => (&text[..text.len() - 1], 1024 * 1024 * 1024),
+        _ => (text, 1),
+    };
+    digits.parse::<i64>().ok()?.checked_mul(factor)
+}
+
 /// git compares section and variable names case-insensitively, subsections exactly.
 fn normalize(key: &str) -> String {
     match (key.find('.'), key.rfind('.')) {
@@ -134,6 +151,18 @@ fn normalize(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn integers_read_as_git_reads_them() {
+        assert_eq!(super::parse_int("6700"), Some(6700));
+        assert_eq!(super::parse_int(" 0 "), Some(0));
+        assert_eq!(super::parse_int("-1"), Some(-1));
+        assert_eq!(super::parse_int("2k"), Some(2048));
+        assert_eq!(super::parse_int("1M"), Some(1024 * 1024));
+        assert_eq!(super::parse_int("lots"), None);
+        assert_eq!(super::parse_int(""), None);
+    }
+
     use super::GitConfig;
 
     #[test]

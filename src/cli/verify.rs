@@ -26,7 +26,6 @@ pub struct VerifyArgs {
 }
 
 pub fn run(ctx: &Ctx, args: VerifyArgs) -> anyhow::Result<u8> {
-    crate::ledger::cache_objects(false);
     let repo = ctx.repo()?;
     let mut out = std::io::stdout().lock();
     let options = ledger::VerifyOptions { accept_rewrite: args.accept_rewrite, full: args.full };

@@ -135,16 +135,14 @@ fn newest_usable(
 }
 
 /// Removes the keyring entries of the grants this clone holds (its local index) that have
-/// expired. Best effort: returns how many index entries it went through. It reads neither the
-/// ledger nor the keyring's other entries, so a request pays for the grants open here, not for
-/// every grant the ledger ever held: revoking deletes its entry, and the sweep deletes those of
-/// the grants it drops from the index.
-pub fn forget_expired(repo: &Repository, now: DateTime<Utc>) -> usize {
-    let Ok(state) = crate::state::StateDir::open(repo) else { return 0 };
-    let Ok(held) = state.local_grants() else { return 0 };
-    held.iter()
-        .filter(|(_, g)| g.expires_at.is_some_and(|at| at <= now))
-        .filter_map(|(id, _)| id.parse::<GrantId>().ok())
-        .filter(|id| secrets::delete_credentials(id).is_ok())
-        .count()
+/// expired. Best effort. It reads neither the ledger nor the keyring's other entries, so a
+/// request pays for the grants open here, not for every grant the ledger ever held: revoking
+/// deletes its entry, and the sweep deletes those of the grants that ended.
+pub fn forget_expired(repo: &Repository, now: DateTime<Utc>) {
+    let Ok(held) = crate::state::StateDir::open(repo).and_then(|state| state.local_grants()) else { return };
+    for (id, _) in held.iter().filter(|(_, g)| g.expires_at.is_some_and(|at| at <= now)) {
+        if let Ok(grant_id) = id.parse::<GrantId>() {
+            let _ = secrets::delete_credentials(&grant_id);
+        }
+    }
 }

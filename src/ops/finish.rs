@@ -95,8 +95,9 @@ pub fn housekeeping(repo: &Repository) {
 /// more packs than `gc.autoPackLimit`. When in doubt (config unreadable), git decides.
 fn gc_is_due(repo: &Repository) -> bool {
     let Ok(config) = crate::gitconfig::GitConfig::of(repo) else { return true };
-    let number = |key: &str, default: i64| config.get(key).map_or(Some(default), parse_git_int);
-    let (Some(auto), Some(pack_limit)) = (number("gc.auto", 6700), number("gc.autopacklimit", 50)) else {
+    let (Some(auto), Some(pack_limit)) =
+        (config.get_int("gc.auto", 6700), config.get_int("gc.autoPackLimit", 50))
+    else {
         return true;
     };
     if auto <= 0 {
@@ -121,36 +122,19 @@ fn gc_is_due(repo: &Repository) -> bool {
         return false;
     }
     let packs = std::fs::read_dir(objects.join("pack")).map_or(0, |entries| {
-        let names: Vec<std::ffi::OsString> = entries.filter_map(Result::ok).map(|e| e.file_name()).collect();
+        let names: std::collections::HashSet<std::path::PathBuf> =
+            entries.filter_map(Result::ok).map(|e| e.file_name().into()).collect();
         names
             .iter()
-            .filter(|n| n.as_encoded_bytes().ends_with(b".pack"))
-            .filter(|n| {
-                let mut keep = n.as_encoded_bytes().to_vec();
-                keep.truncate(keep.len() - ".pack".len());
-                keep.extend_from_slice(b".keep");
-                !names.iter().any(|other| other.as_encoded_bytes() == keep.as_slice())
-            })
+            .filter(|n| n.extension() == Some("pack".as_ref()) && !names.contains(&n.with_extension("keep")))
             .count()
     });
     packs as i64 > pack_limit
 }
 
-/// A git integer: decimal with an optional k, m or g (1024-based).
-fn parse_git_int(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let (digits, factor) = match text.as_bytes().last()?.to_ascii_lowercase() {
-        b'k' => (&text[..text.len() - 1], 1024),
-        b'm' => (&text[..text.len() - 1], 1024 * 1024),
-        b'g' => (&text[..text.len() - 1], 1024 * 1024 * 1024),
-        _ => (text, 1),
-    };
-    digits.parse::<i64>().ok()?.checked_mul(factor)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{gc_is_due, parse_git_int};
+    use super::gc_is_due;
 
     fn git_config(dir: &std::path::Path, key: &str, value: &str) {
         let done = std::process::Command::new("git").arg("-C").arg(dir).args(["config", key, value]).status();
@@ -186,16 +170,5 @@ mod tests {
         assert!(!gc_is_due(&repo), "a kept pack does not count");
         std::fs::remove_file(objects.join("pack").join("pack-2.keep")).unwrap();
         assert!(gc_is_due(&repo), "2 packs are more than 1");
-    }
-
-    #[test]
-    fn git_integers_read_as_git_reads_them() {
-        assert_eq!(parse_git_int("6700"), Some(6700));
-        assert_eq!(parse_git_int(" 0 "), Some(0));
-        assert_eq!(parse_git_int("-1"), Some(-1));
-        assert_eq!(parse_git_int("2k"), Some(2048));
-        assert_eq!(parse_git_int("1M"), Some(1024 * 1024));
-        assert_eq!(parse_git_int("lots"), None);
-        assert_eq!(parse_git_int(""), None);
     }
 }

@@ -208,6 +208,7 @@ pub struct VerifyOptions {
 /// tip that passes the rewrite check becomes the new witness, with a new cache beside it;
 /// `accept_rewrite` re-anchors the witness after an operator has looked into a rewrite.
 pub fn verify(repo: &Repository, options: VerifyOptions) -> Result<Verified, InspectError> {
+    crate::ledger::cache_objects(false);
     let tip = notes::tip(repo)?;
     let state = StateDir::open(repo)?;
     let Some(tip_id) = tip else {

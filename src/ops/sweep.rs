@@ -421,10 +421,10 @@ fn deny_unrecorded(
     Ok(())
 }
 
-/// Rebuilds the hooks' index: the open grants this clone holds.
 /// How far back the sweep forgets the keyring entries of the requester's ended grants.
 const FORGET_ENDED_WITHIN_DAYS: i64 = 7;
 
+/// Rebuilds the hooks' index: the open grants this clone holds.
 fn update_index(
     repo: &Repository,
     state: &StateDir,
@@ -442,24 +442,25 @@ fn update_index(
         .filter(|(id, g)| !known.contains(*id) && g.expires_at.is_some_and(|e| e > now))
         .map(|(id, g)| (id.clone(), g.clone()))
         .collect();
-    // Keyring entries of grants that ended: those of this clone's index, and those of the
-    // requester's other grants that ended lately (revoked elsewhere, from another clone, or
+    // Keyring entries of grants that ended: those of this clone's index (expired ones the ledger
+    // does not know included), and those of the requester's other grants that ended lately (revoked elsewhere, from another clone, or
     // dropped from a damaged index). Lately: an STS session lives 12 hours at most, so a week
     // bounds the work a sweep does in the keyring without leaving a usable secret behind.
     let lately = now - chrono::Duration::days(FORGET_ENDED_WITHIN_DAYS);
-    let ended: Vec<String> = all
+    let ended: Vec<GrantId> = all
         .iter()
         .filter(|g| !g.state.is_open())
         .filter(|g| {
             indexed.contains_key(g.grant_id.as_str())
                 || (g.grantee().email == me.email && g.expires_at.is_none_or(|at| at > lately))
         })
-        .map(|g| g.grant_id.to_string())
-        .collect();
-    let expired_unrecorded: Vec<String> = indexed
-        .iter()
-        .filter(|(id, g)| !known.contains(*id) && g.expires_at.is_some_and(|e| e <= now))
-        .map(|(id, _)| id.clone())
+        .map(|g| g.grant_id.clone())
+        .chain(
+            indexed
+                .iter()
+                .filter(|(id, g)| !known.contains(*id) && g.expires_at.is_some_and(|e| e <= now))
+                .filter_map(|(id, _)| id.parse().ok()),
+        )
         .collect();
     let mut open: LocalGrants = all
         .into_iter()
@@ -479,10 +480,8 @@ fn update_index(
     state.set_local_grants(&lock, &open)?;
     // Only what has ended: an open grant that left the index (another host name or email than at
     // request time) keeps its credentials.
-    for id in ended.iter().chain(&expired_unrecorded) {
-        if let Ok(grant_id) = id.parse() {
-            let _ = secrets::delete_credentials(&grant_id);
-        }
+    for grant_id in &ended {
+        let _ = secrets::delete_credentials(grant_id);
     }
     // Abandonment clocks of branches that no longer hold a grant have nothing left to time.
     let mut left = state.left_branches()?;
