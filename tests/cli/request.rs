@@ -318,15 +318,7 @@ fn missing_base_credentials_say_how_to_log_in() {
 fn a_request_forgets_expired_grants_it_holds_and_the_sweep_those_it_drops() {
     let aws = AwsRepo::new();
     let id = |out: Done| out.json()["grant_id"].as_str().unwrap().to_owned();
-    let held = |grant: &str| {
-        aws.env
-            .command("secret-tool")
-            .args(["lookup", "service", "tpa", "username", &format!("grant:{grant}")])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let held = |grant: &str| aws.keyring_holds(grant);
     let first = id(aws.request().arg("--json").run().success());
     assert!(held(&first));
     // The index says the first grant expired an hour ago (as it would, read later).
@@ -358,15 +350,7 @@ fn a_request_forgets_expired_grants_it_holds_and_the_sweep_those_it_drops() {
 fn the_sweep_forgets_an_ended_grant_of_yours_that_this_clone_does_not_index() {
     let aws = AwsRepo::new();
     let grant = aws.request().arg("--json").run().success().json()["grant_id"].as_str().unwrap().to_owned();
-    let held = || {
-        aws.env
-            .command("secret-tool")
-            .args(["lookup", "service", "tpa", "username", &format!("grant:{grant}")])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let held = || aws.keyring_holds(&grant);
     assert!(held());
     // The index lost it (damaged, or the grant was taken in another clone of yours).
     std::fs::write(aws.dir.join(".git/tpa/active.json"), "{}").unwrap();

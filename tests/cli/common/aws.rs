@@ -155,17 +155,18 @@ impl AwsRepo {
             .collect();
         ids.sort();
         ids.dedup();
-        ids.iter()
-            .filter(|id| {
-                self.env
-                    .command("secret-tool")
-                    .args(["lookup", "service", "tpa", "username", &format!("grant:{id}")])
-                    .output()
-                    .unwrap()
-                    .status
-                    .success()
-            })
-            .count()
+        ids.iter().filter(|id| self.keyring_holds(id)).count()
+    }
+
+    /// Whether the OS keyring (the Secret Service, asked through secret-tool) holds grant `id`.
+    pub fn keyring_holds(&self, id: &str) -> bool {
+        self.env
+            .command("secret-tool")
+            .args(["lookup", "service", "tpa", "username", &format!("grant:{id}")])
+            .output()
+            .unwrap()
+            .status
+            .success()
     }
 }
 
