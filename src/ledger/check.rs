@@ -109,9 +109,107 @@ impl Checked {
         summary
     }
 
-    /// The records with their findings (for log, show, status and the audit), copies git made
+    /// The records with their findings (for log, show, status and the broker), copies git made
     /// set aside. Needs a check that kept records.
     pub fn into_records(self) -> (Vec<verify::CheckedRecord>, Vec<verify::GitCopy>, Vec<Finding>) {
+        let mut across = self.across_by_line();
+        let mut out = Vec::new();
+        let mut first = 0;
+        for note in self.notes {
+            let kept = note.records;
+            first = across.records_of(note.note.key.annotated, note.lines, kept, first, &mut out);
+        }
+        (out, across.git_copies, self.removed.into_iter().map(|r| r.finding).collect())
+    }
+
+    /// [`Self::into_records`] for a check that kept no records, and a reader that cannot hold them
+    /// all at once (the audit of an organisation's ledger: 300,000 parsed records are most of a
+    /// gigabyte). The notes' blobs are read again, a few hundred notes at a time on the cores, and
+    /// `each` gets the records batch by batch, in note order. Each batch holds every record of each
+    /// grant it has a record of: records of a grant spread over several notes (which git's own
+    /// rewrites and hand edits can make) are held back for the last batch. Signatures are not
+    /// verified again: each record carries this check's findings. Returns the git copies and the
+    /// findings about the history.
+    pub fn stream_records(
+        self,
+        repo: &Repository,
+        mut each: impl FnMut(Vec<verify::CheckedRecord>),
+    ) -> Result<(Vec<verify::GitCopy>, Vec<Finding>), git2::Error> {
+        let mut across = self.across_by_line();
+        let spread = self.grants_on_several_notes();
+        let mut held = Vec::new();
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+        #[allow(unused_mut)]
+        let mut per_batch = threads * RECORDS_PER_UNIT;
+        // The tests' way to make a small ledger take several batches.
+        #[cfg(feature = "testing")]
+        if let Some(n) = std::env::var("TPA_TEST_NOTES_PER_BATCH").ok().and_then(|n| n.parse::<usize>().ok())
+        {
+            per_batch = n.max(1);
+        }
+        let mut first = 0;
+        let mut notes = self.notes.into_iter();
+        loop {
+            let batch: Vec<CheckedNote> = notes.by_ref().take(per_batch).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let units: Vec<&[CheckedNote]> = batch.chunks(RECORDS_PER_UNIT.min(per_batch)).collect();
+            let kept = parallel(repo.path(), units, |worker, unit| {
+                let mut kept = Vec::with_capacity(unit.len());
+                for note in unit {
+                    let blob = worker.repo.find_blob(note.note.blob)?;
+                    let raw: Vec<&[u8]> =
+                        verify::numbered_lines(blob.content()).map(|(_, raw)| raw).collect();
+                    // The same blob as the check read (its id is its content's hash), so the same lines.
+                    debug_assert_eq!(raw.len(), note.lines.len());
+                    let records = note
+                        .lines
+                        .iter()
+                        .zip(raw)
+                        .map(|(line, raw)| verify::reread_line(line, raw))
+                        .collect::<Vec<_>>();
+                    kept.push(records);
+                }
+                Ok(kept)
+            })?;
+            let mut out = Vec::new();
+            for (note, kept) in batch.into_iter().zip(kept.into_iter().flatten()) {
+                first = across.records_of(note.note.key.annotated, note.lines, kept, first, &mut out);
+            }
+            if !spread.is_empty() {
+                let (later, now): (Vec<_>, Vec<_>) = out.into_iter().partition(|r| {
+                    r.record
+                        .as_ref()
+                        .is_some_and(|record| spread.contains(&verify::GrantKey::of(&record.grant_id)))
+                });
+                held.extend(later);
+                out = now;
+            }
+            each(out);
+        }
+        if !held.is_empty() {
+            each(held);
+        }
+        Ok((across.git_copies, self.removed.into_iter().map(|r| r.finding).collect()))
+    }
+
+    /// The grants with records on more than one note.
+    fn grants_on_several_notes(&self) -> HashSet<verify::GrantKey> {
+        let mut note_of: HashMap<verify::GrantKey, Oid> = HashMap::new();
+        let mut spread = HashSet::new();
+        for note in &self.notes {
+            for facts in note.lines.iter().filter_map(|l| l.facts.as_ref()) {
+                let annotated = *note_of.entry(facts.grant).or_insert(note.note.key.annotated);
+                if annotated != note.note.key.annotated {
+                    spread.insert(facts.grant);
+                }
+            }
+        }
+        spread
+    }
+
+    fn across_by_line(&self) -> AcrossByLine {
         let across = {
             let placed = self.placed();
             verify::check_across(&placed)
@@ -120,30 +218,49 @@ impl Checked {
         for (index, finding) in across.findings {
             extra.entry(index).or_default().push(finding);
         }
-        let mut out = Vec::new();
-        let mut index = 0;
-        for note in self.notes {
-            let mut records = note.records.into_iter();
-            for line in note.lines {
-                let kept = records.next().unwrap_or_default();
-                let this = index;
-                index += 1;
-                if across.copies[this] {
-                    continue;
-                }
-                let mut findings = line.findings;
-                findings.extend(extra.remove(&this).unwrap_or_default());
-                out.push(verify::CheckedRecord {
-                    annotated: note.note.key.annotated,
-                    line_no: line.line_no as usize,
-                    record: kept.record,
-                    payload_sha256: line.payload_sha256.map(hex::encode),
-                    signer: kept.signer,
-                    findings,
-                });
+        AcrossByLine { copies: across.copies, extra, git_copies: across.git_copies }
+    }
+}
+
+/// What the checks across records found, by a line's place among all lines at the tip.
+struct AcrossByLine {
+    copies: Vec<bool>,
+    extra: HashMap<usize, Vec<Finding>>,
+    git_copies: Vec<verify::GitCopy>,
+}
+
+impl AcrossByLine {
+    /// The records of one note's lines, the first of them at place `first`, with their findings;
+    /// copies git made are left out. Returns the place of the next note's first line.
+    fn records_of(
+        &mut self,
+        annotated: Oid,
+        lines: Vec<Line>,
+        kept: Vec<Kept>,
+        first: usize,
+        out: &mut Vec<verify::CheckedRecord>,
+    ) -> usize {
+        let mut kept = kept.into_iter();
+        let mut index = first;
+        for line in lines {
+            let kept = kept.next().unwrap_or_default();
+            let this = index;
+            index += 1;
+            if self.copies[this] {
+                continue;
             }
+            let mut findings = line.findings;
+            findings.extend(self.extra.remove(&this).unwrap_or_default());
+            out.push(verify::CheckedRecord {
+                annotated,
+                line_no: line.line_no as usize,
+                record: kept.record,
+                payload_sha256: line.payload_sha256.map(hex::encode),
+                signer: kept.signer,
+                findings,
+            });
         }
-        (out, across.git_copies, self.removed.into_iter().map(|r| r.finding).collect())
+        index
     }
 }
 

@@ -312,6 +312,29 @@ pub fn check_line(
     (line, kept)
 }
 
+/// A line's record and signer read again, for a check that kept none (src/ledger/check.rs,
+/// `stream_records`): what [`check_line`] with `keep` gives for it. What the check found of the
+/// line (`line`) stands for its checks: its payload parsed into a valid record (so it parses
+/// again), and a signature that failed names no signer.
+pub fn reread_line(line: &Line, raw: &[u8]) -> Kept {
+    if line.facts.is_none() {
+        return Kept::default();
+    }
+    let Ok(stored) = serde_json::from_str::<NoteLine>(&String::from_utf8_lossy(raw)) else {
+        return Kept::default();
+    };
+    let record: Option<Record> = serde_json::from_str(&stored.payload).ok();
+    let verified = !line
+        .findings
+        .iter()
+        .any(|f| matches!(f.kind, FindingKind::BadSignature | FindingKind::WrongNamespace));
+    let signer = (verified && record.is_some())
+        .then(|| SshSig::from_pem(stored.sig.as_bytes()).ok())
+        .flatten()
+        .map(|sig| sig.public_key().fingerprint(ssh_key::HashAlg::Sha256).to_string());
+    Kept { record, signer }
+}
+
 fn check_line_inner(
     annotated: Oid,
     line_no: usize,

@@ -163,15 +163,14 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
     }
     let now = options.now;
     crate::ledger::cache_objects(false);
-    let mut view = ledger::verify_read_only(repo)?;
+    let checked = ledger::verify_read_only(repo);
     crate::ledger::cache_objects(true);
-    let mut findings: Vec<Finding> = view.report.all_findings().map(integrity_finding).collect();
+    let checked = checked?;
+    let mut findings: Vec<Finding> = Vec::new();
     let mut checks = vec![CheckRun { name: Check::Ledger, status: CheckStatus::Ran, detail: None }];
-    // The records move into the grants: from here on, the grants are all the audit reads.
-    let records = view.report.records.len();
-    let all = grants::from_checked(std::mem::take(&mut view.report.records), now);
+    let ledger_tip = checked.tip;
 
-    let trust = view.trust.clone().or_else(|| TrustRef::resolve(repo).ok());
+    let trust = checked.trust.clone().or_else(|| TrustRef::resolve(repo).ok());
     let policy_now = trust.as_ref().map(|t| crate::policy::load(repo, t));
     let policy_now = match policy_now {
         Some(Ok((policy, _))) if policy.protected_branches.is_empty() => {
@@ -199,7 +198,47 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
         }
         None => None,
     };
-    if trust.as_ref().is_some_and(|t| t.origin == TrustOrigin::LocalNoRemote) && !all.is_empty() {
+    let fallback = Policy::parse("", "defaults").expect("the empty policy is valid");
+    let state = StateDir::open(repo)?;
+    let left = state.left_branches()?;
+    let mut grant_checks = GrantChecks {
+        repo,
+        now,
+        trust: trust.as_ref(),
+        current: policy_now.as_ref().unwrap_or(&fallback),
+        left: &left,
+        head_branch: repo
+            .find_reference("HEAD")
+            .ok()
+            .and_then(|h| h.symbolic_target().ok().flatten().map(str::to_owned)),
+        me: context::principal(repo).ok(),
+        policies: PolicyCache::default(),
+        findings: Vec::new(),
+    };
+
+    // The records a batch at a time, each batch made into its grants and audited, so that the
+    // ledger's records are never all in memory at once; the report keeps a summary per grant.
+    let mut records = 0;
+    let mut any_grant = false;
+    let mut in_period = Vec::new();
+    let mut provider = ProviderView::default();
+    let ledger_findings = checked.stream_records(repo, |batch| {
+        records += batch.len();
+        findings.extend(batch.iter().flat_map(|r| r.findings.iter()).map(integrity_finding));
+        for grant in grants::from_checked(batch, now) {
+            any_grant = true;
+            if overlaps(&grant, options, now) {
+                grant_checks.check(&grant);
+                in_period.push(audited(&grant, now));
+            }
+            if options.aws.is_some() {
+                provider.add(grant, options.cloudtrail, now);
+            }
+        }
+    })?;
+    findings.extend(ledger_findings.iter().map(integrity_finding));
+    findings.append(&mut grant_checks.findings);
+    if trust.as_ref().is_some_and(|t| t.origin == TrustOrigin::LocalNoRemote) && any_grant {
         findings.push(Finding::new(
             Severity::Info,
             Category::Coverage,
@@ -210,25 +249,62 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
             "run the audit in CI on a clone of the server's repository",
         ));
     }
-    let fallback = Policy::parse("", "defaults").expect("the empty policy is valid");
-    let current = policy_now.as_ref().unwrap_or(&fallback);
+    // Newest first, as `tpa log` lists them.
+    in_period.sort_by(|a, b| b.requested_at.cmp(&a.requested_at).then_with(|| a.grant_id.cmp(&b.grant_id)));
 
-    let in_period: Vec<&GrantView> = all.iter().filter(|g| overlaps(g, options, now)).collect();
-    let me = context::principal(repo).ok();
-    let state = StateDir::open(repo)?;
-    let left = state.left_branches()?;
-    let head_branch =
-        repo.find_reference("HEAD").ok().and_then(|h| h.symbolic_target().ok().flatten().map(str::to_owned));
-    let mut policies = PolicyCache::default();
+    if let (Some(aws), Some(policy)) = (&options.aws, &policy_now) {
+        postgres_checks(&provider.live, policy, aws.timeout, &mut findings, &mut checks);
+    }
+    match &options.aws {
+        Some(aws) => provider_checks(&provider, aws, options, &mut findings, &mut checks, now),
+        None => checks.push(CheckRun {
+            name: Check::Aws,
+            status: CheckStatus::Skipped,
+            detail: Some("--offline: IAM and CloudTrail were not asked".into()),
+        }),
+    }
 
-    for grant in &in_period {
+    audit::sort(&mut findings);
+    Ok(AuditReport {
+        schema: 1,
+        generated_at: now,
+        from: options.from,
+        to: options.to,
+        repo: context::repo_url(repo),
+        ledger_tip: ledger_tip.map(|t| t.to_string()),
+        trust_ref: trust.as_ref().map(|t| t.refname.clone()),
+        trust_commit: trust.as_ref().map(|t| t.commit.to_string()),
+        records,
+        grants: in_period,
+        findings,
+        checks,
+    })
+}
+
+/// The checks of one grant of the period against git and the policies.
+struct GrantChecks<'a> {
+    repo: &'a Repository,
+    now: DateTime<Utc>,
+    trust: Option<&'a TrustRef>,
+    /// The policy at the trust ref (the defaults when there is none).
+    current: &'a Policy,
+    left: &'a crate::state::LeftBranches,
+    head_branch: Option<String>,
+    me: Option<crate::grant::Principal>,
+    policies: PolicyCache,
+    findings: Vec<Finding>,
+}
+
+impl GrantChecks<'_> {
+    fn check(&mut self, grant: &GrantView) {
+        let now = self.now;
         let facts = facts_of(grant);
         let issued = grant.issued.is_some();
         match grant.state {
             GrantState::Incomplete
                 if (now - grant.requested_at).num_seconds() >= INCOMPLETE_GRACE_SECONDS =>
             {
-                findings.push(
+                self.findings.push(
                     Finding::new(
                         Severity::Error,
                         Category::Integrity,
@@ -245,7 +321,7 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
             GrantState::Pending | GrantState::Irrevocable => {
                 let attempts = grant.revokes.iter().filter(|r| r.result != Some(RevokeResult::Done)).count();
                 let last_error = grant.revokes.last().and_then(|r| r.error.clone()).unwrap_or_default();
-                findings.push(
+                self.findings.push(
                     Finding::new(
                         Severity::Error,
                         Category::Revocation,
@@ -261,46 +337,56 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
                 );
             }
             GrantState::Active => {
+                let me = self.me.as_ref();
                 if let Some(finding) =
-                    dangling(repo, grant, &facts, current, &left, &head_branch, me.as_ref(), now)
+                    dangling(self.repo, grant, &facts, self.current, self.left, &self.head_branch, me, now)
                 {
-                    findings.push(finding);
+                    self.findings.push(finding);
                 }
             }
             _ => {}
         }
         if issued || grant.state == GrantState::Incomplete {
-            history_findings(repo, grant, &facts, trust.as_ref(), &mut policies, current, &mut findings);
+            let (repo, trust, current) = (self.repo, self.trust, self.current);
+            history_findings(repo, grant, &facts, trust, &mut self.policies, current, &mut self.findings);
         }
     }
+}
 
-    if let (Some(aws), Some(policy)) = (&options.aws, &policy_now) {
-        postgres_checks(&all, policy, aws.timeout, &mut findings, &mut checks);
-    }
-    match &options.aws {
-        Some(aws) => provider_checks(&all, aws, options, &mut findings, &mut checks, now),
-        None => checks.push(CheckRun {
-            name: Check::Aws,
-            status: CheckStatus::Skipped,
-            detail: Some("--offline: IAM and CloudTrail were not asked".into()),
-        }),
-    }
+/// What the provider checks read of the ledger's grants, all of them and not only the period's:
+/// the grants whose session or login role may still exist, and for CloudTrail the roles and
+/// session names of every grant.
+#[derive(Default)]
+struct ProviderView {
+    live: Vec<GrantView>,
+    sts_roles: BTreeSet<String>,
+    sessions: BTreeSet<String>,
+}
 
-    audit::sort(&mut findings);
-    Ok(AuditReport {
-        schema: 1,
-        generated_at: now,
-        from: options.from,
-        to: options.to,
-        repo: context::repo_url(repo),
-        ledger_tip: view.report.tip.map(|t| t.to_string()),
-        trust_ref: trust.as_ref().map(|t| t.refname.clone()),
-        trust_commit: trust.as_ref().map(|t| t.commit.to_string()),
-        records,
-        grants: in_period.iter().map(|g| audited(g, now)).collect(),
-        findings,
-        checks,
-    })
+impl ProviderView {
+    fn add(&mut self, grant: GrantView, cloudtrail: bool, now: DateTime<Utc>) {
+        if cloudtrail {
+            self.sessions.insert(grant.grant_id.session_name());
+            if is_sts(&grant) && !self.sts_roles.contains(&grant.target) {
+                self.sts_roles.insert(grant.target.clone());
+            }
+        }
+        let open = matches!(grant.state, GrantState::Active | GrantState::Pending | GrantState::Irrevocable);
+        let live = if is_sts(&grant) {
+            open || (grant.state == GrantState::Revoked && unexpired(&grant, now))
+        } else {
+            grant.provider == crate::provider::ProviderKind::Postgres
+                && (open || matches!(grant.state, GrantState::Incomplete | GrantState::Expired))
+        };
+        if live {
+            self.live.push(grant);
+        }
+    }
+}
+
+/// Within its lifetime, by its grant record or, before one, its intent.
+fn unexpired(grant: &GrantView, now: DateTime<Utc>) -> bool {
+    grant.expires_at.or(grant.intent.expires_at).is_some_and(|at| at > now)
 }
 
 /// Whether a grant's life touches the period.
@@ -645,7 +731,7 @@ fn is_sts(grant: &GrantView) -> bool {
 
 /// Everything that asks AWS: revocations in force, roles that still exist, and CloudTrail.
 fn provider_checks(
-    all: &[GrantView],
+    provider: &ProviderView,
     aws: &AwsAccess,
     options: &AuditOptions,
     findings: &mut Vec<Finding>,
@@ -653,10 +739,13 @@ fn provider_checks(
     now: DateTime<Utc>,
 ) {
     let sts_grant = |g: &&GrantView| is_sts(g);
-    let unexpired = |g: &GrantView| g.expires_at.or(g.intent.expires_at).is_some_and(|at| at > now);
+    let all = &provider.live;
     // Revoked but still within their lifetime: the deny must be in force.
-    let revoked: Vec<&GrantView> =
-        all.iter().filter(sts_grant).filter(|g| g.state == GrantState::Revoked && unexpired(g)).collect();
+    let revoked: Vec<&GrantView> = all
+        .iter()
+        .filter(sts_grant)
+        .filter(|g| g.state == GrantState::Revoked && unexpired(g, now))
+        .collect();
     let open: Vec<&GrantView> = all
         .iter()
         .filter(sts_grant)
@@ -749,12 +838,12 @@ fn provider_checks(
     });
 
     if options.cloudtrail {
-        cloudtrail_check(all, aws, options, findings, checks, now);
+        cloudtrail_check(provider, aws, options, findings, checks, now);
     }
 }
 
 fn cloudtrail_check(
-    all: &[GrantView],
+    provider: &ProviderView,
     aws: &AwsAccess,
     options: &AuditOptions,
     findings: &mut Vec<Finding>,
@@ -782,8 +871,7 @@ fn cloudtrail_check(
         }
     };
     // The roles tpa manages: every role a grant was ever for.
-    let roles: BTreeSet<&str> = all.iter().filter(|g| is_sts(g)).map(|g| g.target.as_str()).collect();
-    let recorded: BTreeSet<String> = all.iter().map(|g| g.grant_id.session_name()).collect();
+    let (roles, recorded) = (&provider.sts_roles, &provider.sessions);
     let mut unrecorded = 0;
     for event in events.iter().filter(|e| roles.contains(e.role_arn.as_str())) {
         if recorded.contains(&event.session_name) {
@@ -828,14 +916,14 @@ fn unrecorded_finding(event: &AssumeRoleEvent) -> Finding {
 /// A role with no open grant is an orphan (made outside tpa, or a revocation that never finished);
 /// an open grant whose role is gone was ended behind the ledger's back.
 fn postgres_checks(
-    all: &[GrantView],
+    live: &[GrantView],
     policy: &Policy,
     timeout: Duration,
     findings: &mut Vec<Finding>,
     checks: &mut Vec<CheckRun>,
 ) {
     for database in policy.databases.values().filter(|d| d.provider == crate::policy::DbProvider::Postgres) {
-        let open: Vec<&GrantView> = all
+        let open: Vec<&GrantView> = live
             .iter()
             .filter(|g| {
                 g.provider == crate::provider::ProviderKind::Postgres

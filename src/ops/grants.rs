@@ -123,8 +123,10 @@ pub fn from_checked(records: Vec<CheckedRecord>, now: DateTime<Utc>) -> Vec<Gran
 }
 
 fn summarise(grant_id: GrantId, mut checked: Vec<CheckedRecord>, now: DateTime<Utc>) -> Option<GrantView> {
-    // Oldest first, so that the first of a kind is the earliest and the rest keep their order.
-    checked.sort_by_key(|c| c.record.as_ref().map(|r| r.issued_at));
+    // Oldest first, so that the first of a kind is the earliest; records of the same instant in
+    // the order `tpa log` lists them (whatever order they came in: the audit streams them by note).
+    checked
+        .sort_by_key(|c| (c.record.as_ref().map(|r| r.issued_at), c.annotated, std::cmp::Reverse(c.line_no)));
     let first_of =
         |kind: RecordKind| checked.iter().position(|c| c.record.as_ref().is_some_and(|r| r.kind == kind));
     let request_at = first_of(RecordKind::Request);

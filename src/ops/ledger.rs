@@ -309,14 +309,42 @@ fn committed_blob(repo: &Repository, commit: Oid, path: &str) -> Result<Option<O
     }
 }
 
-/// The checks of [`verify`], always in full and with every record, without moving the witness: for
-/// `tpa audit`, which only reads.
-pub fn verify_read_only(repo: &Repository) -> Result<LedgerView, InspectError> {
+/// The ledger checked as [`verify`] checks it, always in full, without moving the witness (for
+/// `tpa audit`, which only reads); its records are read by [`CheckedLedger::stream_records`].
+pub struct CheckedLedger {
+    pub trust: Option<TrustRef>,
+    pub tip: Option<Oid>,
+    checked: Option<check::Checked>,
+    witness: Option<verify::Finding>,
+}
+
+pub fn verify_read_only(repo: &Repository) -> Result<CheckedLedger, InspectError> {
     let tip = notes::tip(repo)?;
-    let mut view = records_at(repo, tip, true)?;
-    let state = StateDir::open(repo)?;
-    view.report.ledger_findings.extend(verify::check_witness(repo, tip, state.witness()?));
-    Ok(view)
+    let witness = verify::check_witness(repo, tip, StateDir::open(repo)?.witness()?);
+    let (Some(tip_id), Some((trust, signers))) = (tip, trusted_signers(repo, tip)?) else {
+        return Ok(CheckedLedger { trust: TrustRef::resolve(repo).ok(), tip, checked: None, witness });
+    };
+    let options = check::Options { keep_records: false, history: true, verified_before: None };
+    let checked = check::full(repo, tip_id, &signers, options)?;
+    Ok(CheckedLedger { trust: Some(trust), tip, checked: Some(checked), witness })
+}
+
+impl CheckedLedger {
+    /// Hands the records with their findings to `each`, a batch at a time, each batch with every
+    /// record of the grants it has records of (src/ledger/check.rs, `stream_records`). Returns
+    /// the findings about the ledger as a whole: its history, and the witness.
+    pub fn stream_records(
+        self,
+        repo: &Repository,
+        each: impl FnMut(Vec<CheckedRecord>),
+    ) -> Result<Vec<verify::Finding>, InspectError> {
+        let mut findings = match self.checked {
+            Some(checked) => checked.stream_records(repo, each)?.1,
+            None => Vec::new(),
+        };
+        findings.extend(self.witness);
+        Ok(findings)
+    }
 }
 
 fn sort_newest_first(records: &mut [CheckedRecord]) {

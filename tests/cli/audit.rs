@@ -305,6 +305,67 @@ fn cloudtrail_sessions_without_a_record_are_errors_and_the_lookup_is_signed() {
 }
 
 #[test]
+fn the_audit_reads_records_note_by_note_and_still_sees_each_grant_whole() {
+    let aws = AwsRepo::new();
+    let env = &aws.env;
+    let first = grant(&aws, &aws.dir, "prod-readonly");
+    aws.tpa().args(["revoke", &first]).run().success();
+    let first_commit = aws.head();
+    env.git(&aws.dir, &["switch", "-q", "-c", "hotfix/second", "main"]);
+    env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "second fix"]);
+    let second = grant(&aws, &aws.dir, "prod-readonly");
+    // The second grant's revocation, signed by a trusted key but stored on the first grant's
+    // commit (which it names): its records are on two notes. tpa never writes one like that;
+    // a hand-made or rewritten ledger can.
+    let granted: Value = crate::common::notes::note_lines(env, &aws.dir, &aws.head())
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .map(|line| serde_json::from_str::<Value>(line["payload"].as_str().unwrap()).unwrap())
+        .find(|payload| payload["kind"] == "grant" && payload["grant_id"] == second.as_str())
+        .expect("the second grant's grant record");
+    let mut revoke = granted;
+    revoke["kind"] = "revoke".into();
+    revoke["trigger"] = "manual".into();
+    revoke["result"] = "done".into();
+    revoke["commit"] = first_commit.as_str().into();
+    revoke["issued_at"] = chrono::Utc::now().to_rfc3339().into();
+    aws.tpa().args(["debug", "append"]).stdin(revoke.to_string()).run().success();
+    let third = {
+        env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "third fix"]);
+        grant(&aws, &aws.dir, "prod-readonly")
+    };
+
+    // One note per batch: the second grant's records reach the audit in two batches.
+    let audit = |per_batch: Option<&str>| {
+        let mut run = aws.tpa().args(["audit", "--json", "--offline"]);
+        if let Some(n) = per_batch {
+            run = run.env("TPA_TEST_NOTES_PER_BATCH", n);
+        }
+        let mut report = run.run().code(0).json();
+        report["generated_at"] = Value::Null;
+        report["to"] = Value::Null;
+        report
+    };
+    let streamed = audit(Some("1"));
+    let states: Vec<(String, String)> = streamed["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["grant_id"].as_str().unwrap().to_owned(), g["state"].as_str().unwrap().to_owned()))
+        .collect();
+    // Newest first, as `tpa log` lists them, each in the state its records say.
+    assert_eq!(
+        states,
+        [pair(&third, "active"), pair(&second, "revoked"), pair(&first, "revoked")],
+        "{streamed:#}"
+    );
+    assert_eq!(streamed["records"], 8, "3 intents, 3 grants, 2 revokes");
+    let log = aws.tpa().args(["show", &second, "--json"]).run().success().json();
+    assert_eq!(log["state"], "revoked", "{log:#}");
+    assert_eq!(streamed, audit(None), "batches of one note and of many give the same report");
+}
+
+#[test]
 fn the_html_report_is_self_contained_escapes_hostile_text_and_renders_in_chromium() {
     let aws = AwsRepo::new();
     let hostile = "INC-1: <script>alert(1)</script> \u{202e}evil";
