@@ -4,7 +4,10 @@
 # repository: `tpa verify --full` (the full check of the ledger, which the audit runs too: an
 # auditor's CI starts from a fresh clone, with no witness) and `git rev-list --count --all` (a walk
 # of the whole history); `git notes --ref=tpa list | wc -l` is shown too. Medians from hyperfine;
-# the audit's peak resident memory from one more run under /usr/bin/time (peak_MiB). Aims (issue
+# the audit's peak resident memory from one more run under /usr/bin/time (peak_MiB), and of that
+# run the anonymous part (anon_MiB: the heap, not the pack files git and tpa map; sampled from
+# /proc every 20 ms, so a little under the true peak), against the peak of `git rev-list --objects
+# --all` (gitobj_MiB: git's own walk of every object of the repository). Aims (issue
 # #18): 10,000 grants under 5 s; 100,000 grants under 30 s with a peak under 300 MB.
 #
 #   bench/audit.sh                        # all sizes
@@ -105,8 +108,19 @@ awk -v h="$hotfix_per_cycle" '{ m = substr($1, 2) + 0; if (m > 1000000) printf "
 printf 'repository: %d commits (%d on hotfix branches, 2,000 merges), built in %.1f s\n\n' "$commits" "$hotfix_commits" "$build_s"
 cd - >/dev/null
 
-printf '%-7s %8s %8s %10s %10s %10s %12s %10s %12s %11s %9s %9s\n' grants records fill_s fill_rec/s \
-  audit_ms verify_ms audit/verify audit_ms/1k revlist_ms notes_ls_ms peak_MiB findings
+# The peak anonymous memory of a command, in MiB, sampled every 20 ms (its output is dropped).
+peak_anon_mib() {
+  "$@" >/dev/null & local pid=$! peak=0 kib
+  while kib=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status" 2>/dev/null) && [ -n "$kib" ]; do
+    [ "$kib" -gt "$peak" ] && peak=$kib
+    sleep 0.02
+  done
+  wait "$pid"
+  echo $((peak / 1024))
+}
+
+printf '%-7s %8s %8s %10s %10s %10s %12s %10s %12s %11s %9s %9s %11s %9s\n' grants records fill_s fill_rec/s \
+  audit_ms verify_ms audit/verify audit_ms/1k revlist_ms notes_ls_ms peak_MiB anon_MiB gitobj_MiB findings
 for n in $sizes; do
   repo=$work/r$n
   cp -a "$base" "$repo"
@@ -141,11 +155,14 @@ for n in $sizes; do
   hyperfine --warmup 1 --runs "$runs" --export-json "$work/l.json" "git notes --ref=tpa list | wc -l" >/dev/null 2>&1
   /usr/bin/time -f %M -o "$work/rss" "$tpa" audit --offline --json >/dev/null
   peak_mib=$(echo "$(cat "$work/rss") / 1024" | bc -l)
+  anon_mib=$(peak_anon_mib "$tpa" audit --offline --json)
+  /usr/bin/time -f %M -o "$work/rss" git rev-list --objects --all >/dev/null
+  gitobj_mib=$(echo "$(cat "$work/rss") / 1024" | bc -l)
   audit=$(median_ms "$work/a.json"); verify=$(median_ms "$work/v.json")
   revlist=$(median_ms "$work/r.json"); list=$(median_ms "$work/l.json")
-  printf '%-7s %8s %8.1f %10.0f %10.1f %10.1f %12.3f %10.1f %12.1f %11.1f %9.0f %9s\n' "$n" "$records" "$fill_s" \
+  printf '%-7s %8s %8.1f %10.0f %10.1f %10.1f %12.3f %10.1f %12.1f %11.1f %9.0f %9s %11.0f %9s\n' "$n" "$records" "$fill_s" \
     "$(echo "$records / $fill_s" | bc -l)" "$audit" "$verify" "$(echo "$audit / $verify" | bc -l)" \
-    "$(echo "$audit * 1000 / $n" | bc -l)" "$revlist" "$list" "$peak_mib" "$findings"
+    "$(echo "$audit * 1000 / $n" | bc -l)" "$revlist" "$list" "$peak_mib" "$anon_mib" "$gitobj_mib" "$findings"
   cd - >/dev/null
   [ -n "${KEEP:-}" ] || rm -rf "$repo"
 done

@@ -706,20 +706,20 @@ fn compare_historic(
         return Ok(Vec::new());
     }
     // Units never split one object's blobs, so each object's lines are compared in one place.
-    let mut units: Vec<Vec<(Oid, Oid)>> = Vec::new();
-    for pair in historic {
-        match units.last_mut() {
-            Some(unit) if unit.len() < RECORDS_PER_UNIT || unit.last().is_some_and(|l| l.0 == pair.0) => {
-                unit.push(pair)
-            }
-            _ => units.push(vec![pair]),
+    let mut units: Vec<&[(Oid, Oid)]> = Vec::new();
+    let mut start = 0;
+    for end in 1..=historic.len() {
+        let full = end - start >= RECORDS_PER_UNIT;
+        if end == historic.len() || (full && historic[end].0 != historic[end - 1].0) {
+            units.push(&historic[start..end]);
+            start = end;
         }
     }
     let nothing = HashSet::new();
     let outs = parallel(git_dir, units, |worker, unit| {
         let mut found = Vec::new();
         let mut reported: HashSet<(Oid, u64)> = HashSet::new();
-        for (annotated, blob) in unit {
+        for &(annotated, blob) in unit {
             let present = tip_lines.get(&annotated).unwrap_or(&nothing);
             let blob = worker.repo.find_blob(blob)?;
             for (_, line) in verify::numbered_lines(blob.content()) {
