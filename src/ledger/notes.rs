@@ -242,6 +242,30 @@ pub(crate) fn find_note(
     }
 }
 
+/// The blobs of every note on `hex` in `tree`, shallowest first: git reads a note under any
+/// two-digit fan-out, so one object can have several.
+pub(crate) fn find_notes(repo: &Repository, tree: &Tree, hex: &str) -> Result<Vec<Oid>, git2::Error> {
+    let mut found = Vec::new();
+    let mut current = tree.clone();
+    let mut rest = hex;
+    loop {
+        if let Some(entry) = current.get_name(rest)
+            && entry.kind() == Some(ObjectType::Blob)
+        {
+            found.push(entry.id());
+        }
+        if rest.len() <= 2 {
+            return Ok(found);
+        }
+        let subtree = match current.get_name(&rest[..2]) {
+            Some(entry) if entry.kind() == Some(ObjectType::Tree) => entry.id(),
+            _ => return Ok(found),
+        };
+        current = repo.find_tree(subtree)?;
+        rest = &rest[2..];
+    }
+}
+
 fn write_path(
     repo: &Repository,
     tree: Option<&Tree>,

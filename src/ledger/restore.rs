@@ -71,12 +71,11 @@ pub fn removed_lines(
         let present = match at_tip.entry(note.annotated) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
-                let lines = match notes::find_note(repo, &tip_tree, &note.annotated.to_string())? {
-                    Some((_, blob)) => {
-                        lines_of(repo.find_blob(blob)?.content()).map(<[u8]>::to_vec).collect()
-                    }
-                    None => HashSet::new(),
-                };
+                // Every note of the object at the tip: a line moved to another fan-out is not gone.
+                let mut lines = HashSet::new();
+                for blob in notes::find_notes(repo, &tip_tree, &note.annotated.to_string())? {
+                    lines.extend(lines_of(repo.find_blob(blob)?.content()).map(<[u8]>::to_vec));
+                }
                 entry.insert(lines)
             }
         };
