@@ -126,55 +126,46 @@ impl Checked {
     /// all at once (the audit of an organisation's ledger: 300,000 parsed records are most of a
     /// gigabyte). The notes' blobs are read again, a few hundred notes at a time on the cores, and
     /// `each` gets the records batch by batch, in note order. Each batch holds every record of each
-    /// grant it has a record of: records of a grant spread over several notes (which git's own
-    /// rewrites and hand edits can make) are held back for the last batch. Signatures are not
-    /// verified again: each record carries this check's findings. Returns the git copies and the
-    /// findings about the history.
+    /// grant it has a record of: records of a grant spread over several notes (hand edits, or two
+    /// fan-outs of one commit's note) are held back for the last batch. Signatures are not
+    /// verified again: each record carries this check's findings. Returns the findings about the
+    /// history.
     pub fn stream_records(
         self,
         repo: &Repository,
         mut each: impl FnMut(Vec<verify::CheckedRecord>),
-    ) -> Result<(Vec<verify::GitCopy>, Vec<Finding>), git2::Error> {
+    ) -> Result<Vec<Finding>, git2::Error> {
         let mut across = self.across_by_line();
-        let spread = self.grants_on_several_notes();
+        let spread = self.grants_on_several_notes(&across.copies);
         let mut held = Vec::new();
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
-        #[allow(unused_mut)]
-        let mut per_batch = threads * RECORDS_PER_UNIT;
-        // The tests' way to make a small ledger take several batches.
-        #[cfg(feature = "testing")]
-        if let Some(n) = std::env::var("TPA_TEST_NOTES_PER_BATCH").ok().and_then(|n| n.parse::<usize>().ok())
-        {
-            per_batch = n.max(1);
-        }
         let mut first = 0;
         let mut notes = self.notes.into_iter();
         loop {
-            let batch: Vec<CheckedNote> = notes.by_ref().take(per_batch).collect();
+            let batch: Vec<CheckedNote> = notes.by_ref().take(notes_per_batch()).collect();
             if batch.is_empty() {
                 break;
             }
-            let units: Vec<&[CheckedNote]> = batch.chunks(RECORDS_PER_UNIT.min(per_batch)).collect();
-            let kept = parallel(repo.path(), units, |worker, unit| {
-                let mut kept = Vec::with_capacity(unit.len());
+            let units: Vec<&[CheckedNote]> = batch.chunks(RECORDS_PER_UNIT.min(batch.len())).collect();
+            let reread = parallel(repo.path(), units, |worker, unit| {
+                let mut records = Vec::with_capacity(unit.len());
                 for note in unit {
                     let blob = worker.repo.find_blob(note.note.blob)?;
                     let raw: Vec<&[u8]> =
                         verify::numbered_lines(blob.content()).map(|(_, raw)| raw).collect();
                     // The same blob as the check read (its id is its content's hash), so the same lines.
                     debug_assert_eq!(raw.len(), note.lines.len());
-                    let records = note
-                        .lines
-                        .iter()
-                        .zip(raw)
-                        .map(|(line, raw)| verify::reread_line(line, raw))
-                        .collect::<Vec<_>>();
-                    kept.push(records);
+                    records.push(
+                        note.lines
+                            .iter()
+                            .zip(raw)
+                            .map(|(line, raw)| verify::reread_line(line, raw))
+                            .collect(),
+                    );
                 }
-                Ok(kept)
+                Ok(records)
             })?;
             let mut out = Vec::new();
-            for (note, kept) in batch.into_iter().zip(kept.into_iter().flatten()) {
+            for (note, kept) in batch.into_iter().zip(reread.into_iter().flatten()) {
                 first = across.records_of(note.note.key.annotated, note.lines, kept, first, &mut out);
             }
             if !spread.is_empty() {
@@ -191,19 +182,19 @@ impl Checked {
         if !held.is_empty() {
             each(held);
         }
-        Ok((across.git_copies, self.removed.into_iter().map(|r| r.finding).collect()))
+        Ok(self.removed.into_iter().map(|r| r.finding).collect())
     }
 
-    /// The grants with records on more than one note.
-    fn grants_on_several_notes(&self) -> HashSet<verify::GrantKey> {
-        let mut note_of: HashMap<verify::GrantKey, Oid> = HashMap::new();
+    /// The grants with records on more than one note (copies git made, which are set aside, not
+    /// counted).
+    fn grants_on_several_notes(&self, copies: &[bool]) -> HashSet<verify::GrantKey> {
+        let mut note_of: HashMap<verify::GrantKey, NoteKey> = HashMap::new();
         let mut spread = HashSet::new();
-        for note in &self.notes {
-            for facts in note.lines.iter().filter_map(|l| l.facts.as_ref()) {
-                let annotated = *note_of.entry(facts.grant).or_insert(note.note.key.annotated);
-                if annotated != note.note.key.annotated {
-                    spread.insert(facts.grant);
-                }
+        let lines = self.notes.iter().flat_map(|n| n.lines.iter().map(move |line| (n.note.key, line)));
+        for ((key, line), copy) in lines.zip(copies) {
+            let Some(facts) = line.facts.as_ref().filter(|_| !copy) else { continue };
+            if *note_of.entry(facts.grant).or_insert(key) != key {
+                spread.insert(facts.grant);
             }
         }
         spread
@@ -267,7 +258,8 @@ impl AcrossByLine {
 /// What a full check does besides the records' own checks.
 #[derive(Clone, Copy, Debug)]
 pub struct Options<'a> {
-    /// Keep each line's parsed record (log, show, status, audit); `tpa verify` needs only facts.
+    /// Keep each line's parsed record (log, show, status, the broker); `tpa verify` and the audit
+    /// (which reads them again, [`Checked::stream_records`]) need only facts.
     pub keep_records: bool,
     /// Walk the notes ref's history for removed records.
     pub history: bool,
@@ -547,6 +539,18 @@ fn parallel<U: Send, R: Send>(
 /// How many records a unit of record checks holds: enough to amortise taking a unit, small enough
 /// that the cores finish together.
 const RECORDS_PER_UNIT: usize = 256;
+/// How many notes a batch of [`Checked::stream_records`] holds: a unit for each core, so that the
+/// cores stay busy while a batch's records, parsed, stay a few megabytes.
+fn notes_per_batch() -> usize {
+    // The tests' way to make a small ledger take several batches.
+    #[cfg(feature = "testing")]
+    if let Some(n) = std::env::var("TPA_TEST_NOTES_PER_BATCH").ok().and_then(|n| n.parse::<usize>().ok()) {
+        return n.max(1);
+    }
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    threads * RECORDS_PER_UNIT
+}
+
 /// How many trees a unit of the history walk reads.
 const TREES_PER_UNIT: usize = 2048;
 

@@ -53,7 +53,7 @@ pub fn records_lenient(repo: &Repository) -> Result<LedgerView, InspectError> {
     match records(repo) {
         Err(InspectError::NoSigners(_)) => {
             let tip = notes::tip(repo)?;
-            let report = read_records(repo, tip, &AllowedSigners::default(), false)?;
+            let report = read_records(repo, tip, &AllowedSigners::default())?;
             Ok(LedgerView { trust: TrustRef::resolve(repo).ok(), report })
         }
         other => other,
@@ -62,15 +62,11 @@ pub fn records_lenient(repo: &Repository) -> Result<LedgerView, InspectError> {
 
 /// Every record at the tip with its own checks (signature, signer, place, intent). No history walk.
 pub fn records(repo: &Repository) -> Result<LedgerView, InspectError> {
-    records_at(repo, notes::tip(repo)?, false)
-}
-
-fn records_at(repo: &Repository, tip: Option<Oid>, history: bool) -> Result<LedgerView, InspectError> {
-    let Some(signers) = trusted_signers(repo, tip)? else {
+    let tip = notes::tip(repo)?;
+    let Some((trust, signers)) = trusted_signers(repo, tip)? else {
         return Ok(LedgerView { trust: TrustRef::resolve(repo).ok(), report: Report::empty(tip) });
     };
-    let (trust, signers) = signers;
-    Ok(LedgerView { trust: Some(trust), report: read_records(repo, tip, &signers, history)? })
+    Ok(LedgerView { trust: Some(trust), report: read_records(repo, tip, &signers)? })
 }
 
 /// The trust ref and its signers, or None when there is nothing to check (no note at the tip), so
@@ -96,22 +92,19 @@ fn read_records(
     repo: &Repository,
     tip: Option<Oid>,
     signers: &AllowedSigners,
-    history: bool,
 ) -> Result<Report, InspectError> {
     let Some(tip) = tip else { return Ok(Report::empty(None)) };
     // The records at a tip, checked against given signers, are a pure function of the two: a
     // command that reads the ledger several times (the broker's pass, the sweep and its index
     // rebuild) checks the signatures once while nothing is written. A new record moves the tip.
-    let key = (!history)
-        .then(|| (repo.path().to_owned(), tip, crate::ledger::verify_cache::trust_digest(signers, None)));
-    if let Some(key) = &key
-        && let Some(report) = recently_read(key)
-    {
+    let key = (repo.path().to_owned(), tip, crate::ledger::verify_cache::trust_digest(signers, None));
+    if let Some(report) = recently_read(&key) {
         return Ok(report);
     }
-    let cache = RecordsCache::open(repo, signers, history);
+    let cache = RecordsCache::open(repo, signers);
     let verified_before = cache.as_ref().map(RecordsCache::verified_before);
-    let options = check::Options { keep_records: true, history, verified_before: verified_before.as_ref() };
+    let options =
+        check::Options { keep_records: true, history: false, verified_before: verified_before.as_ref() };
     let checked = check::full(repo, tip, signers, options)?;
     if let Some(cache) = cache {
         cache.update(&checked);
@@ -119,15 +112,13 @@ fn read_records(
     let (mut records, git_copies, ledger_findings) = checked.into_records();
     sort_newest_first(&mut records);
     let report = Report { tip: Some(tip), records, git_copies, ledger_findings };
-    if let Some(key) = key {
-        *RECENTLY_READ.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, report.clone()));
-    }
+    *RECENTLY_READ.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, report.clone()));
     Ok(report)
 }
 
 /// The records cache of a clone (src/ledger/records_cache.rs), for reads of the records at the
 /// tip against the trust ref's signers: status, show, log, the sweep, the broker. Not for the
-/// checks an organisation relies on (`tpa verify`, `tpa audit`: they walk the history too), nor
+/// checks an organisation relies on (`tpa verify`, `tpa audit`: they never read through here), nor
 /// for a read against no signers (nothing would be clean, and the cache of the real signers would
 /// be lost). A cache that cannot be read or written costs a read in full, never an error.
 struct RecordsCache {
@@ -137,8 +128,8 @@ struct RecordsCache {
 }
 
 impl RecordsCache {
-    fn open(repo: &Repository, signers: &AllowedSigners, history: bool) -> Option<Self> {
-        if history || signers.entries.is_empty() {
+    fn open(repo: &Repository, signers: &AllowedSigners) -> Option<Self> {
+        if signers.entries.is_empty() {
             return None;
         }
         let state = StateDir::open(repo).ok()?;
@@ -320,13 +311,15 @@ pub struct CheckedLedger {
 
 pub fn verify_read_only(repo: &Repository) -> Result<CheckedLedger, InspectError> {
     let tip = notes::tip(repo)?;
-    let witness = verify::check_witness(repo, tip, StateDir::open(repo)?.witness()?);
-    let (Some(tip_id), Some((trust, signers))) = (tip, trusted_signers(repo, tip)?) else {
-        return Ok(CheckedLedger { trust: TrustRef::resolve(repo).ok(), tip, checked: None, witness });
+    let (trust, checked) = match (tip, trusted_signers(repo, tip)?) {
+        (Some(tip), Some((trust, signers))) => {
+            let options = check::Options { keep_records: false, history: true, verified_before: None };
+            (Some(trust), Some(check::full(repo, tip, &signers, options)?))
+        }
+        _ => (TrustRef::resolve(repo).ok(), None),
     };
-    let options = check::Options { keep_records: false, history: true, verified_before: None };
-    let checked = check::full(repo, tip_id, &signers, options)?;
-    Ok(CheckedLedger { trust: Some(trust), tip, checked: Some(checked), witness })
+    let witness = verify::check_witness(repo, tip, StateDir::open(repo)?.witness()?);
+    Ok(CheckedLedger { trust, tip, checked, witness })
 }
 
 impl CheckedLedger {
@@ -339,7 +332,7 @@ impl CheckedLedger {
         each: impl FnMut(Vec<CheckedRecord>),
     ) -> Result<Vec<verify::Finding>, InspectError> {
         let mut findings = match self.checked {
-            Some(checked) => checked.stream_records(repo, each)?.1,
+            Some(checked) => checked.stream_records(repo, each)?,
             None => Vec::new(),
         };
         findings.extend(self.witness);

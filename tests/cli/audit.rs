@@ -11,6 +11,7 @@ use crate::common::aws::AwsRepo;
 use crate::common::aws::{denied, seed_policy};
 use crate::common::cloudtrail::{FakeCloudTrail, assume_role_event};
 use crate::common::moto::{moto, unique_name};
+use crate::common::notes::{fanout_path, intent_json, note_lines, put_notes_file};
 
 fn grant(aws: &AwsRepo, dir: &Path, role: &str) -> String {
     aws.env
@@ -304,44 +305,90 @@ fn cloudtrail_sessions_without_a_record_are_errors_and_the_lookup_is_signed() {
     assert_eq!(received[1].body["NextToken"], "page-1");
 }
 
+/// The payload of `kind` record of grant `id` on `commit`'s note, as JSON.
+fn payload(aws: &AwsRepo, commit: &str, kind: &str, id: &str) -> Value {
+    note_lines(&aws.env, &aws.dir, commit)
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .map(|line| serde_json::from_str::<Value>(line["payload"].as_str().unwrap()).unwrap())
+        .find(|payload| payload["kind"] == kind && payload["grant_id"] == id)
+        .unwrap_or_else(|| panic!("no {kind} record of {id} on {commit}"))
+}
+
+/// A revoke record (manual, done) for the grant whose grant record is `granted`, naming `commit`.
+fn revocation(granted: &Value, commit: &str) -> String {
+    let mut revoke = granted.clone();
+    revoke["kind"] = "revoke".into();
+    revoke["trigger"] = "manual".into();
+    revoke["result"] = "done".into();
+    revoke["commit"] = commit.into();
+    revoke["issued_at"] = chrono::Utc::now().to_rfc3339().into();
+    revoke.to_string()
+}
+
 #[test]
 fn the_audit_reads_records_note_by_note_and_still_sees_each_grant_whole() {
     let aws = AwsRepo::new();
     let env = &aws.env;
+    // No hook starts a sweep behind the test's back: it sweeps once, below.
+    env.git(&aws.dir, &["config", "core.hooksPath", "/dev/null"]);
     let first = grant(&aws, &aws.dir, "prod-readonly");
     aws.tpa().args(["revoke", &first]).run().success();
     let first_commit = aws.head();
     env.git(&aws.dir, &["switch", "-q", "-c", "hotfix/second", "main"]);
     env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "second fix"]);
     let second = grant(&aws, &aws.dir, "prod-readonly");
-    // The second grant's revocation, signed by a trusted key but stored on the first grant's
-    // commit (which it names): its records are on two notes. tpa never writes one like that;
-    // a hand-made or rewritten ledger can.
-    let granted: Value = crate::common::notes::note_lines(env, &aws.dir, &aws.head())
-        .iter()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
-        .map(|line| serde_json::from_str::<Value>(line["payload"].as_str().unwrap()).unwrap())
-        .find(|payload| payload["kind"] == "grant" && payload["grant_id"] == second.as_str())
-        .expect("the second grant's grant record");
-    let mut revoke = granted;
-    revoke["kind"] = "revoke".into();
-    revoke["trigger"] = "manual".into();
-    revoke["result"] = "done".into();
-    revoke["commit"] = first_commit.as_str().into();
-    revoke["issued_at"] = chrono::Utc::now().to_rfc3339().into();
-    aws.tpa().args(["debug", "append"]).stdin(revoke.to_string()).run().success();
-    let third = {
-        env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "third fix"]);
-        grant(&aws, &aws.dir, "prod-readonly")
+    // tpa writes every record of a grant to its commit's note; hand-made or rewritten ledgers can
+    // spread them. The second grant's revocation, signed by a trusted key, names the first
+    // grant's commit and is stored there.
+    let granted = payload(&aws, &aws.head(), "grant", &second);
+    aws.tpa().args(["debug", "append"]).stdin(revocation(&granted, &first_commit)).run().success();
+    // The third grant's revocation is on its own commit, but in a second note of that commit
+    // under another fan-out (git reads both).
+    env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "third fix"]);
+    let third = grant(&aws, &aws.dir, "prod-readonly");
+    let third_commit = aws.head();
+    let granted = payload(&aws, &third_commit, "grant", &third);
+    aws.tpa().args(["debug", "append"]).stdin(revocation(&granted, &third_commit)).run().success();
+    let lines = note_lines(env, &aws.dir, &third_commit);
+    assert_eq!(lines.len(), 3, "intent, grant, revoke");
+    put_notes_file(env, &aws.dir, &fanout_path(&third_commit), (lines[..2].join("\n") + "\n").as_bytes());
+    let other_fanout = format!("{}/{}", &third_commit[..2], &third_commit[2..]);
+    put_notes_file(env, &aws.dir, &other_fanout, (lines[2].clone() + "\n").as_bytes());
+    // A fourth grant's intent and grant records signed with a key nobody trusts: one finding
+    // each, which the audit lists newest record first, as `tpa verify` does.
+    env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "fourth fix"]);
+    let rogue = env.ssh_key("rogue");
+    let fourth = "01JWKZ8X9A0000000000000004";
+    let now = chrono::Utc::now();
+    let append = |record: &Value| {
+        aws.tpa()
+            .args(["debug", "append"])
+            .env("TPA_SIGNING_KEY", &rogue)
+            .stdin(record.to_string())
+            .run()
+            .success()
+            .json()
     };
+    let mut intent = intent_json(&aws.head(), fourth, &now.to_rfc3339());
+    intent["branch"] = "refs/heads/hotfix/second".into();
+    let mut granted = intent.clone();
+    granted["kind"] = "grant".into();
+    granted["intent_sha256"] = append(&intent)["payload_sha256"].clone();
+    granted["expires_at"] = (now + chrono::Duration::minutes(30)).to_rfc3339().into();
+    granted["credential_fingerprint"] = "sha256:0011223344556677".into();
+    append(&granted);
+    // The sweep puts back records removed from the ledger: a line moved to another fan-out of its
+    // commit's note is not one of them (it used to be appended again, a duplicate).
+    aws.tpa().arg("sweep").run().success();
 
-    // One note per batch: the second grant's records reach the audit in two batches.
+    // One note per batch: the second and third grants' records reach the audit in two batches.
     let audit = |per_batch: Option<&str>| {
         let mut run = aws.tpa().args(["audit", "--json", "--offline"]);
         if let Some(n) = per_batch {
             run = run.env("TPA_TEST_NOTES_PER_BATCH", n);
         }
-        let mut report = run.run().code(0).json();
+        let mut report = run.run().code(1).json();
         report["generated_at"] = Value::Null;
         report["to"] = Value::Null;
         report
@@ -356,12 +403,26 @@ fn the_audit_reads_records_note_by_note_and_still_sees_each_grant_whole() {
     // Newest first, as `tpa log` lists them, each in the state its records say.
     assert_eq!(
         states,
-        [pair(&third, "active"), pair(&second, "revoked"), pair(&first, "revoked")],
+        [pair(fourth, "active"), pair(&third, "revoked"), pair(&second, "revoked"), pair(&first, "revoked")],
         "{streamed:#}"
     );
-    assert_eq!(streamed["records"], 8, "3 intents, 3 grants, 2 revokes");
-    let log = aws.tpa().args(["show", &second, "--json"]).run().success().json();
-    assert_eq!(log["state"], "revoked", "{log:#}");
+    assert_eq!(streamed["records"], 11, "4 intents, 4 grants, 3 revokes");
+    for id in [&second, &third] {
+        let shown = aws.tpa().args(["show", id, "--json"]).run().success().json();
+        assert_eq!(shown["state"], "revoked", "{shown:#}");
+    }
+    let unknown: Vec<&str> = streamed["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "unknown_signer")
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(unknown.len(), 2, "{unknown:?}");
+    assert!(
+        unknown[0].ends_with("line 2)") && unknown[1].ends_with("line 1)"),
+        "grant, then intent: {unknown:?}"
+    );
     assert_eq!(streamed, audit(None), "batches of one note and of many give the same report");
 }
 
