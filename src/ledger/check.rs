@@ -152,7 +152,8 @@ impl Checked {
                     let blob = worker.repo.find_blob(note.note.blob)?;
                     let raw: Vec<&[u8]> =
                         verify::numbered_lines(blob.content()).map(|(_, raw)| raw).collect();
-                    // The same blob as the check read (its id is its content's hash), so the same lines.
+                    // The same bytes as the check read: libgit2's strict hash check holds a blob to its
+                    // id, so nobody can swap the lines between the check and this read.
                     debug_assert_eq!(raw.len(), note.lines.len());
                     records.push(
                         note.lines
