@@ -213,12 +213,24 @@ fn fanout_path(hex: &str) -> Vec<String> {
     vec![hex[..2].to_owned(), hex[2..4].to_owned(), hex[4..].to_owned()]
 }
 
-/// Finds the note for `hex` whatever fan-out the writer used (git notes uses none for few notes).
+/// Finds the note for `hex` whatever fan-out the writer used (git notes uses none for few notes);
+/// the shallowest, when there are several.
 pub(crate) fn find_note(
     repo: &Repository,
     tree: &Tree,
     hex: &str,
 ) -> Result<Option<(Vec<String>, Oid)>, git2::Error> {
+    Ok(notes_on(repo, tree, hex)?.into_iter().next())
+}
+
+/// The blobs of every note on `hex` in `tree`, shallowest first: git reads a note under any
+/// two-digit fan-out, so one object can have several.
+pub(crate) fn find_notes(repo: &Repository, tree: &Tree, hex: &str) -> Result<Vec<Oid>, git2::Error> {
+    Ok(notes_on(repo, tree, hex)?.into_iter().map(|(_, blob)| blob).collect())
+}
+
+fn notes_on(repo: &Repository, tree: &Tree, hex: &str) -> Result<Vec<(Vec<String>, Oid)>, git2::Error> {
+    let mut found = Vec::new();
     let mut path = Vec::new();
     let mut current = tree.clone();
     let mut rest = hex;
@@ -226,33 +238,9 @@ pub(crate) fn find_note(
         if let Some(entry) = current.get_name(rest)
             && entry.kind() == Some(ObjectType::Blob)
         {
-            path.push(rest.to_owned());
-            return Ok(Some((path, entry.id())));
-        }
-        if rest.len() <= 2 {
-            return Ok(None);
-        }
-        let subtree = match current.get_name(&rest[..2]) {
-            Some(entry) if entry.kind() == Some(ObjectType::Tree) => entry.id(),
-            _ => return Ok(None),
-        };
-        path.push(rest[..2].to_owned());
-        current = repo.find_tree(subtree)?;
-        rest = &rest[2..];
-    }
-}
-
-/// The blobs of every note on `hex` in `tree`, shallowest first: git reads a note under any
-/// two-digit fan-out, so one object can have several.
-pub(crate) fn find_notes(repo: &Repository, tree: &Tree, hex: &str) -> Result<Vec<Oid>, git2::Error> {
-    let mut found = Vec::new();
-    let mut current = tree.clone();
-    let mut rest = hex;
-    loop {
-        if let Some(entry) = current.get_name(rest)
-            && entry.kind() == Some(ObjectType::Blob)
-        {
-            found.push(entry.id());
+            let mut at = path.clone();
+            at.push(rest.to_owned());
+            found.push((at, entry.id()));
         }
         if rest.len() <= 2 {
             return Ok(found);
@@ -261,6 +249,7 @@ pub(crate) fn find_notes(repo: &Repository, tree: &Tree, hex: &str) -> Result<Ve
             Some(entry) if entry.kind() == Some(ObjectType::Tree) => entry.id(),
             _ => return Ok(found),
         };
+        path.push(rest[..2].to_owned());
         current = repo.find_tree(subtree)?;
         rest = &rest[2..];
     }
