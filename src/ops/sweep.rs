@@ -443,16 +443,17 @@ fn update_index(
         .map(|(id, g)| (id.clone(), g.clone()))
         .collect();
     // Keyring entries of grants that ended: those of this clone's index (expired ones the ledger
-    // does not know included), and those of the requester's other grants that ended lately (revoked elsewhere, from another clone, or
-    // dropped from a damaged index). Lately: an STS session lives 12 hours at most, so a week
-    // bounds the work a sweep does in the keyring without leaving a usable secret behind.
+    // does not know included), and those of the requester's other grants that ended lately
+    // (revoked elsewhere, from another clone, or dropped from a damaged index). Lately: an STS
+    // session lives 12 hours at most, so a week bounds the work a sweep does in the keyring without
+    // leaving a usable secret behind. A grant never issued (no expiry) counts from its request.
     let lately = now - chrono::Duration::days(FORGET_ENDED_WITHIN_DAYS);
     let ended: Vec<GrantId> = all
         .iter()
         .filter(|g| !g.state.is_open())
         .filter(|g| {
             indexed.contains_key(g.grant_id.as_str())
-                || (g.grantee().email == me.email && g.expires_at.is_none_or(|at| at > lately))
+                || (g.grantee().email == me.email && g.expires_at.unwrap_or(g.requested_at) > lately)
         })
         .map(|g| g.grant_id.clone())
         .chain(
