@@ -151,6 +151,7 @@ fn normalize(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::GitConfig;
 
     #[test]
     fn integers_read_as_git_reads_them() {
@@ -162,8 +163,6 @@ mod tests {
         assert_eq!(super::parse_int("lots"), None);
         assert_eq!(super::parse_int(""), None);
     }
-
-    use super::GitConfig;
 
     #[test]
     fn the_last_value_wins_and_names_compare_like_git() {

@@ -139,9 +139,10 @@ impl Checked {
         let spread = self.grants_on_several_notes(&across.copies);
         let mut held = Vec::new();
         let mut first = 0;
+        let per_batch = notes_per_batch();
         let mut notes = self.notes.into_iter();
         loop {
-            let batch: Vec<CheckedNote> = notes.by_ref().take(notes_per_batch()).collect();
+            let batch: Vec<CheckedNote> = notes.by_ref().take(per_batch).collect();
             if batch.is_empty() {
                 break;
             }

@@ -2,7 +2,6 @@
 //! policy it was taken under and the provider's state. Only reads: nothing is revoked or recorded,
 //! not even the verify witness moves.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -163,10 +162,7 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
         return Err(AuditError::CloudTrailOffline);
     }
     let now = options.now;
-    crate::ledger::cache_objects(false);
-    let checked = ledger::verify_read_only(repo);
-    crate::ledger::cache_objects(true);
-    let checked = checked?;
+    let checked = ledger::verify_read_only(repo)?;
     let mut findings: Vec<Finding> = Vec::new();
     let mut checks = vec![CheckRun { name: Check::Ledger, status: CheckStatus::Ran, detail: None }];
     let ledger_tip = checked.tip;
@@ -227,11 +223,7 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
     let ledger_findings = checked.stream_records(repo, |batch| {
         records += batch.len();
         for record in &batch {
-            let at = (
-                Reverse(crate::ledger::verify::issued_at(record)),
-                record.annotated,
-                Reverse(record.line_no),
-            );
+            let at = ledger::newest_first(record);
             record_findings.extend(record.findings.iter().map(|f| (at, integrity_finding(f))));
         }
         for grant in grants::from_checked(batch, now) {
