@@ -105,6 +105,16 @@ impl StateDir {
         self.write_cache(crate::ledger::records_cache::FILE, bytes)
     }
 
+    /// The grant index (src/ledger/grant_index.rs), as stored.
+    pub fn grant_index(&self) -> Result<Option<Vec<u8>>, StateError> {
+        self.read_cache(crate::ledger::grant_index::FILE)
+    }
+
+    /// Without the state lock, as the records cache.
+    pub fn set_grant_index(&self, bytes: &[u8]) -> Result<(), StateError> {
+        self.write_cache(crate::ledger::grant_index::FILE, bytes)
+    }
+
     fn read_cache(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
         let path = self.dir.join(name);
         match fs::read(&path) {

@@ -46,15 +46,23 @@ pub fn run(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<u8> {
     }
 }
 
+/// Whether the ledger has records of the grant `id` (an id that does not parse has none).
+fn in_ledger(repo: &git2::Repository, id: &str, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<bool> {
+    let Ok(grant_id) = id.parse() else { return Ok(false) };
+    Ok(grants::find(repo, &grant_id, now)?.is_some())
+}
+
 fn run_once(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
     let me = context::principal(&repo)?.email;
     let now = super::now();
-    let all = grants::list(&repo, now)?;
+    // Without --history only the open grants are read (through the grant index).
+    let all = if args.history { grants::list(&repo, now)? } else { grants::open(&repo, now)? };
     // Grants this clone holds whose records are gone from the ledger: loud, since nothing else
     // would show them until a sweep puts the records back.
     for (id, local) in crate::state::StateDir::open(&repo)?.local_grants()? {
-        if local.expires_at.is_some_and(|e| e > now) && !all.iter().any(|g| g.grant_id.as_str() == id) {
+        let unexpired = local.expires_at.is_some_and(|e| e > now);
+        if unexpired && !all.iter().any(|g| g.grant_id.as_str() == id) && !in_ledger(&repo, &id, now)? {
             eprintln!(
                 "WARNING: grant {} (branch {}) is held here but its records are missing from the ledger: \
                  run `tpa sweep` to put them back and end it",

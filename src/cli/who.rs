@@ -22,7 +22,7 @@ pub struct WhoArgs {
 pub fn run(ctx: &Ctx, args: WhoArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
     let active: Vec<_> =
-        grants::list(&repo, super::now())?.into_iter().filter(|g| g.state == GrantState::Active).collect();
+        grants::open(&repo, super::now())?.into_iter().filter(|g| g.state == GrantState::Active).collect();
     if args.json {
         let rows: Vec<_> = active
             .iter()

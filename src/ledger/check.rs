@@ -347,6 +347,23 @@ pub fn full(
     Ok(Checked { tip, notes: checked.into_iter().map(|(n, _)| n).collect(), removed })
 }
 
+/// Some of the notes at `tip` (ordered by key), checked as [`full`] checks them, without the
+/// history: for a reader that knows which notes hold the records it wants (the grant index). The
+/// checks across records ([`Checked::into_records`]) then see only these notes: exact for every
+/// grant all of whose notes are among them, since those checks relate records of one grant.
+pub fn some(
+    repo: &Repository,
+    tip: Oid,
+    notes: &[Note],
+    signers: &AllowedSigners,
+    options: Options<'_>,
+) -> Result<Checked, git2::Error> {
+    let hasher = RandomState::new();
+    let checked =
+        check_notes(repo.path(), notes, signers, options.keep_records, options.verified_before, &hasher)?;
+    Ok(Checked { tip, notes: checked.into_iter().map(|(n, _)| n).collect(), removed: Vec::new() })
+}
+
 /// What the verify cache knew at the last verified tip (src/ledger/verify_cache.rs).
 pub struct Base {
     pub tip: Oid,

@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod delivery;
+pub mod grant_index;
 pub mod notes;
 pub mod records_cache;
 pub mod restore;

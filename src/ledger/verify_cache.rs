@@ -312,7 +312,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], Refused> {
+    pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], Refused> {
         Ok(self.take(N)?.try_into().expect("N bytes"))
     }
 
@@ -326,7 +326,7 @@ impl<'a> Reader<'a> {
 
     /// A count of items at least `min_size` bytes each: never more than the bytes left can hold,
     /// so a damaged count cannot make the reader allocate without bound.
-    fn count(&mut self, min_size: usize) -> Result<usize, Refused> {
+    pub(super) fn count(&mut self, min_size: usize) -> Result<usize, Refused> {
         let count = self.u32()? as usize;
         if count > self.rest.len() / min_size {
             return Err(Refused::Damaged("a count is larger than the file"));

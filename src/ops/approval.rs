@@ -193,10 +193,8 @@ pub fn decide(
     now: DateTime<Utc>,
 ) -> Result<Record, ApprovalError> {
     let me = context::principal(repo)?;
-    let grant = grants::list(repo, now)?
-        .into_iter()
-        .find(|g| &g.grant_id == grant_id)
-        .ok_or_else(|| ApprovalError::UnknownRequest(grant_id.clone()))?;
+    let grant =
+        grants::find(repo, grant_id, now)?.ok_or_else(|| ApprovalError::UnknownRequest(grant_id.clone()))?;
     let (Some(request), Some(request_sha)) = (&grant.request, &grant.request_sha256) else {
         return Err(ApprovalError::NoRequest(grant_id.clone()));
     };

@@ -106,7 +106,7 @@ pub fn login(
 ) -> Result<DbConnection, DbAccessError> {
     let grant_id = match selector {
         DbSelector::Grant(id) => id.clone(),
-        DbSelector::Database(name) => grants::list(repo, now)?
+        DbSelector::Database(name) => grants::open(repo, now)?
             .into_iter()
             .find(|g| {
                 g.state == GrantState::Active

@@ -77,22 +77,26 @@ pub fn secret_for(
     now: DateTime<Utc>,
     database_logins: bool,
 ) -> Result<(GrantView, Secret), DeliveryError> {
-    let all: Vec<GrantView> = grants::list(repo, now)?
-        .into_iter()
-        .filter(|g| database_logins || g.provider.is_sts_session() || matches!(selector, Selector::Grant(_)))
-        .collect();
+    // By id, the grant in whatever state (its state is the error); otherwise only open grants
+    // can be active, and only those are read.
+    let open: Vec<GrantView> = match selector {
+        Selector::Grant(_) => Vec::new(),
+        _ => grants::open(repo, now)?
+            .into_iter()
+            .filter(|g| database_logins || g.provider.is_sts_session())
+            .collect(),
+    };
     let mine_active = |g: &GrantView| g.state == GrantState::Active && g.principal == me;
     let grant = match selector {
-        Selector::Grant(id) => all
-            .into_iter()
-            .find(|g| &g.grant_id == id)
-            .ok_or_else(|| DeliveryError::UnknownGrant(id.clone()))?,
+        Selector::Grant(id) => {
+            grants::find(repo, id, now)?.ok_or_else(|| DeliveryError::UnknownGrant(id.clone()))?
+        }
         Selector::Role(role) => newest_usable(
-            all.into_iter().filter(|g| mine_active(g) && g.role.as_deref() == Some(role.as_str())),
+            open.into_iter().filter(|g| mine_active(g) && g.role.as_deref() == Some(role.as_str())),
             DeliveryError::NoActiveGrant { role: Some(role.clone()) },
         )?,
         Selector::Newest => {
-            newest_usable(all.into_iter().filter(mine_active), DeliveryError::NoActiveGrant { role: None })?
+            newest_usable(open.into_iter().filter(mine_active), DeliveryError::NoActiveGrant { role: None })?
         }
     };
     if grant.state != GrantState::Active {

@@ -1,13 +1,15 @@
 //! Grants as the ledger tells them: records grouped by grant id, with a state. Read-only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use git2::Repository;
 use serde::Serialize;
 
 use crate::grant::{GrantId, GrantState, Record, RecordKind};
-use crate::ledger::verify::{CheckedRecord, FindingKind};
+use crate::ledger::grant_index::{GrantIndex, IndexedNote};
+use crate::ledger::notes::{Note, NoteChange, NoteKey};
+use crate::ledger::verify::{CheckedRecord, FindingKind, GrantKey};
 use crate::ops::ledger::{self, InspectError};
 use crate::provider::{Ending, ProviderKind};
 
@@ -100,6 +102,127 @@ fn authentic(checked: &CheckedRecord) -> bool {
 
 pub fn list(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<GrantView>, InspectError> {
     Ok(from_checked(ledger::records_lenient(repo)?.report.records, now))
+}
+
+/// The grants open at `now` (`tpa status`, `who`, `exec`, `env`, `credential-process`), newest
+/// first: the same grants as [`list`] filtered on [`GrantState::is_open`], read through the grant
+/// index (src/ledger/grant_index.rs), so that their cost follows the open grants and what changed
+/// in the ledger, not its size.
+pub fn open(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<GrantView>, InspectError> {
+    let Some(reading) = ledger::indexed_reading(repo)? else {
+        return Ok(list(repo, now)?.into_iter().filter(|g| g.state.is_open()).collect());
+    };
+    Ok(current_index(repo, &reading, now)?.1)
+}
+
+/// One grant by its id, as [`list`] tells it, read through the grant index.
+pub fn find(
+    repo: &Repository,
+    grant_id: &GrantId,
+    now: DateTime<Utc>,
+) -> Result<Option<GrantView>, InspectError> {
+    let Some(reading) = ledger::indexed_reading(repo)? else {
+        return Ok(list(repo, now)?.into_iter().find(|g| &g.grant_id == grant_id));
+    };
+    let index = match reading.index() {
+        Some(index) if index.serves(reading.tip, now) => index,
+        _ => current_index(repo, &reading, now)?.0,
+    };
+    let wanted: HashSet<GrantKey> = [GrantKey::of(grant_id)].into();
+    Ok(grants_of(repo, &reading, &index, &wanted, now)?.into_iter().next())
+}
+
+/// The grant index at the tip, and the grants open at `now`. An index of an earlier tip is
+/// brought forward from the notes that changed since; with none that serves (none yet, another
+/// build's or other signers', damaged, written at a later instant, of a tip no longer in the
+/// repository), every note is read and a new one written.
+fn current_index(
+    repo: &Repository,
+    reading: &ledger::IndexedReading,
+    now: DateTime<Utc>,
+) -> Result<(GrantIndex, Vec<GrantView>), InspectError> {
+    if let Some(old) = reading.index().filter(|i| i.built_at <= now)
+        && let Some(changes) = reading.changed_since(repo, old.tip)?
+        && let moved = old.tip != reading.tip
+        && let Some((index, wanted)) = brought_forward(repo, reading, old, &changes)?
+    {
+        let open: Vec<GrantView> = grants_of(repo, reading, &index, &wanted, now)?
+            .into_iter()
+            .filter(|g| g.state.is_open())
+            .collect();
+        let keys = open_keys(&open);
+        if moved || index.open != keys {
+            reading.save(&GrantIndex { built_at: now, open: keys, ..index.clone() });
+        }
+        return Ok((index, open));
+    }
+    let read = reading.check(repo, None, true)?;
+    let open: Vec<GrantView> =
+        from_checked(read.records, now).into_iter().filter(|g| g.state.is_open()).collect();
+    let index = GrantIndex { tip: reading.tip, built_at: now, notes: read.notes, open: open_keys(&open) };
+    reading.save(&index);
+    Ok((index, open))
+}
+
+/// The index at the tip from one of an earlier tip and the notes changed since, and the grants
+/// whose state must be read again: those open before, and every grant a changed note held or
+/// holds a record of. Every other grant was ended at the index's time and its records are the
+/// same, so it is ended still. None when the index does not match the changes (it is not of the
+/// tip it names): then it is rebuilt.
+fn brought_forward(
+    repo: &Repository,
+    reading: &ledger::IndexedReading,
+    old: GrantIndex,
+    changes: &[NoteChange],
+) -> Result<Option<(GrantIndex, HashSet<GrantKey>)>, InspectError> {
+    let mut wanted: HashSet<GrantKey> = old.open.iter().copied().collect();
+    if changes.is_empty() {
+        return Ok(Some((GrantIndex { tip: reading.tip, ..old }, wanted)));
+    }
+    let new_notes: Vec<Note> =
+        changes.iter().filter_map(|c| Some(Note { key: c.key, blob: c.new? })).collect();
+    let fresh = reading.check(repo, Some(&new_notes), false)?.notes;
+    let mut by_key: BTreeMap<NoteKey, IndexedNote> = old.notes.into_iter().map(|n| (n.note.key, n)).collect();
+    for change in changes {
+        let before = by_key.remove(&change.key);
+        if before.as_ref().map(|n| n.note.blob) != change.old {
+            return Ok(None);
+        }
+        wanted.extend(before.into_iter().flat_map(|n| n.grants));
+    }
+    for note in fresh {
+        wanted.extend(note.grants.iter().copied());
+        by_key.insert(note.note.key, note);
+    }
+    let index = GrantIndex {
+        tip: reading.tip,
+        built_at: old.built_at,
+        notes: by_key.into_values().collect(),
+        open: old.open,
+    };
+    Ok(Some((index, wanted)))
+}
+
+/// The grants among `wanted`, from the notes that hold their records, newest first.
+fn grants_of(
+    repo: &Repository,
+    reading: &ledger::IndexedReading,
+    index: &GrantIndex,
+    wanted: &HashSet<GrantKey>,
+    now: DateTime<Utc>,
+) -> Result<Vec<GrantView>, InspectError> {
+    let notes = index.notes_holding(wanted);
+    let mut records = reading.check(repo, Some(&notes), true)?.records;
+    // Other grants' records on those notes may lack their grant's other notes: theirs are not read.
+    records.retain(|c| c.record.as_ref().is_some_and(|r| wanted.contains(&GrantKey::of(&r.grant_id))));
+    Ok(from_checked(records, now))
+}
+
+fn open_keys(open: &[GrantView]) -> Vec<GrantKey> {
+    let mut keys: Vec<GrantKey> = open.iter().map(|g| GrantKey::of(&g.grant_id)).collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// The grants of records already read and checked, newest first. The records are copied: see

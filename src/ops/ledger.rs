@@ -4,7 +4,7 @@ use git2::{Oid, Repository};
 
 use crate::ledger::signers::{AllowedSigners, SignersError};
 use crate::ledger::verify::{self, CheckedRecord, Report};
-use crate::ledger::{check, notes, records_cache, restore, verify_cache};
+use crate::ledger::{check, grant_index, notes, records_cache, restore, verify_cache};
 use crate::ops::init::ALLOWED_SIGNERS_PATH;
 use crate::policy::POLICY_PATH;
 use crate::state::{StateDir, StateError};
@@ -145,6 +145,19 @@ impl RecordsCache {
         self.listed.iter().copied().collect()
     }
 
+    /// Adds the clean blobs of a check of some notes to what the cache lists. Blobs no longer
+    /// at the tip stay listed until a read in full rewrites the list: a listed blob is one whose
+    /// lines passed, wherever it is.
+    fn learn(self, checked: &check::Checked) {
+        let mut listed = self.listed.clone();
+        listed.extend(checked.notes.iter().filter(|n| n.is_clean()).map(|n| n.note.blob));
+        listed.sort();
+        listed.dedup();
+        if listed != self.listed {
+            let _ = self.state.set_records_cache(&records_cache::encode(&self.key, &listed));
+        }
+    }
+
     /// Lists the clean blobs at this tip, if that is not what the cache lists already.
     fn update(self, checked: &check::Checked) {
         let mut clean: Vec<Oid> =
@@ -166,6 +179,103 @@ static RECENTLY_READ: std::sync::Mutex<Option<(ReadKey, Report)>> = std::sync::M
 fn recently_read(key: &ReadKey) -> Option<Report> {
     let memo = RECENTLY_READ.lock().unwrap_or_else(|e| e.into_inner());
     memo.as_ref().filter(|(k, _)| k == key).map(|(_, report)| report.clone())
+}
+
+/// A reading of some grants' records through the grant index (src/ledger/grant_index.rs): the
+/// tip and the signers it is read against. `ops::grants` keeps the index; this is its plumbing.
+pub struct IndexedReading {
+    pub tip: Oid,
+    signers: AllowedSigners,
+    key: verify_cache::Key,
+    state: StateDir,
+}
+
+/// What a check of notes gives the grant index: each note with the grants its lines are records
+/// of, and the records with their findings.
+pub struct NotesRead {
+    pub notes: Vec<grant_index::IndexedNote>,
+    pub records: Vec<CheckedRecord>,
+}
+
+/// None when there is no index to keep: an empty ledger, or a trust ref without allowed_signers
+/// (whose records are read against nobody: [`records_lenient`]).
+pub fn indexed_reading(repo: &Repository) -> Result<Option<IndexedReading>, InspectError> {
+    let Some(tip) = notes::tip(repo)? else { return Ok(None) };
+    let signers = match trusted_signers(repo, Some(tip)) {
+        Ok(Some((_, signers))) if !signers.entries.is_empty() => signers,
+        Ok(_) | Err(InspectError::NoSigners(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let key = verify_cache::Key::this_build(verify_cache::trust_digest(&signers, None));
+    Ok(Some(IndexedReading { tip, signers, key, state: StateDir::open(repo)? }))
+}
+
+impl IndexedReading {
+    /// The index this clone keeps for these signers (of whatever tip), if it is whole.
+    pub fn index(&self) -> Option<grant_index::GrantIndex> {
+        let bytes = self.state.grant_index().ok()??;
+        grant_index::decode(&bytes, &self.key).ok()
+    }
+
+    /// Best effort: an index not written costs the next reader a read in full.
+    pub fn save(&self, index: &grant_index::GrantIndex) {
+        let _ = self.state.set_grant_index(&grant_index::encode(&self.key, index));
+    }
+
+    /// The notes whose blobs differ between the notes tree at `old` and at the tip; None when
+    /// `old` is no longer in the repository.
+    pub fn changed_since(
+        &self,
+        repo: &Repository,
+        old: Oid,
+    ) -> Result<Option<Vec<notes::NoteChange>>, InspectError> {
+        let Ok(old_tree) = repo.find_commit(old).and_then(|c| c.tree()) else { return Ok(None) };
+        let tip_tree = repo.find_commit(self.tip)?.tree()?;
+        let mut changes = Vec::new();
+        if old_tree.id() != tip_tree.id() {
+            notes::diff_notes(repo, Some(&old_tree), Some(&tip_tree), &notes::Dir::root(), &mut changes)?;
+        }
+        changes.sort_by_key(|c| c.key);
+        Ok(Some(changes))
+    }
+
+    /// Checks every note at the tip (`None`), or the given ones, as [`records`] does (a signature
+    /// the records cache lists as verified before is not verified again); with `keep`, their
+    /// records too. The records cache learns the blobs found clean.
+    pub fn check(
+        &self,
+        repo: &Repository,
+        some: Option<&[notes::Note]>,
+        keep: bool,
+    ) -> Result<NotesRead, InspectError> {
+        let cache = RecordsCache::open(repo, &self.signers);
+        let verified_before = cache.as_ref().map(RecordsCache::verified_before);
+        let options =
+            check::Options { keep_records: keep, history: false, verified_before: verified_before.as_ref() };
+        let checked = match some {
+            None => check::full(repo, self.tip, &self.signers, options)?,
+            Some(notes) => check::some(repo, self.tip, notes, &self.signers, options)?,
+        };
+        if let Some(cache) = cache {
+            match some {
+                None => cache.update(&checked),
+                Some(_) => cache.learn(&checked),
+            }
+        }
+        let notes = checked
+            .notes
+            .iter()
+            .map(|n| {
+                let mut grants: Vec<verify::GrantKey> =
+                    n.lines.iter().filter_map(|l| l.facts.as_ref().map(|f| f.grant)).collect();
+                grants.sort();
+                grants.dedup();
+                grant_index::IndexedNote { note: n.note, grants }
+            })
+            .collect();
+        let records = if keep { checked.into_records().0 } else { Vec::new() };
+        Ok(NotesRead { notes, records })
+    }
 }
 
 /// How `tpa verify` went about it.

@@ -430,9 +430,7 @@ pub fn resume(
             let _ = crate::ops::sync::sync(repo, &options);
         }
         let now = crate::clock::now();
-        let grant = crate::ops::grants::list(repo, now)?
-            .into_iter()
-            .find(|g| &g.grant_id == grant_id)
+        let grant = crate::ops::grants::find(repo, grant_id, now)?
             .ok_or_else(|| RequestError::UnknownRequest(grant_id.clone()))?;
         let trust = TrustRef::resolve(repo)?;
         let (policy, _) = crate::policy::load(repo, &trust)?;

@@ -10,6 +10,7 @@ mod db_token;
 mod export;
 mod firstrun;
 mod fixtures;
+mod grant_index;
 mod hardening;
 mod hook_managers;
 mod init;
