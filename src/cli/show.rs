@@ -1,4 +1,3 @@
-use chrono::Utc;
 use std::io::Write;
 
 use clap::Args;
@@ -7,7 +6,7 @@ use serde_json::json;
 use super::{Ctx, exit, print_json, render};
 use crate::escape;
 use crate::grant::{GrantId, GrantState};
-use crate::ops::ledger;
+use crate::ops::grants;
 
 /// Show one grant and its whole history (intent, grant or failed, revokes).
 #[derive(Args)]
@@ -22,13 +21,8 @@ pub struct ShowArgs {
 pub fn run(ctx: &Ctx, args: ShowArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
     let mut out = std::io::stdout().lock();
-    let view = ledger::records(&repo)?;
-    let mut history: Vec<_> = view
-        .report
-        .records
-        .iter()
-        .filter(|c| c.record.as_ref().is_some_and(|r| r.grant_id == args.grant))
-        .collect();
+    let records = grants::records_of(&repo, &args.grant, super::now())?;
+    let mut history: Vec<_> = records.iter().collect();
     if history.is_empty() {
         anyhow::bail!(
             "no grant {} in the ledger: `tpa log` lists them (fetch others' records with `git fetch`)",
@@ -36,7 +30,7 @@ pub fn run(ctx: &Ctx, args: ShowArgs) -> anyhow::Result<u8> {
         );
     }
     history.reverse(); // oldest first: the life of the grant in order
-    let state = GrantState::of(history.iter().filter_map(|c| c.record.as_ref()), Utc::now());
+    let state = GrantState::of(history.iter().filter_map(|c| c.record.as_ref()), super::now());
     let verified = history.iter().all(|c| c.is_verified());
     if args.json {
         print_json(&json!({

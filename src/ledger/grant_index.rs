@@ -1,7 +1,7 @@
 //! The grant index: which notes at a notes tip hold records of which grants, and which grants were
 //! open when it was written, so that the commands that want a few grants (`tpa status`, `who`,
-//! `exec`, `env`, `credential-process`, a grant by its id) read those grants' notes instead of the
-//! whole ledger. It lives in the state dir (`tpa/grant-index`) beside the records cache and holds
+//! `exec`, `env`, `credential-process`, `show`, a grant by its id) read those grants' notes
+//! instead of the whole ledger. It lives in the state dir (`tpa/grant-index`) beside the records cache and holds
 //! no secret: object ids and grant ids.
 //!
 //! Why "open when written" is enough: a grant's state is a function of its records and of the time
@@ -15,7 +15,7 @@
 //! sha256 over everything): a damaged file or another build's is refused whole and costs a read
 //! of the ledger in full. It is as trustworthy as the clone's `.git` directory, like the records
 //! cache: whoever can rewrite it can equally rewrite `refs/notes/tpa`. `tpa verify`, `tpa audit`,
-//! `tpa log` and the sweep never use it.
+//! `tpa log`, `status --history` and the sweep never use it.
 
 use std::collections::HashSet;
 

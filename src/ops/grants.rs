@@ -124,12 +124,40 @@ pub fn find(
     let Some(reading) = ledger::indexed_reading(repo)? else {
         return Ok(list(repo, now)?.into_iter().find(|g| &g.grant_id == grant_id));
     };
-    let index = match reading.index() {
-        Some(index) if index.serves(reading.tip, now) => index,
-        _ => current_index(repo, &reading, now)?.0,
-    };
+    let index = index_at_tip(repo, &reading, now)?;
     let wanted: HashSet<GrantKey> = [GrantKey::of(grant_id)].into();
     Ok(grants_of(repo, &reading, &index, &wanted, now)?.into_iter().next())
+}
+
+/// Every record of the grant `grant_id` (authentic or not, with its findings), newest first, as
+/// `tpa show` lists them, read through the grant index. Like [`ledger::records`], it needs
+/// allowed_signers at the trust ref.
+pub fn records_of(
+    repo: &Repository,
+    grant_id: &GrantId,
+    now: DateTime<Utc>,
+) -> Result<Vec<CheckedRecord>, InspectError> {
+    let named = |c: &CheckedRecord| c.record.as_ref().is_some_and(|r| &r.grant_id == grant_id);
+    let Some(reading) = ledger::indexed_reading(repo)? else {
+        return Ok(ledger::records(repo)?.report.records.into_iter().filter(named).collect());
+    };
+    let index = index_at_tip(repo, &reading, now)?;
+    let wanted: HashSet<GrantKey> = [GrantKey::of(grant_id)].into();
+    let mut records = records_of_grants(repo, &reading, &index, &wanted)?;
+    records.sort_by_key(ledger::newest_first);
+    Ok(records)
+}
+
+/// The index of the tip: the one kept, if it serves the tip at `now`, else brought forward.
+fn index_at_tip(
+    repo: &Repository,
+    reading: &ledger::IndexedReading,
+    now: DateTime<Utc>,
+) -> Result<GrantIndex, InspectError> {
+    match reading.index() {
+        Some(index) if index.serves(reading.tip, now) => Ok(index),
+        _ => Ok(current_index(repo, reading, now)?.0),
+    }
 }
 
 /// The grant index at the tip, and the grants open at `now`. An index of an earlier tip is
@@ -211,11 +239,21 @@ fn grants_of(
     wanted: &HashSet<GrantKey>,
     now: DateTime<Utc>,
 ) -> Result<Vec<GrantView>, InspectError> {
+    Ok(from_checked(records_of_grants(repo, reading, index, wanted)?, now))
+}
+
+/// The records of the grants among `wanted`, with their findings, from the notes that hold them.
+fn records_of_grants(
+    repo: &Repository,
+    reading: &ledger::IndexedReading,
+    index: &GrantIndex,
+    wanted: &HashSet<GrantKey>,
+) -> Result<Vec<CheckedRecord>, InspectError> {
     let notes = index.notes_holding(wanted);
     let mut records = reading.check(repo, Some(&notes), true)?.records;
     // Other grants' records on those notes may lack their grant's other notes: theirs are not read.
     records.retain(|c| c.record.as_ref().is_some_and(|r| wanted.contains(&GrantKey::of(&r.grant_id))));
-    Ok(from_checked(records, now))
+    Ok(records)
 }
 
 fn open_keys(open: &[GrantView]) -> Vec<GrantKey> {

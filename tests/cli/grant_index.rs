@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::common::grants::{End, grant, trusted_with_key};
+use crate::common::grants::{End, grant, tamper, trusted_with_key};
 use crate::common::notes::{fanout_path, head, note_lines, put_notes_file, remove_notes_file};
 use crate::common::*;
 
@@ -40,6 +40,18 @@ fn open_grants(env: &TestEnv, dir: &Path, now: &str) -> Vec<Value> {
         .collect();
     assert_eq!(indexed.as_array().unwrap(), &full, "the index's open grants at {now}");
     full
+}
+
+/// `tpa show GRANT --json` (through the index) lists the grant's records as `tpa log --json`
+/// (every record read) has them, oldest first.
+fn show_agrees_with_log(env: &TestEnv, dir: &Path, grant_id: &str) {
+    let shown = env.tpa(dir).args(["show", grant_id, "--json"]).run().success().json();
+    let log = env.tpa(dir).args(["log", "--json"]).run().success().json();
+    let mut logged: Vec<Value> =
+        log.as_array().unwrap().iter().filter(|r| r["record"]["grant_id"] == grant_id).cloned().collect();
+    logged.reverse();
+    assert!(!logged.is_empty());
+    assert_eq!(shown["records"].as_array().unwrap(), &logged, "tpa show {grant_id}");
 }
 
 fn ids(grants: &[Value]) -> Vec<String> {
@@ -124,6 +136,9 @@ fn the_open_grants_through_the_index_are_those_of_a_read_of_every_record() {
     env.tpa(&dir).args(["debug", "append"]).stdin(revoke.to_string()).run().success();
     move_last_line_to_another_fanout(&env, &dir, &commits[0]);
     assert_eq!(ids(&open_grants(&env, &dir, &soon)), sorted(&[&grants[3], &grants[4]]));
+    show_agrees_with_log(&env, &dir, &grants[0]);
+    let shown = env.tpa(&dir).args(["show", &grants[0], "--json"]).run().success().json();
+    assert_eq!(shown["state"], "revoked");
 
     // The second grant's revocation, moved the same way, then its note removed by hand: the grant
     // reads as active again, although it was not open when the index was written and no note at
@@ -132,6 +147,7 @@ fn the_open_grants_through_the_index_are_those_of_a_read_of_every_record() {
     assert_eq!(ids(&open_grants(&env, &dir, &soon)), sorted(&[&grants[3], &grants[4]]));
     remove_notes_file(&env, &dir, &other_fanout);
     assert_eq!(ids(&open_grants(&env, &dir, &soon)), sorted(&[&grants[1], &grants[3], &grants[4]]));
+    show_agrees_with_log(&env, &dir, &grants[1]);
 
     // One grant by its id, in whatever state, and an id the ledger does not know.
     let by_id = |id: &str| env.tpa(&dir).args(["env", id]).env("TPA_TEST_NOW", &soon).run();
@@ -147,15 +163,52 @@ fn the_open_grants_through_the_index_are_those_of_a_read_of_every_record() {
         unknown.stderr
     );
 
+    // The third grant's `failed` record altered after it was signed: it no longer counts, so the
+    // grant reads as incomplete (open), and `tpa show` lists the record with its finding.
+    tamper(&env, &dir, &commits[2], "failed");
+    assert_eq!(
+        ids(&open_grants(&env, &dir, &soon)),
+        sorted(&[&grants[1], &grants[2], &grants[3], &grants[4]])
+    );
+    show_agrees_with_log(&env, &dir, &grants[2]);
+    let shown = env.tpa(&dir).args(["show", &grants[2], "--json"]).run().success().json();
+    assert!(shown.to_string().contains("bad_signature"), "{shown}");
+
+    // The fifth grant's revocation names and is stored on the fourth grant's commit: one note
+    // holds records of two grants, and each grant reads whole, with only its own records.
+    let mut revoke = payload(&env, &dir, &commits[4], "grant");
+    revoke["kind"] = json!("revoke");
+    revoke["trigger"] = json!("manual");
+    revoke["result"] = json!("done");
+    revoke["expires_at"] = Value::Null;
+    revoke["credential_fingerprint"] = Value::Null;
+    revoke["commit"] = json!(commits[3]);
+    revoke["issued_at"] = json!(chrono::Utc::now().to_rfc3339());
+    env.tpa(&dir).args(["debug", "append"]).stdin(revoke.to_string()).run().success();
+    assert_eq!(note_lines(&env, &dir, &commits[3]).len(), 4);
+    assert_eq!(ids(&open_grants(&env, &dir, &soon)), sorted(&[&grants[1], &grants[2], &grants[3]]));
+    show_agrees_with_log(&env, &dir, &grants[3]);
+    show_agrees_with_log(&env, &dir, &grants[4]);
+
     // A damaged index is a read of every record, and is written again.
     std::fs::write(index_file(&dir), b"tpa grant index\nnot really").unwrap();
-    assert_eq!(ids(&open_grants(&env, &dir, &soon)), sorted(&[&grants[1], &grants[3], &grants[4]]));
+    assert_eq!(ids(&open_grants(&env, &dir, &soon)), sorted(&[&grants[1], &grants[2], &grants[3]]));
     assert!(std::fs::read(index_file(&dir)).unwrap().len() > 100, "written again");
 
-    // It reads no more than that: with the failed grant's note gone from the object store, the
-    // open grants still read, every record does not.
-    let blob = env.git(&dir, &["notes", "--ref=tpa", "list", &commits[2]]);
-    std::fs::remove_file(dir.join(".git/objects").join(&blob[..2]).join(&blob[2..])).unwrap();
+    // It reads no more than that: with the notes of the one grant that ended gone from the object
+    // store (in whatever fan-outs `git notes add` left them), the open grants still read, every
+    // record does not.
+    let tree = env.git(&dir, &["ls-tree", "-r", "refs/notes/tpa"]);
+    let mut removed = 0;
+    for entry in tree.lines() {
+        let (meta, path) = entry.split_once('\t').unwrap();
+        if path.replace('/', "") == commits[0] {
+            let blob = meta.split_whitespace().nth(2).unwrap();
+            std::fs::remove_file(dir.join(".git/objects").join(&blob[..2]).join(&blob[2..])).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed > 0);
     let status = |extra: &[&str]| {
         env.tpa(&dir).args(["status", "--all", "--json"]).args(extra).env("TPA_TEST_NOW", &soon).run()
     };
