@@ -56,11 +56,6 @@ impl GrantIndex {
     pub fn notes_holding(&self, grants: &HashSet<GrantKey>) -> Vec<Note> {
         self.notes.iter().filter(|n| n.grants.iter().any(|g| grants.contains(g))).map(|n| n.note).collect()
     }
-
-    /// Whether it can answer for `tip` at `now`.
-    pub fn serves(&self, tip: Oid, now: DateTime<Utc>) -> bool {
-        self.tip == tip && self.built_at <= now
-    }
 }
 
 pub fn encode(key: &Key, index: &GrantIndex) -> Vec<u8> {
@@ -69,7 +64,10 @@ pub fn encode(key: &Key, index: &GrantIndex) -> Vec<u8> {
         Vec::with_capacity(MAGIC.len() + 128 + index.notes.len() * 52 + (keys + index.open.len()) * 26);
     put_header(&mut out, MAGIC, FORMAT, key);
     out.extend_from_slice(index.tip.as_bytes());
-    out.extend_from_slice(&index.built_at.timestamp_micros().to_le_bytes());
+    // To the nanosecond, as tpa's clock reads: an index rounded either way could serve an instant
+    // before the one it was built at, or never serve the instant it was built at.
+    let nanos = index.built_at.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    out.extend_from_slice(&nanos.to_le_bytes());
     out.extend_from_slice(&(index.notes.len() as u32).to_le_bytes());
     for indexed in &index.notes {
         out.extend_from_slice(indexed.note.key.annotated.as_bytes());
@@ -93,8 +91,7 @@ pub fn decode(bytes: &[u8], key: &Key) -> Result<GrantIndex, Refused> {
     let damaged = Refused::Damaged;
     let mut r = unseal(bytes, MAGIC, FORMAT, key)?;
     let tip = r.oid()?;
-    let built_at = DateTime::from_timestamp_micros(i64::from_le_bytes(r.array()?))
-        .ok_or(damaged("its time is out of range"))?;
+    let built_at = DateTime::from_timestamp_nanos(i64::from_le_bytes(r.array()?));
     let count = r.count(52)?;
     let mut notes: Vec<IndexedNote> = Vec::with_capacity(count);
     for _ in 0..count {
@@ -178,9 +175,13 @@ mod tests {
         let wanted: HashSet<GrantKey> = [grant(b'B')].into();
         let keys: Vec<Oid> = decoded.notes_holding(&wanted).iter().map(|n| n.blob).collect();
         assert_eq!(keys, vec![oid(11), oid(13)]);
-        assert!(decoded.serves(oid(9), decoded.built_at));
-        assert!(!decoded.serves(oid(9), decoded.built_at - chrono::Duration::microseconds(1)));
-        assert!(!decoded.serves(oid(8), decoded.built_at));
+    }
+
+    #[test]
+    fn its_time_is_kept_to_the_nanosecond() {
+        let mut index = index();
+        index.built_at = DateTime::from_timestamp(1_764_700_000, 123_456_001).unwrap();
+        assert_eq!(decode(&encode(&key(), &index), &key()).unwrap().built_at, index.built_at);
     }
 
     #[test]

@@ -148,14 +148,15 @@ pub fn records_of(
     Ok(records)
 }
 
-/// The index of the tip: the one kept, if it serves the tip at `now`, else brought forward.
+/// The index of the tip: the one kept, if it is of the tip (which notes hold which grants does not
+/// depend on the time it was written at), else brought forward.
 fn index_at_tip(
     repo: &Repository,
     reading: &ledger::IndexedReading,
     now: DateTime<Utc>,
 ) -> Result<GrantIndex, InspectError> {
     match reading.index() {
-        Some(index) if index.serves(reading.tip, now) => Ok(index),
+        Some(index) if index.tip == reading.tip => Ok(index),
         _ => Ok(current_index(repo, reading, now)?.0),
     }
 }
@@ -170,7 +171,7 @@ fn current_index(
     now: DateTime<Utc>,
 ) -> Result<(GrantIndex, Vec<GrantView>), InspectError> {
     if let Some(old) = reading.index().filter(|i| i.built_at <= now)
-        && let Some(changes) = reading.changed_since(repo, old.tip)?
+        && let Some(changes) = reading.changed_since(repo, old.tip)
         && let moved = old.tip != reading.tip
         && let Some((index, wanted)) = brought_forward(repo, reading, old, &changes)?
     {

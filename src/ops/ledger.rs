@@ -197,8 +197,9 @@ pub struct NotesRead {
     pub records: Vec<CheckedRecord>,
 }
 
-/// None when there is no index to keep: an empty ledger, or a trust ref without allowed_signers
-/// (whose records are read against nobody: [`records_lenient`]).
+/// None when there is no index to keep: an empty ledger, a trust ref without allowed_signers
+/// (whose records are read against nobody: [`records_lenient`]), or no state dir to keep it in (a
+/// read-only `.git`: these reads never needed one, and read in full without).
 pub fn indexed_reading(repo: &Repository) -> Result<Option<IndexedReading>, InspectError> {
     let Some(tip) = notes::tip(repo)? else { return Ok(None) };
     let signers = match trusted_signers(repo, Some(tip)) {
@@ -206,8 +207,9 @@ pub fn indexed_reading(repo: &Repository) -> Result<Option<IndexedReading>, Insp
         Ok(_) | Err(InspectError::NoSigners(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
+    let Ok(state) = StateDir::open(repo) else { return Ok(None) };
     let key = verify_cache::Key::this_build(verify_cache::trust_digest(&signers, None));
-    Ok(Some(IndexedReading { tip, signers, key, state: StateDir::open(repo)? }))
+    Ok(Some(IndexedReading { tip, signers, key, state }))
 }
 
 impl IndexedReading {
@@ -222,21 +224,19 @@ impl IndexedReading {
         let _ = self.state.set_grant_index(&grant_index::encode(&self.key, index));
     }
 
-    /// The notes whose blobs differ between the notes tree at `old` and at the tip; None when
-    /// `old` is no longer in the repository.
-    pub fn changed_since(
-        &self,
-        repo: &Repository,
-        old: Oid,
-    ) -> Result<Option<Vec<notes::NoteChange>>, InspectError> {
-        let Ok(old_tree) = repo.find_commit(old).and_then(|c| c.tree()) else { return Ok(None) };
-        let tip_tree = repo.find_commit(self.tip)?.tree()?;
+    /// The notes whose blobs differ between the notes tree at `old` and at the tip; None when they
+    /// cannot be compared (`old`, or a tree of it, is no longer in the repository: a read in full
+    /// then says whether the tip's own objects are all there).
+    pub fn changed_since(&self, repo: &Repository, old: Oid) -> Option<Vec<notes::NoteChange>> {
+        let old_tree = repo.find_commit(old).and_then(|c| c.tree()).ok()?;
+        let tip_tree = repo.find_commit(self.tip).and_then(|c| c.tree()).ok()?;
         let mut changes = Vec::new();
         if old_tree.id() != tip_tree.id() {
-            notes::diff_notes(repo, Some(&old_tree), Some(&tip_tree), &notes::Dir::root(), &mut changes)?;
+            notes::diff_notes(repo, Some(&old_tree), Some(&tip_tree), &notes::Dir::root(), &mut changes)
+                .ok()?;
         }
         changes.sort_by_key(|c| c.key);
-        Ok(Some(changes))
+        Some(changes)
     }
 
     /// Checks every note at the tip (`None`), or the given ones, as [`records`] does (a signature

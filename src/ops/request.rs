@@ -652,9 +652,8 @@ fn from_the_broker(
 /// The grant's newest record of `kind` whose signature verifies with a key trusted for its
 /// principal (the broker's grant record, or the `failed` record of a refusal).
 fn newest_verified(repo: &Repository, grant_id: &GrantId, kind: RecordKind) -> Option<Record> {
-    let view = crate::ops::ledger::records_lenient(repo).ok()?;
-    view.report
-        .records
+    crate::ops::grants::records_of(repo, grant_id, crate::clock::now())
+        .ok()?
         .into_iter()
         .filter(|c| c.is_verified())
         .filter_map(|c| c.record)

@@ -190,6 +190,18 @@ fn the_open_grants_through_the_index_are_those_of_a_read_of_every_record() {
     show_agrees_with_log(&env, &dir, &grants[3]);
     show_agrees_with_log(&env, &dir, &grants[4]);
 
+    // The notes history squashed into one commit and the index's tip gone from the object store:
+    // the index cannot be brought forward from it, so every record is read and it is written
+    // again at the new tip.
+    let indexed_tip = env.git(&dir, &["rev-parse", "refs/notes/tpa"]);
+    let tree = env.git(&dir, &["rev-parse", "refs/notes/tpa^{tree}"]);
+    let squashed = env.git(&dir, &["commit-tree", &tree, "-m", "squashed"]);
+    env.git(&dir, &["update-ref", "refs/notes/tpa", &squashed]);
+    std::fs::remove_file(dir.join(".git/objects").join(&indexed_tip[..2]).join(&indexed_tip[2..])).unwrap();
+    assert_eq!(ids(&open_grants(&env, &dir, &soon)), sorted(&[&grants[1], &grants[2], &grants[3]]));
+    let bytes = std::fs::read(index_file(&dir)).unwrap();
+    assert!(bytes.windows(20).any(|w| w == hex::decode(&squashed).unwrap()), "written at the new tip");
+
     // A damaged index is a read of every record, and is written again.
     std::fs::write(index_file(&dir), b"tpa grant index\nnot really").unwrap();
     assert_eq!(ids(&open_grants(&env, &dir, &soon)), sorted(&[&grants[1], &grants[2], &grants[3]]));
