@@ -190,6 +190,20 @@ fn the_open_grants_through_the_index_are_those_of_a_read_of_every_record() {
     show_agrees_with_log(&env, &dir, &grants[3]);
     show_agrees_with_log(&env, &dir, &grants[4]);
 
+    // git copies the note of an amended commit (notes.rewriteRef): the copy is set aside through
+    // the index as by a read of every record; with the original note removed, the copy's records
+    // stand on the wrong commit.
+    env.git(&dir, &["config", "notes.rewriteRef", "refs/notes/tpa"]);
+    env.git(&dir, &["commit", "-q", "--amend", "--allow-empty", "-m", "fix 4, amended"]);
+    assert_eq!(note_lines(&env, &dir, &head(&env, &dir)).len(), 2, "git copied the note");
+    assert_eq!(ids(&open_grants(&env, &dir, &soon)), sorted(&[&grants[1], &grants[2], &grants[3]]));
+    show_agrees_with_log(&env, &dir, &grants[4]);
+    env.git(&dir, &["notes", "--ref=tpa", "remove", &commits[4]]);
+    assert_eq!(ids(&open_grants(&env, &dir, &soon)), sorted(&[&grants[1], &grants[2], &grants[3]]));
+    show_agrees_with_log(&env, &dir, &grants[4]);
+    let shown = env.tpa(&dir).args(["show", &grants[4], "--json"]).run().success().json();
+    assert!(shown.to_string().contains("wrong_commit"), "{shown}");
+
     // The notes history squashed into one commit and the index's tip gone from the object store:
     // the index cannot be brought forward from it, so every record is read and it is written
     // again at the new tip.
