@@ -3,6 +3,7 @@
 # server (bench/moto.sh) and a keyring session; needs curl, jq, git, dbus, gnome-keyring, python3.
 #   ROUNDS=30 bench/request.sh
 #   GRANTS=1000 bench/request.sh   # with 1,000 ended grants of the user in the ledger first
+#   GRANTS=1000 SETTLE=320 ...     # and measured 320 s after the fill's `git gc` (see below)
 #   SYNC=manual bench/request.sh   # the policy's sync (default "push": each grant is pushed to the
 #                                  # clone's remote, a local bare repository here, before tpa returns)
 set -euo pipefail
@@ -46,6 +47,10 @@ if [ "${GRANTS:-0}" -gt 0 ]; then
   git rev-list refs/heads/hotfix/old --max-count="$GRANTS" | sed 's|$| refs/heads/hotfix/old|' \
     | "$tpa" debug bulk --grants --role bench --target "$role_arn" >/dev/null
   git gc -q
+  # SETTLE=S: wait S seconds after the fill's gc before measuring. ext4 skips inodes freed in the
+  # last minutes when it allocates one (find_inode_bit, recently_deleted), so right after gc has
+  # deleted thousands of loose objects, every file created (a loose object, a lock) costs more.
+  sleep "${SETTLE:-0}"
 fi
 cd - >/dev/null
 python3 bench/request.py "$tpa" "$work/repo" "$endpoint" "$role_arn" "$PWD/bench/.venv-awscli/bin/aws"
