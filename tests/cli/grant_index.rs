@@ -76,6 +76,18 @@ fn payload(env: &TestEnv, dir: &Path, commit: &str, kind: &str) -> Value {
         .unwrap_or_else(|| panic!("no {kind} record on {commit}"))
 }
 
+/// A revocation (manual, done) of the grant whose grant record is on `commit`, as tpa writes one.
+fn revocation(env: &TestEnv, dir: &Path, commit: &str) -> Value {
+    let mut revoke = payload(env, dir, commit, "grant");
+    revoke["kind"] = json!("revoke");
+    revoke["trigger"] = json!("manual");
+    revoke["result"] = json!("done");
+    revoke["expires_at"] = Value::Null;
+    revoke["credential_fingerprint"] = Value::Null;
+    revoke["issued_at"] = json!(chrono::Utc::now().to_rfc3339());
+    revoke
+}
+
 /// Moves the last line of `commit`'s note into a second note of that commit under another fan-out
 /// (git reads both); returns that note's path.
 fn move_last_line_to_another_fanout(env: &TestEnv, dir: &Path, commit: &str) -> String {
@@ -126,13 +138,7 @@ fn the_open_grants_through_the_index_are_those_of_a_read_of_every_record() {
 
     // The first grant's revocation, signed as tpa signs it, arrives in a second note of its
     // commit under another fan-out (git reads both): it reads as revoked.
-    let mut revoke = payload(&env, &dir, &commits[0], "grant");
-    revoke["kind"] = json!("revoke");
-    revoke["trigger"] = json!("manual");
-    revoke["result"] = json!("done");
-    revoke["expires_at"] = Value::Null;
-    revoke["credential_fingerprint"] = Value::Null;
-    revoke["issued_at"] = json!(chrono::Utc::now().to_rfc3339());
+    let revoke = revocation(&env, &dir, &commits[0]);
     env.tpa(&dir).args(["debug", "append"]).stdin(revoke.to_string()).run().success();
     move_last_line_to_another_fanout(&env, &dir, &commits[0]);
     assert_eq!(ids(&open_grants(&env, &dir, &soon)), sorted(&[&grants[3], &grants[4]]));
@@ -176,14 +182,8 @@ fn the_open_grants_through_the_index_are_those_of_a_read_of_every_record() {
 
     // The fifth grant's revocation names and is stored on the fourth grant's commit: one note
     // holds records of two grants, and each grant reads whole, with only its own records.
-    let mut revoke = payload(&env, &dir, &commits[4], "grant");
-    revoke["kind"] = json!("revoke");
-    revoke["trigger"] = json!("manual");
-    revoke["result"] = json!("done");
-    revoke["expires_at"] = Value::Null;
-    revoke["credential_fingerprint"] = Value::Null;
+    let mut revoke = revocation(&env, &dir, &commits[4]);
     revoke["commit"] = json!(commits[3]);
-    revoke["issued_at"] = json!(chrono::Utc::now().to_rfc3339());
     env.tpa(&dir).args(["debug", "append"]).stdin(revoke.to_string()).run().success();
     assert_eq!(note_lines(&env, &dir, &commits[3]).len(), 4);
     assert_eq!(ids(&open_grants(&env, &dir, &soon)), sorted(&[&grants[1], &grants[2], &grants[3]]));
