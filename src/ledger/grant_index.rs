@@ -119,9 +119,8 @@ fn keys(r: &mut super::verify_cache::Reader<'_>) -> Result<Vec<GrantKey>, Refuse
         if keys.last().is_some_and(|last| *last >= key) {
             return Err(Refused::Damaged("its grants are out of order"));
         }
-        if key.grant_id().is_none() {
-            return Err(Refused::Damaged("a grant id is invalid"));
-        }
+        // Not parsed as a grant id (a tenth of a read at 100,000 notes): keys are only compared
+        // with those of records read, and 26 bytes that are no id match none.
         keys.push(key);
     }
     Ok(keys)
@@ -198,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn unordered_or_invalid_entries_are_refused_even_when_sealed() {
+    fn unordered_entries_are_refused_even_when_sealed() {
         let mut swapped = index();
         swapped.notes.swap(0, 2);
         assert_eq!(
@@ -210,12 +209,6 @@ mod tests {
         assert_eq!(
             decode(&encode(&key(), &twice), &key()),
             Err(Refused::Damaged("its grants are out of order"))
-        );
-        let mut not_an_id = index();
-        not_an_id.open = vec![GrantKey([b'!'; 26])];
-        assert_eq!(
-            decode(&encode(&key(), &not_an_id), &key()),
-            Err(Refused::Damaged("a grant id is invalid"))
         );
     }
 }

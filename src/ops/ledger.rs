@@ -102,9 +102,11 @@ fn read_records(
         return Ok(report);
     }
     let cache = RecordsCache::open(repo, signers);
-    let verified_before = cache.as_ref().map(RecordsCache::verified_before);
-    let options =
-        check::Options { keep_records: true, history: false, verified_before: verified_before.as_ref() };
+    let options = check::Options {
+        keep_records: true,
+        history: false,
+        verified_before: cache.as_ref().map(RecordsCache::verified_before),
+    };
     let checked = check::full(repo, tip, signers, options)?;
     if let Some(cache) = cache {
         cache.update(&checked);
@@ -141,8 +143,9 @@ impl RecordsCache {
         Some(RecordsCache { state, key, listed })
     }
 
-    fn verified_before(&self) -> std::collections::HashSet<Oid> {
-        self.listed.iter().copied().collect()
+    /// In increasing order (as decoded).
+    fn verified_before(&self) -> &[Oid] {
+        &self.listed
     }
 
     /// Adds the clean blobs of a check of some notes to what the cache lists. Blobs no longer
@@ -249,9 +252,11 @@ impl IndexedReading {
         keep: bool,
     ) -> Result<NotesRead, InspectError> {
         let cache = RecordsCache::open(repo, &self.signers);
-        let verified_before = cache.as_ref().map(RecordsCache::verified_before);
-        let options =
-            check::Options { keep_records: keep, history: false, verified_before: verified_before.as_ref() };
+        let options = check::Options {
+            keep_records: keep,
+            history: false,
+            verified_before: cache.as_ref().map(RecordsCache::verified_before),
+        };
         let checked = match some {
             None => check::full(repo, self.tip, &self.signers, options)?,
             Some(notes) => check::some(repo, self.tip, notes, &self.signers, options)?,
