@@ -101,21 +101,40 @@ fn read_records(
     if let Some(report) = recently_read(&key) {
         return Ok(report);
     }
-    let cache = RecordsCache::open(repo, signers);
-    let options = check::Options {
-        keep_records: true,
-        history: false,
-        verified_before: cache.as_ref().map(RecordsCache::verified_before),
-    };
-    let checked = check::full(repo, tip, signers, options)?;
-    if let Some(cache) = cache {
-        cache.update(&checked);
-    }
+    let checked = check_through_cache(repo, tip, signers, None, true)?;
     let (mut records, git_copies, ledger_findings) = checked.into_records();
     sort_newest_first(&mut records);
     let report = Report { tip: Some(tip), records, git_copies, ledger_findings };
     *RECENTLY_READ.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, report.clone()));
     Ok(report)
+}
+
+/// Every note at `tip` (`None`), or the given ones, checked without the history against
+/// `signers` through the records cache: a signature it lists as verified before is not verified
+/// again, and it learns the blobs found clean (a check of every note lists exactly those).
+fn check_through_cache(
+    repo: &Repository,
+    tip: Oid,
+    signers: &AllowedSigners,
+    some: Option<&[notes::Note]>,
+    keep: bool,
+) -> Result<check::Checked, InspectError> {
+    let cache = RecordsCache::open(repo, signers);
+    let options = check::Options {
+        keep_records: keep,
+        history: false,
+        verified_before: cache.as_ref().map(RecordsCache::verified_before),
+    };
+    let checked = match some {
+        None => check::full(repo, tip, signers, options)?,
+        Some(notes) => check::some(repo, tip, notes, signers, options)?,
+    };
+    match (cache, some) {
+        (Some(cache), None) => cache.update(&checked),
+        (Some(cache), Some(_)) => cache.learn(&checked),
+        (None, _) => {}
+    }
+    Ok(checked)
 }
 
 /// The records cache of a clone (src/ledger/records_cache.rs), for reads of the records at the
@@ -242,31 +261,15 @@ impl IndexedReading {
         Some(changes)
     }
 
-    /// Checks every note at the tip (`None`), or the given ones, as [`records`] does (a signature
-    /// the records cache lists as verified before is not verified again); with `keep`, their
-    /// records too. The records cache learns the blobs found clean.
+    /// Checks every note at the tip (`None`), or the given ones, as [`records`] does
+    /// ([`check_through_cache`]); with `keep`, their records too.
     pub fn check(
         &self,
         repo: &Repository,
         some: Option<&[notes::Note]>,
         keep: bool,
     ) -> Result<NotesRead, InspectError> {
-        let cache = RecordsCache::open(repo, &self.signers);
-        let options = check::Options {
-            keep_records: keep,
-            history: false,
-            verified_before: cache.as_ref().map(RecordsCache::verified_before),
-        };
-        let checked = match some {
-            None => check::full(repo, self.tip, &self.signers, options)?,
-            Some(notes) => check::some(repo, self.tip, notes, &self.signers, options)?,
-        };
-        if let Some(cache) = cache {
-            match some {
-                None => cache.update(&checked),
-                Some(_) => cache.learn(&checked),
-            }
-        }
+        let checked = check_through_cache(repo, self.tip, &self.signers, some, keep)?;
         let notes = checked
             .notes
             .iter()
