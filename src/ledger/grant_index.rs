@@ -1,21 +1,25 @@
-//! The grant index: which notes at a notes tip hold records of which grants, and which grants were
-//! open when it was written, so that the commands that want a few grants (`tpa status`, `who`,
-//! `exec`, `env`, `credential-process`, `show`, a grant by its id) read those grants' notes
-//! instead of the whole ledger. It lives in the state dir (`tpa/grant-index`) beside the records cache and holds
+//! The grant index: which notes at a notes tip hold records of which grants, which grants were
+//! open when it was written, and which ended ones the sweep still looked after then, so that the
+//! commands that want a few grants (`tpa status`, `who`, `exec`, `env`, `credential-process`,
+//! `show`, `revoke`, a grant by its id, and the sweep) read those grants' notes instead of the
+//! whole ledger. It lives in the state dir (`tpa/grant-index`) beside the records cache and holds
 //! no secret: object ids and grant ids.
 //!
 //! Why "open when written" is enough: a grant's state is a function of its records and of the time
 //! (`GrantState::of`), and for fixed records a grant that is not open at one instant is not open
 //! at any later one (a revocation, a failure or a cancellation does not depend on the time; an
 //! expiry and a lapsed approval window stay past). So at a later instant, with the same notes, the
-//! open grants are among the ones open then. The index is used only at or after the instant it was
-//! written, and only for the tip it names; a moved tip updates it from the notes that changed.
+//! open grants are among the ones open then. The same holds of the grants the sweep looks after
+//! (`ops::grants::swept_after_end`: open, ended within a window that only moves forward, or a
+//! database login expired and not yet dropped): a grant outside them all stays outside. The index
+//! is used only at or after the instant it was written, and only for the tip it names; a moved tip
+//! updates it from the notes that changed.
 //!
 //! Keyed and sealed like the records cache ([`Key`]: this build, the digest of the signers; a
 //! sha256 over everything): a damaged file or another build's is refused whole and costs a read
 //! of the ledger in full. It is as trustworthy as the clone's `.git` directory, like the records
 //! cache: whoever can rewrite it can equally rewrite `refs/notes/tpa`. `tpa verify`, `tpa audit`,
-//! `tpa log`, `status --history` and the sweep never use it.
+//! `tpa log` and `status --history` never use it.
 
 use std::collections::HashSet;
 
@@ -30,7 +34,7 @@ use super::verify_cache::{Key, Refused, put_header, seal, unseal};
 pub const FILE: &str = "grant-index";
 const MAGIC: &[u8] = b"tpa grant index\n";
 /// Bumped whenever what an entry means changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrantIndex {
@@ -42,6 +46,9 @@ pub struct GrantIndex {
     pub notes: Vec<IndexedNote>,
     /// The grants open at `built_at`, sorted.
     pub open: Vec<GrantKey>,
+    /// Sorted: at least every grant not open at `built_at` that the sweep still looked after then
+    /// (more is harmless: those are read and dropped).
+    pub watched: Vec<GrantKey>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,8 +67,9 @@ impl GrantIndex {
 
 pub fn encode(key: &Key, index: &GrantIndex) -> Vec<u8> {
     let keys: usize = index.notes.iter().map(|n| n.grants.len()).sum();
-    let mut out =
-        Vec::with_capacity(MAGIC.len() + 128 + index.notes.len() * 52 + (keys + index.open.len()) * 26);
+    let mut out = Vec::with_capacity(
+        MAGIC.len() + 128 + index.notes.len() * 52 + (keys + index.open.len() + index.watched.len()) * 26,
+    );
     put_header(&mut out, MAGIC, FORMAT, key);
     out.extend_from_slice(index.tip.as_bytes());
     // To the nanosecond, as tpa's clock reads: an index rounded either way could serve an instant
@@ -76,6 +84,7 @@ pub fn encode(key: &Key, index: &GrantIndex) -> Vec<u8> {
         put_keys(&mut out, &indexed.grants);
     }
     put_keys(&mut out, &index.open);
+    put_keys(&mut out, &index.watched);
     seal(out)
 }
 
@@ -105,10 +114,11 @@ pub fn decode(bytes: &[u8], key: &Key) -> Result<GrantIndex, Refused> {
         notes.push(IndexedNote { note: Note { key, blob }, grants: keys(&mut r)? });
     }
     let open = keys(&mut r)?;
+    let watched = keys(&mut r)?;
     if !r.rest.is_empty() {
         return Err(damaged("it has bytes after its end"));
     }
-    Ok(GrantIndex { tip, built_at, notes, open })
+    Ok(GrantIndex { tip, built_at, notes, open, watched })
 }
 
 fn keys(r: &mut super::verify_cache::Reader<'_>) -> Result<Vec<GrantKey>, Refused> {
@@ -163,6 +173,7 @@ mod tests {
                 },
             ],
             open: vec![grant(b'B')],
+            watched: vec![grant(b'A')],
         }
     }
 

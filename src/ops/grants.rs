@@ -104,15 +104,58 @@ pub fn list(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<GrantView>, Ins
     Ok(from_checked(ledger::records_lenient(repo)?.report.records, now))
 }
 
+/// How long after its end the sweep still looks after a grant: it drops the grant's keyring entry
+/// (revoked or expired elsewhere, from another clone) and writes back its deny entry while it is
+/// unexpired. An STS session lives 12 hours at most, so a week leaves no usable secret behind.
+pub const SWEPT_AFTER_END_DAYS: i64 = 7;
+
+/// Whether the sweep still looks after a grant that is not open: one that ended within the last
+/// [`SWEPT_AFTER_END_DAYS`] (by its expiry, or by its request when it was never issued), or a
+/// database login past its expiry and not yet dropped (its role and sessions outlive the expiry).
+/// For fixed records, a grant this is false of at one instant stays so (the grant index relies on
+/// it): the window only moves forward, and an ended grant's state does not change with time.
+pub fn swept_after_end(grant: &GrantView, now: DateTime<Utc>) -> bool {
+    !grant.state.is_open()
+        && ((grant.provider.outlives_expiry() && grant.state == GrantState::Expired)
+            || grant.expires_at.unwrap_or(grant.requested_at)
+                > now - chrono::Duration::days(SWEPT_AFTER_END_DAYS))
+}
+
+/// Which grants a reading through the grant index is after, besides the grants of the notes that
+/// changed since the index (which every reading reads again).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// The open grants.
+    Open,
+    /// The open grants and those [`swept_after_end`].
+    Sweep,
+}
+
+impl Reader {
+    fn keeps(self, grant: &GrantView, now: DateTime<Utc>) -> bool {
+        grant.state.is_open() || (self == Reader::Sweep && swept_after_end(grant, now))
+    }
+}
+
 /// The grants open at `now` (`tpa status`, `who`, `exec`, `env`, `credential-process`), newest
 /// first: the same grants as [`list`] filtered on [`GrantState::is_open`], read through the grant
 /// index (src/ledger/grant_index.rs), so that their cost follows the open grants and what changed
 /// in the ledger, not its size.
 pub fn open(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<GrantView>, InspectError> {
+    read_for(repo, now, Reader::Open)
+}
+
+/// The grants the sweep looks after at `now`, newest first: the open ones and those
+/// [`swept_after_end`]; [`list`] filtered on them, read through the grant index.
+pub fn swept(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<GrantView>, InspectError> {
+    read_for(repo, now, Reader::Sweep)
+}
+
+fn read_for(repo: &Repository, now: DateTime<Utc>, reader: Reader) -> Result<Vec<GrantView>, InspectError> {
     let Some(reading) = ledger::indexed_reading(repo)? else {
-        return Ok(list(repo, now)?.into_iter().filter(|g| g.state.is_open()).collect());
+        return Ok(list(repo, now)?.into_iter().filter(|g| reader.keeps(g, now)).collect());
     };
-    Ok(current_index(repo, &reading, now)?.1)
+    Ok(current_index(repo, &reading, now, reader)?.1)
 }
 
 /// One grant by its id, as [`list`] tells it, read through the grant index.
@@ -121,12 +164,25 @@ pub fn find(
     grant_id: &GrantId,
     now: DateTime<Utc>,
 ) -> Result<Option<GrantView>, InspectError> {
+    Ok(find_all(repo, std::slice::from_ref(grant_id), now)?.into_iter().next())
+}
+
+/// The grants of `grant_ids` the ledger knows, as [`list`] tells them, newest first, read through
+/// the grant index.
+pub fn find_all(
+    repo: &Repository,
+    grant_ids: &[GrantId],
+    now: DateTime<Utc>,
+) -> Result<Vec<GrantView>, InspectError> {
+    if grant_ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let Some(reading) = ledger::indexed_reading(repo)? else {
-        return Ok(list(repo, now)?.into_iter().find(|g| &g.grant_id == grant_id));
+        return Ok(list(repo, now)?.into_iter().filter(|g| grant_ids.contains(&g.grant_id)).collect());
     };
     let index = index_at_tip(repo, &reading, now)?;
-    let wanted: HashSet<GrantKey> = [GrantKey::of(grant_id)].into();
-    Ok(grants_of(repo, &reading, &index, &wanted, now)?.into_iter().next())
+    let wanted: HashSet<GrantKey> = grant_ids.iter().map(GrantKey::of).collect();
+    grants_of(repo, &reading, &index, &wanted, now)
 }
 
 /// Every record of the grant `grant_id` (authentic or not, with its findings), newest first, as
@@ -157,40 +213,66 @@ fn index_at_tip(
 ) -> Result<GrantIndex, InspectError> {
     match reading.index() {
         Some(index) if index.tip == reading.tip => Ok(index),
-        _ => Ok(current_index(repo, reading, now)?.0),
+        _ => Ok(current_index(repo, reading, now, Reader::Open)?.0),
     }
 }
 
-/// The grant index at the tip, and the grants open at `now`. An index of an earlier tip is
-/// brought forward from the notes that changed since; with none that serves (none yet, another
-/// build's or other signers', damaged, written at a later instant, of a tip no longer in the
-/// repository), every note is read and a new one written.
+/// The grant index at the tip, and the grants `reader` is after at `now`. An index of an earlier
+/// tip is brought forward from the notes that changed since; with none that serves (none yet,
+/// another build's or other signers', damaged, written at a later instant, of a tip no longer in
+/// the repository), every note is read and a new one written.
 fn current_index(
     repo: &Repository,
     reading: &ledger::IndexedReading,
     now: DateTime<Utc>,
+    reader: Reader,
 ) -> Result<(GrantIndex, Vec<GrantView>), InspectError> {
     if let Some(old) = reading.index().filter(|i| i.built_at <= now)
         && let Some(changes) = reading.changed_since(repo, old.tip)
         && let moved = old.tip != reading.tip
-        && let Some((index, wanted)) = brought_forward(repo, reading, old, &changes)?
+        && let Some((index, mut wanted)) = brought_forward(repo, reading, old, &changes)?
     {
-        let open: Vec<GrantView> = grants_of(repo, reading, &index, &wanted, now)?
-            .into_iter()
-            .filter(|g| g.state.is_open())
-            .collect();
-        let keys = open_keys(&open);
-        if moved || index.open != keys {
-            reading.save(&GrantIndex { built_at: now, open: keys, ..index.clone() });
+        if reader == Reader::Sweep {
+            wanted.extend(index.watched.iter().copied());
         }
-        return Ok((index, open));
+        let read = grants_of(repo, reading, &index, &wanted, now)?;
+        // Watched grants not read now are carried over: more than needed is harmless.
+        let carried = index.watched.iter().filter(|k| !wanted.contains(k)).copied();
+        let (open, watched) = keys_of(&read, now, carried);
+        if moved || index.open != open || index.watched != watched {
+            reading.save(&GrantIndex { built_at: now, open, watched, ..index.clone() });
+        }
+        return Ok((index, read.into_iter().filter(|g| reader.keeps(g, now)).collect()));
     }
     let read = reading.check(repo, None, true)?;
-    let open: Vec<GrantView> =
-        from_checked(read.records, now).into_iter().filter(|g| g.state.is_open()).collect();
-    let index = GrantIndex { tip: reading.tip, built_at: now, notes: read.notes, open: open_keys(&open) };
+    let all = from_checked(read.records, now);
+    let (open, watched) = keys_of(&all, now, std::iter::empty());
+    let index = GrantIndex { tip: reading.tip, built_at: now, notes: read.notes, open, watched };
     reading.save(&index);
-    Ok((index, open))
+    Ok((index, all.into_iter().filter(|g| reader.keeps(g, now)).collect()))
+}
+
+/// The index's lists at `now` from the grants read: the open ones, and the ones the sweep still
+/// looks after with `carried` (sorted, each once).
+fn keys_of(
+    read: &[GrantView],
+    now: DateTime<Utc>,
+    carried: impl Iterator<Item = GrantKey>,
+) -> (Vec<GrantKey>, Vec<GrantKey>) {
+    let sorted = |keys: Vec<GrantKey>| {
+        let mut keys = keys;
+        keys.sort();
+        keys.dedup();
+        keys
+    };
+    let open = read.iter().filter(|g| g.state.is_open()).map(|g| GrantKey::of(&g.grant_id)).collect();
+    let watched = read
+        .iter()
+        .filter(|g| swept_after_end(g, now))
+        .map(|g| GrantKey::of(&g.grant_id))
+        .chain(carried)
+        .collect();
+    (sorted(open), sorted(watched))
 }
 
 /// The index at the tip from one of an earlier tip and the notes changed since, and the grants
@@ -228,6 +310,7 @@ fn brought_forward(
         built_at: old.built_at,
         notes: by_key.into_values().collect(),
         open: old.open,
+        watched: old.watched,
     };
     Ok(Some((index, wanted)))
 }
@@ -255,13 +338,6 @@ fn records_of_grants(
     // Other grants' records on those notes may lack their grant's other notes: theirs are not read.
     records.retain(|c| c.record.as_ref().is_some_and(|r| wanted.contains(&GrantKey::of(&r.grant_id))));
     Ok(records)
-}
-
-fn open_keys(open: &[GrantView]) -> Vec<GrantKey> {
-    let mut keys: Vec<GrantKey> = open.iter().map(|g| GrantKey::of(&g.grant_id)).collect();
-    keys.sort();
-    keys.dedup();
-    keys
 }
 
 /// The grants of records already read and checked, newest first. The records are copied: see

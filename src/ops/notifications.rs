@@ -118,7 +118,8 @@ pub fn tell_revoked(
     if relevant.is_empty() || entries(repo).is_empty() {
         return Vec::new();
     }
-    let Ok(all) = crate::ops::grants::list(repo, now) else {
+    let ids: Vec<_> = relevant.iter().map(|o| o.grant_id.clone()).collect();
+    let Ok(all) = crate::ops::grants::find_all(repo, &ids, now) else {
         return vec!["the ledger cannot be read".into()];
     };
     let mut failed = Vec::new();

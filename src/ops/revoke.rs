@@ -14,7 +14,7 @@ use crate::ledger::{self, LedgerError};
 use crate::ops::context::{self, ContextError};
 use crate::ops::grants::{self, GrantView};
 use crate::ops::ledger::InspectError;
-use crate::provider::{self, ProviderKind, Reach};
+use crate::provider::{self, Expiries, ProviderKind, Reach};
 use crate::secrets;
 
 #[derive(Clone, Debug)]
@@ -73,20 +73,15 @@ pub fn revoke(
     let _serialized = crate::state::StateDir::open(repo)?.revocation_lock()?;
     // A grant whose records someone removed from the ledger is still revocable: they come back first.
     crate::ops::ledger::restore_removed(repo)?;
-    let all = grants::list(repo, now)?;
-    let expiries = known_expiries(&all);
+    let expiries = LedgerExpiries::new(repo, now);
     let chosen: Vec<GrantView> = match &spec.selector {
         RevokeSelector::Grant(id) => {
-            vec![
-                all.into_iter()
-                    .find(|g| &g.grant_id == id)
-                    .ok_or_else(|| RevokeOpError::UnknownGrant(id.clone()))?,
-            ]
+            vec![grants::find(repo, id, now)?.ok_or_else(|| RevokeOpError::UnknownGrant(id.clone()))?]
         }
         RevokeSelector::Branch(branch) => {
             let full =
                 if branch.starts_with("refs/") { branch.clone() } else { format!("refs/heads/{branch}") };
-            let open: Vec<_> = all.into_iter().filter(|g| g.branch == full && g.state.is_open()).collect();
+            let open: Vec<_> = grants::open(repo, now)?.into_iter().filter(|g| g.branch == full).collect();
             if open.is_empty() {
                 return Err(RevokeOpError::NothingToRevoke(format!(
                     " on branch {}",
@@ -97,7 +92,7 @@ pub fn revoke(
         }
         RevokeSelector::Mine => {
             let open: Vec<_> =
-                all.into_iter().filter(|g| g.principal == me.email && g.state.is_open()).collect();
+                grants::open(repo, now)?.into_iter().filter(|g| g.principal == me.email).collect();
             if open.is_empty() {
                 return Err(RevokeOpError::NothingToRevoke(" of yours in this repository".into()));
             }
@@ -119,14 +114,14 @@ pub struct Author<'a> {
 /// Revokes the given grants through their providers' backends (one IAM write per role, one admin
 /// connection per database), then writes one signed revoke record per grant. A grant in
 /// `last_attempt` whose revocation fails is recorded `irrevocable` instead of `pending`.
-/// `expiries` ([`known_expiries`] of the ledger) lets expired deny entries be pruned.
+/// `expiries` (the ledger's: [`LedgerExpiries`]) lets expired deny entries be pruned.
 pub fn revoke_grants(
     repo: &Repository,
     chosen: Vec<GrantView>,
     spec: &RevokeSpec,
     author: &Author,
     last_attempt: &HashSet<GrantId>,
-    expiries: &BTreeMap<String, DateTime<Utc>>,
+    expiries: &dyn Expiries,
 ) -> Vec<Revoked> {
     let mut outcomes = Vec::new();
     let mut to_end: BTreeMap<ProviderKind, Vec<GrantView>> = BTreeMap::new();
@@ -268,6 +263,33 @@ fn revoke_record(
 
 /// Session name -> expiry of every issued grant in `all` (the ledger's grants): what lets a deny
 /// entry be pruned.
-pub fn known_expiries(all: &[GrantView]) -> BTreeMap<String, DateTime<Utc>> {
-    all.iter().filter_map(|g| g.expires_at.map(|e| (g.grant_id.session_name(), e))).collect()
+/// The expiries the ledger records, looked up for the sessions a backend asks about (those its
+/// deny entries name, a policy's worth), through the grant index: no read of every grant.
+pub struct LedgerExpiries<'r> {
+    repo: &'r Repository,
+    now: DateTime<Utc>,
+    /// Sessions looked up already, with their expiry if the ledger has one.
+    known: std::cell::RefCell<BTreeMap<String, Option<DateTime<Utc>>>>,
+}
+
+impl<'r> LedgerExpiries<'r> {
+    pub fn new(repo: &'r Repository, now: DateTime<Utc>) -> Self {
+        LedgerExpiries { repo, now, known: Default::default() }
+    }
+}
+
+impl Expiries for LedgerExpiries<'_> {
+    fn of(&self, sessions: &std::collections::BTreeSet<String>) -> BTreeMap<String, DateTime<Utc>> {
+        let mut known = self.known.borrow_mut();
+        let new: Vec<&String> = sessions.iter().filter(|s| !known.contains_key(*s)).collect();
+        let ids: Vec<GrantId> = new.iter().filter_map(|s| s.strip_prefix("tpa-")?.parse().ok()).collect();
+        // A lookup that fails prunes nothing, now or later in this process: keeping is safe.
+        let found = grants::find_all(self.repo, &ids, self.now).unwrap_or_default();
+        let expiries: BTreeMap<String, DateTime<Utc>> =
+            found.iter().filter_map(|g| g.expires_at.map(|e| (g.grant_id.session_name(), e))).collect();
+        for session in new {
+            known.insert(session.clone(), expiries.get(session).copied());
+        }
+        sessions.iter().filter_map(|s| Some((s.clone(), (*known.get(s)?)?))).collect()
+    }
 }

@@ -170,8 +170,9 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
     let left = state.left_branches()?;
     let head_branch =
         repo.find_reference("HEAD").ok().and_then(|h| h.symbolic_target().ok().flatten().map(str::to_owned));
-    let all = grants::list(repo, now)?;
-    let expiries = revoke::known_expiries(&all);
+    // Not every grant: the open ones and the ended ones the sweep still looks after.
+    let all = grants::swept(repo, now)?;
+    let expiries = revoke::LedgerExpiries::new(repo, now);
 
     let mut to_revoke: Vec<(Decision, RevokeTrigger, Option<String>, GrantView)> = Vec::new();
     let mut last_attempt: HashSet<GrantId> = HashSet::new();
@@ -343,7 +344,7 @@ fn reassert(
     repo: &Repository,
     all: &[GrantView],
     ours: &dyn Fn(&GrantView) -> bool,
-    expiries: &BTreeMap<String, DateTime<Utc>>,
+    expiries: &dyn provider::Expiries,
     options: &SweepOptions,
     now: DateTime<Utc>,
     report: &mut SweepReport,
@@ -373,19 +374,38 @@ fn reassert(
     }
 }
 
+/// The grants of this clone's index (`local`) that are not among `swept`, as the ledger tells
+/// them (those it knows).
+fn held_besides(
+    repo: &Repository,
+    swept: &[GrantView],
+    local: &LocalGrants,
+    now: DateTime<Utc>,
+) -> Result<Vec<GrantView>, SweepError> {
+    let seen: HashSet<&str> = swept.iter().map(|g| g.grant_id.as_str()).collect();
+    let ids: Vec<GrantId> =
+        local.keys().filter(|id| !seen.contains(id.as_str())).filter_map(|id| id.parse().ok()).collect();
+    Ok(grants::find_all(repo, &ids, now)?)
+}
+
 /// Grants this clone took (its index says so) of which the ledger holds no record at all, even
 /// after putting back what was removed (the notes history itself was rewritten and pruned): their
 /// sessions are denied from what the index remembers, every sweep until they expire.
 fn deny_unrecorded(
     repo: &Repository,
     state: &StateDir,
-    all: &[GrantView],
+    swept: &[GrantView],
     options: &SweepOptions,
     report: &mut SweepReport,
 ) -> Result<(), SweepError> {
-    let known: HashSet<String> = all.iter().map(|g| g.grant_id.to_string()).collect();
+    let local = state.local_grants()?;
+    let known: HashSet<String> = swept
+        .iter()
+        .chain(&held_besides(repo, swept, &local, options.now)?)
+        .map(|g| g.grant_id.to_string())
+        .collect();
     let mut policy = None;
-    for (id, local) in state.local_grants()? {
+    for (id, local) in local {
         if known.contains(&id) || local.expires_at.is_some_and(|e| e <= options.now) {
             continue;
         }
@@ -421,9 +441,6 @@ fn deny_unrecorded(
     Ok(())
 }
 
-/// How far back the sweep forgets the keyring entries of the requester's ended grants.
-const FORGET_ENDED_WITHIN_DAYS: i64 = 7;
-
 /// Rebuilds the hooks' index: the open grants this clone holds.
 fn update_index(
     repo: &Repository,
@@ -432,11 +449,12 @@ fn update_index(
     now: DateTime<Utc>,
 ) -> Result<(), SweepError> {
     let lock = state.lock()?;
-    let all = grants::list(repo, now)?;
+    let indexed = state.local_grants()?;
+    let mut all = grants::swept(repo, now)?;
+    all.extend(held_besides(repo, &all, &indexed, now)?);
     let known: HashSet<String> = all.iter().map(|g| g.grant_id.to_string()).collect();
     // Entries the ledger knows nothing of stay until they expire: they are all that is left of
     // those grants (see `deny_unrecorded`).
-    let indexed = state.local_grants()?;
     let unrecorded: LocalGrants = indexed
         .iter()
         .filter(|(id, g)| !known.contains(*id) && g.expires_at.is_some_and(|e| e > now))
@@ -444,10 +462,9 @@ fn update_index(
         .collect();
     // Keyring entries of grants that ended: those of this clone's index (expired ones the ledger
     // does not know included), and those of the requester's other grants that ended lately
-    // (revoked elsewhere, from another clone, or dropped from a damaged index). Lately: an STS
-    // session lives 12 hours at most, so a week bounds the work a sweep does in the keyring without
-    // leaving a usable secret behind. A grant never issued (no expiry) counts from its request.
-    let lately = now - chrono::Duration::days(FORGET_ENDED_WITHIN_DAYS);
+    // (revoked elsewhere, from another clone, or dropped from a damaged index): lately is the
+    // window of `grants::swept_after_end`, which says why a week.
+    let lately = now - chrono::Duration::days(grants::SWEPT_AFTER_END_DAYS);
     let ended: Vec<GrantId> = all
         .iter()
         .filter(|g| !g.state.is_open())

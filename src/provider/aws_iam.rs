@@ -361,13 +361,14 @@ impl AwsIam {
     /// whose entries it has merged, and after writing reads everything back, rewriting until the
     /// default holds the union: whoever writes last repairs what it overwrote.
     ///
-    /// Entries of grants in `expiries` that expired by AWS's clock (the newest version's CreateDate,
-    /// never this machine's clock) more than a margin ago are left out of what is written.
+    /// Entries of sessions that `expiries` says expired by AWS's clock (the newest version's
+    /// CreateDate, never this machine's clock) more than a margin ago are left out of what is
+    /// written; it is asked about the sessions the policy lists, not about every grant there is.
     pub fn deny(
         &self,
         target: &RevocationTarget,
         deny: &BTreeSet<String>,
-        expiries: &BTreeMap<String, DateTime<Utc>>,
+        expiries: &dyn super::Expiries,
     ) -> Result<Denied, RevokeError> {
         let mut outcome = Denied::Listed;
         // Once a cut was written for them, the sessions of this call that did not fit need no entry.
@@ -378,13 +379,14 @@ impl AwsIam {
                 continue;
             };
             let margin = chrono::Duration::minutes(PRUNE_MARGIN_MINUTES);
+            let union = versions.union();
+            let expiries = expiries.of(&union);
             let expired = |session: &String| {
                 !deny.contains(session)
                     && matches!((expiries.get(session), versions.aws_now), (Some(e), Some(now)) if *e + margin < now)
             };
             let cut = versions.active_cut();
-            let wanted: BTreeSet<String> =
-                versions.union().union(&deny).filter(|s| !expired(s)).cloned().collect();
+            let wanted: BTreeSet<String> = union.union(&deny).filter(|s| !expired(s)).cloned().collect();
             if wanted.is_subset(&versions.default) && versions.default_cut >= cut {
                 return Ok(outcome);
             }
@@ -589,11 +591,7 @@ impl IamBackend {
 }
 
 impl super::Backend for IamBackend {
-    fn end(
-        &mut self,
-        grants: &[super::Ending<'_>],
-        expiries: &BTreeMap<String, DateTime<Utc>>,
-    ) -> Vec<super::Ended> {
+    fn end(&mut self, grants: &[super::Ending<'_>], expiries: &dyn super::Expiries) -> Vec<super::Ended> {
         let mut outcomes: Vec<super::Ended> = vec![Ok(None); grants.len()];
         for (role_arn, indexes) in Self::by_role(grants) {
             let sessions = session_names(indexes.iter().map(|&i| grants[i].grant_id));
@@ -618,7 +616,7 @@ impl super::Backend for IamBackend {
     fn reassert(
         &mut self,
         grants: &[super::Ending<'_>],
-        expiries: &BTreeMap<String, DateTime<Utc>>,
+        expiries: &dyn super::Expiries,
     ) -> Result<usize, String> {
         let mut reasserted = 0;
         let mut errors = Vec::new();

@@ -187,7 +187,8 @@ impl super::Issuer for StsIssuer {
         };
         let ending = super::Ending { grant_id: &grant_id, target: &self.mint.role_arn, database: None };
         let mut iam = super::aws_iam::IamBackend::new(self.options.profile.as_deref(), self.options.timeout);
-        matches!(iam.end(&[ending], &Default::default()).as_slice(), [Ok(_)])
+        let none_known = std::collections::BTreeMap::new();
+        matches!(iam.end(&[ending], &none_known).as_slice(), [Ok(_)])
     }
 }
 

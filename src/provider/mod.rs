@@ -219,22 +219,34 @@ pub struct Ending<'a> {
 /// How one grant's access was ended: a note worth telling (e.g. that more was cut than asked).
 pub type Ended = Result<Option<String>, String>;
 
+/// Where a backend learns when grants expired, to prune what it keeps for sessions long expired
+/// (IAM deny entries). Asked only about the sessions it holds entries for, by session name; a
+/// session it is not told of is kept (pruning less is never unsafe).
+pub trait Expiries {
+    fn of(
+        &self,
+        sessions: &std::collections::BTreeSet<String>,
+    ) -> std::collections::BTreeMap<String, DateTime<Utc>>;
+}
+
+/// Every expiry already known, by session name.
+impl Expiries for std::collections::BTreeMap<String, DateTime<Utc>> {
+    fn of(
+        &self,
+        sessions: &std::collections::BTreeSet<String>,
+    ) -> std::collections::BTreeMap<String, DateTime<Utc>> {
+        sessions.iter().filter_map(|s| self.get(s).map(|e| (s.clone(), *e))).collect()
+    }
+}
+
 /// The side of a provider that ends grants of its kind and keeps them ended.
 pub trait Backend {
     /// Ends the access of each grant; one outcome per grant, in order. An `Err` is worth a retry.
-    fn end(
-        &mut self,
-        grants: &[Ending<'_>],
-        expiries: &std::collections::BTreeMap<String, DateTime<Utc>>,
-    ) -> Vec<Ended>;
+    fn end(&mut self, grants: &[Ending<'_>], expiries: &dyn Expiries) -> Vec<Ended>;
 
     /// Writes back what keeps revoked, unexpired grants ended, where the provider cannot be
     /// trusted to keep it (IAM has no compare-and-swap). Returns how many were re-asserted.
-    fn reassert(
-        &mut self,
-        grants: &[Ending<'_>],
-        expiries: &std::collections::BTreeMap<String, DateTime<Utc>>,
-    ) -> Result<usize, String>;
+    fn reassert(&mut self, grants: &[Ending<'_>], expiries: &dyn Expiries) -> Result<usize, String>;
 }
 
 /// What a backend may need to reach its provider.
@@ -271,19 +283,11 @@ impl Unknown {
 }
 
 impl Backend for Unknown {
-    fn end(
-        &mut self,
-        grants: &[Ending<'_>],
-        _: &std::collections::BTreeMap<String, DateTime<Utc>>,
-    ) -> Vec<Ended> {
+    fn end(&mut self, grants: &[Ending<'_>], _: &dyn Expiries) -> Vec<Ended> {
         grants.iter().map(|_| Err(self.refusal())).collect()
     }
 
-    fn reassert(
-        &mut self,
-        _: &[Ending<'_>],
-        _: &std::collections::BTreeMap<String, DateTime<Utc>>,
-    ) -> Result<usize, String> {
+    fn reassert(&mut self, _: &[Ending<'_>], _: &dyn Expiries) -> Result<usize, String> {
         Err(self.refusal())
     }
 }

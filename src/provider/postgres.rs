@@ -750,20 +750,12 @@ impl<'a> PgBackend<'a> {
 }
 
 impl super::Backend for PgBackend<'_> {
-    fn end(
-        &mut self,
-        grants: &[super::Ending<'_>],
-        _: &std::collections::BTreeMap<String, DateTime<Utc>>,
-    ) -> Vec<super::Ended> {
+    fn end(&mut self, grants: &[super::Ending<'_>], _: &dyn super::Expiries) -> Vec<super::Ended> {
         grants.iter().map(|grant| self.end_one(grant)).collect()
     }
 
     /// A dropped role stays dropped: nothing to write back.
-    fn reassert(
-        &mut self,
-        _: &[super::Ending<'_>],
-        _: &std::collections::BTreeMap<String, DateTime<Utc>>,
-    ) -> Result<usize, String> {
+    fn reassert(&mut self, _: &[super::Ending<'_>], _: &dyn super::Expiries) -> Result<usize, String> {
         Ok(0)
     }
 }

@@ -2,7 +2,7 @@
 //! real merges, checkouts and branch deletions, and moto's IAM showing the deny entries.
 
 use crate::common::aws::AwsRepo;
-use crate::common::aws::denied;
+use crate::common::aws::{denied, seed_policy};
 use crate::common::proxy::Mode;
 use crate::common::*;
 
@@ -264,4 +264,110 @@ fn access_denied_until_the_last_retry_makes_the_grant_irrevocable() {
     aws.proxy.set_mode(Mode::Forward);
     aws.tpa().args(["revoke", &grant_id]).env("TPA_TEST_NOW", at.to_rfc3339()).run().success();
     assert_eq!(state(&aws, &grant_id).0, "revoked");
+}
+
+/// A grant of January on `commit`, through the test plumbing (no STS call): issued, expired long
+/// ago, and revoked too when `revoked`.
+fn january_grant(aws: &AwsRepo, commit: &str, grant_id: &str, revoked: bool) {
+    let mut intent = crate::common::notes::intent_json(commit, grant_id, "2026-01-01T00:00:00Z");
+    intent["branch"] = serde_json::json!("refs/heads/hotfix/INC-1000");
+    intent["provider"] = serde_json::json!("aws-sts");
+    intent["target"] = serde_json::json!(aws.role_arn);
+    let append = |record: &serde_json::Value| {
+        aws.tpa().args(["debug", "append"]).stdin(record.to_string()).run().success().json()
+    };
+    let sha = append(&intent)["payload_sha256"].clone();
+    let mut issued = intent.clone();
+    issued["kind"] = serde_json::json!("grant");
+    issued["issued_at"] = serde_json::json!("2026-01-01T00:00:01Z");
+    issued["expires_at"] = serde_json::json!("2026-01-01T00:30:00Z");
+    issued["credential_fingerprint"] = serde_json::json!("sha256:0011223344556677");
+    issued["intent_sha256"] = sha;
+    append(&issued);
+    if revoked {
+        let mut revoke = issued.clone();
+        revoke["kind"] = serde_json::json!("revoke");
+        revoke["issued_at"] = serde_json::json!("2026-01-01T00:10:00Z");
+        revoke["trigger"] = serde_json::json!("merged");
+        revoke["result"] = serde_json::json!("done");
+        revoke["expires_at"] = serde_json::Value::Null;
+        revoke["credential_fingerprint"] = serde_json::Value::Null;
+        append(&revoke);
+    }
+}
+
+/// The blobs of `commit`'s notes at the tip (in whatever fan-outs), deleted from the object store.
+fn delete_notes_of(aws: &AwsRepo, commit: &str) {
+    let tree = aws.env.git(&aws.dir, &["ls-tree", "-r", "refs/notes/tpa"]);
+    let mut removed = 0;
+    for entry in tree.lines() {
+        let (meta, path) = entry.split_once('\t').unwrap();
+        if path.replace('/', "") == commit {
+            let blob = meta.split_whitespace().nth(2).unwrap();
+            std::fs::remove_file(aws.dir.join(".git/objects").join(&blob[..2]).join(&blob[2..])).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed > 0, "no note on {commit}");
+}
+
+#[test]
+fn the_sweep_reads_the_grants_it_looks_after_and_not_the_whole_ledger() {
+    let aws = AwsRepo::new();
+    aws.tpa().args(["setup-aws", "--role", "prod-readonly"]).run().success();
+    // Two grants of January on commits of their own: one revoked and still listed in the role's
+    // revocation policy, one whose notes will be gone from the object store.
+    let listed = "01KA0000000000000000000001";
+    let gone = "01KA0000000000000000000002";
+    let listed_commit = aws.head();
+    january_grant(&aws, &listed_commit, listed, true);
+    aws.env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "another fix"]);
+    let gone_commit = aws.head();
+    january_grant(&aws, &gone_commit, gone, false);
+    aws.env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "the fix"]);
+    seed_policy(&aws.role_name, &tpa::provider::aws_iam::document(&[format!("tpa-{listed}")].into()));
+    let kept = grant(&aws);
+    let revoked_elsewhere = grant(&aws);
+    assert!(aws.keyring_holds(&revoked_elsewhere));
+    let first = aws.tpa().args(["sweep", "--json"]).run().success().json();
+    assert_eq!(first["items"].as_array().unwrap().len(), 2, "{first}");
+
+    // Another clone revokes the second grant (its record arrives, its deny entry does not), and
+    // the January grant's notes vanish from this clone's object store.
+    let show = aws.tpa().args(["show", &revoked_elsewhere, "--json"]).run().success().json();
+    let issued = show["records"].as_array().unwrap().iter().find(|r| r["record"]["kind"] == "grant").unwrap();
+    let mut revoke = issued["record"].clone();
+    revoke["kind"] = serde_json::json!("revoke");
+    revoke["issued_at"] = serde_json::json!(chrono::Utc::now().to_rfc3339());
+    revoke["trigger"] = serde_json::json!("manual");
+    revoke["result"] = serde_json::json!("done");
+    revoke["expires_at"] = serde_json::Value::Null;
+    revoke["credential_fingerprint"] = serde_json::Value::Null;
+    aws.tpa().args(["debug", "append"]).stdin(revoke.to_string()).run().success();
+    delete_notes_of(&aws, &gone_commit);
+    // `tpa status` sees it revoked; then a record on another note moves the ledger on, and
+    // `status` reads only what changed: the sweep learns of the revoked grant from what the
+    // second `status` carried over in the grant index.
+    let open = || aws.tpa().args(["status", "--json"]).run().success().json().as_array().unwrap().len();
+    assert_eq!(open(), 1);
+    january_grant(&aws, &listed_commit, "01KA0000000000000000000003", false);
+    assert_eq!(open(), 1);
+
+    let sweep = aws.tpa().args(["sweep", "--json"]).run().success().json();
+    let items = sweep["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{sweep}");
+    assert_eq!(
+        (items[0]["grant_id"].as_str(), items[0]["decision"].as_str()),
+        (Some(kept.as_str()), Some("keep"))
+    );
+    // The revoked grant's deny entry is written back, the expired January entry pruned (its
+    // expiry looked up by its session name), and this clone forgets the revoked grant's secret.
+    assert_eq!(sweep["reasserted"], 1, "{sweep}");
+    let now_denied = denied(&aws.role_name);
+    assert_eq!(now_denied, [format!("tpa-{revoked_elsewhere}")].into(), "{now_denied:?}");
+    assert!(!aws.keyring_holds(&revoked_elsewhere));
+    assert!(aws.keyring_holds(&kept));
+    // A read of every record needs the notes the sweep did without.
+    let full = aws.tpa().args(["status", "--all", "--history"]).run();
+    assert_ne!(full.code, 0, "{}", full.stdout);
 }
