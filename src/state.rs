@@ -5,6 +5,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::ledger::restore::{ReflogMark, Searched};
 use git2::{Oid, Repository};
 
 #[derive(Debug, thiserror::Error)]
@@ -137,12 +138,29 @@ impl StateDir {
     }
 
     /// The notes tip up to which the history was last searched for removed records.
-    pub fn restore_cursor(&self) -> Result<Option<Oid>, StateError> {
-        Ok(self.read(RESTORE_CURSOR)?.and_then(|text| Oid::from_str(text.trim()).ok()))
+    /// How far the last search for removed records went: its tip, then (in a second line) the
+    /// notes ref's reflog then. A file without the second line (older tpa) walks every logged tip.
+    pub fn restore_cursor(&self) -> Result<Option<Searched>, StateError> {
+        let Some(text) = self.read(RESTORE_CURSOR)? else { return Ok(None) };
+        let mut lines = text.lines();
+        let Some(tip) = lines.next().and_then(|l| Oid::from_str(l.trim()).ok()) else { return Ok(None) };
+        let reflog = lines.next().and_then(|line| {
+            let mut fields = line.split(' ');
+            let mark = ReflogMark {
+                length: fields.next()?.parse().ok()?,
+                newest: Oid::from_str(fields.next()?).ok()?,
+            };
+            fields.next().is_none().then_some(mark)
+        });
+        Ok(Some(Searched { tip, reflog }))
     }
 
-    pub fn set_restore_cursor(&self, lock: &StateLock, tip: Oid) -> Result<(), StateError> {
-        self.write(lock, RESTORE_CURSOR, &format!("{tip}\n"))
+    pub fn set_restore_cursor(&self, lock: &StateLock, searched: &Searched) -> Result<(), StateError> {
+        let mut text = format!("{}\n", searched.tip);
+        if let Some(m) = &searched.reflog {
+            text.push_str(&format!("{} {}\n", m.length, m.newest));
+        }
+        self.write(lock, RESTORE_CURSOR, &text)
     }
 }
 

@@ -6,6 +6,7 @@
 //! notes history, and the restoring commit says what it did.
 
 use std::collections::{HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
 
 use git2::{Oid, Repository};
 
@@ -21,30 +22,49 @@ pub struct RemovedLine {
     pub grant_id: GrantId,
 }
 
+/// How far a search for removed lines went: the tip it examined, and the notes ref's reflog as it
+/// was then, so that the next search walks only what came since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Searched {
+    pub tip: Oid,
+    pub reflog: Option<ReflogMark>,
+}
+
+/// Where a reading of the notes ref's reflog file ended: its length in bytes then (whole lines),
+/// and the new id of its last entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReflogMark {
+    pub length: u64,
+    pub newest: Oid,
+}
+
 /// Signed record lines that commits reachable from the tip or from the notes ref's reflog held,
-/// and the tip no longer does. With `since` (a tip examined before), only what commits after it
-/// introduced or replaced is looked at: the cheap incremental check every sweep can afford.
-/// Returns the tip that was examined, and what is missing from it.
+/// and the tip no longer does. With `since` (a search before), only what commits after its tip
+/// introduced or replaced is looked at, from the tip and the tips logged after that search: the
+/// cheap incremental check every sweep can afford (the reflog grows by an entry per record, and
+/// pushing every tip it ever logged made each sweep walk the whole ledger's history). Returns how
+/// far this search went, and what is missing from the tip.
 pub fn removed_lines(
     repo: &Repository,
-    since: Option<Oid>,
-) -> Result<(Option<Oid>, Vec<RemovedLine>), git2::Error> {
+    since: Option<Searched>,
+) -> Result<(Option<Searched>, Vec<RemovedLine>), git2::Error> {
     let Some(tip) = notes::tip(repo).map_err(|e| git2::Error::from_str(&e.to_string()))? else {
         return Ok((None, Vec::new()));
     };
+    // A search whose tip is gone from the repository says nothing about what is left: all again.
+    let since = since.filter(|s| repo.find_commit(s.tip).is_ok());
     let tip_tree = repo.find_commit(tip)?.tree()?;
     let mut walk = repo.revwalk()?;
     walk.push(tip)?;
     // A reset of the ref (rewritten history) leaves the old tips in its reflog until it expires.
-    if let Ok(reflog) = repo.reflog(NOTES_REF) {
-        for entry in reflog.iter() {
-            if repo.find_commit(entry.id_new()).is_ok() {
-                walk.push(entry.id_new())?;
-            }
+    let (logged, mark) = logged_tips(repo, since.and_then(|s| s.reflog));
+    for id in logged {
+        if repo.find_commit(id).is_ok() {
+            walk.push(id)?;
         }
     }
-    if let Some(since) = since.filter(|s| repo.find_commit(*s).is_ok()) {
-        walk.hide(since)?;
+    if let Some(since) = since {
+        walk.hide(since.tip)?;
     }
     // Every note blob a walked commit introduced, and every one it replaced or dropped.
     let mut blobs: Vec<NoteEntry> = Vec::new();
@@ -90,7 +110,7 @@ pub fn removed_lines(
             removed.push(RemovedLine { annotated: note.annotated, text, grant_id });
         }
     }
-    Ok((Some(tip), removed))
+    Ok((Some(Searched { tip, reflog: mark }), removed))
 }
 
 /// Appends each removed line again to the note it was in (one notes commit per line, each a
@@ -103,6 +123,53 @@ pub fn restore(repo: &Repository, lines: &[RemovedLine]) -> Result<Option<Oid>, 
     Ok(tip)
 }
 
+/// The tips the notes ref's reflog logged after `mark`, and where this reading ended. The file is
+/// read from the mark on when the entry before it is still the one the mark names (git and
+/// libgit2 only append to it); anything else (no mark, the log expired, deleted or edited) reads
+/// every entry. A line being written (no newline yet) is left for the next reading.
+fn logged_tips(repo: &Repository, mark: Option<ReflogMark>) -> (Vec<Oid>, Option<ReflogMark>) {
+    let path = repo.commondir().join("logs").join(NOTES_REF);
+    let Ok(mut file) = std::fs::File::open(&path) else { return (Vec::new(), None) };
+    let start = mark.filter(|m| newest_before(&mut file, m.length) == Some(m.newest)).map_or(0, |m| m.length);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).and_then(|_| file.read_to_end(&mut bytes)).is_err() {
+        return (Vec::new(), None);
+    }
+    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
+    let tips: Vec<Oid> = lines_of(&bytes[..whole]).filter_map(new_id).collect();
+    let mark = match tips.last() {
+        Some(newest) => Some(ReflogMark { length: start + whole as u64, newest: *newest }),
+        None => mark.filter(|_| start > 0),
+    };
+    (tips, mark)
+}
+
+/// The new id of the reflog entry that ends at byte `end` of the file, if a whole one does.
+fn newest_before(file: &mut std::fs::File, end: u64) -> Option<Oid> {
+    const WINDOW: u64 = 4096;
+    let from = end.saturating_sub(WINDOW);
+    let mut bytes = vec![0; (end - from) as usize];
+    file.seek(SeekFrom::Start(from)).ok()?;
+    file.read_exact(&mut bytes).ok()?;
+    let (last, rest) = bytes.split_last()?;
+    if *last != b'\n' {
+        return None;
+    }
+    let line = match rest.iter().rposition(|b| *b == b'\n') {
+        Some(at) => &rest[at + 1..],
+        None if from == 0 => rest,
+        None => return None,
+    };
+    new_id(line)
+}
+
+/// A reflog line: `<old id> <new id> <committer> <time> <zone>\t<message>`.
+fn new_id(line: &[u8]) -> Option<Oid> {
+    let mut fields = line.splitn(3, |b| *b == b' ');
+    fields.next()?;
+    Oid::from_str(std::str::from_utf8(fields.next()?).ok()?).ok()
+}
+
 fn record_of(line: &[u8]) -> Option<Record> {
     let note: NoteLine = serde_json::from_slice(line).ok()?;
     serde_json::from_str(&note.payload).ok()
@@ -110,4 +177,50 @@ fn record_of(line: &[u8]) -> Option<Record> {
 
 fn lines_of(content: &[u8]) -> impl Iterator<Item = &[u8]> {
     content.split(|b| *b == b'\n').filter(|l| !l.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn line(new: u8) -> String {
+        let old = "0".repeat(40);
+        let new = format!("{new:02x}").repeat(20);
+        format!("{old} {new} tpa <tpa@example.com> 1764700000 +0000\ttpa: record\n")
+    }
+
+    fn id(new: u8) -> Oid {
+        Oid::from_str(&format!("{new:02x}").repeat(20)).unwrap()
+    }
+
+    #[test]
+    fn a_reflog_is_read_from_where_the_last_reading_ended_while_it_was_only_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let log = repo.commondir().join("logs").join(NOTES_REF);
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        assert_eq!(logged_tips(&repo, None), (vec![], None));
+
+        std::fs::write(&log, line(1) + &line(2)).unwrap();
+        let (tips, mark) = logged_tips(&repo, None);
+        assert_eq!(tips, [id(1), id(2)]);
+        assert_eq!(mark.unwrap().newest, id(2));
+
+        // Appended since, with a last line still being written: only the whole new line.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        file.write_all((line(3) + &line(4)[..50]).as_bytes()).unwrap();
+        let (tips, next) = logged_tips(&repo, mark);
+        assert_eq!(tips, [id(3)]);
+        assert_eq!(next.unwrap().newest, id(3));
+        // Nothing new: nothing read, the mark stays.
+        assert_eq!(logged_tips(&repo, next), (vec![], next));
+
+        // Rewritten (expired, edited) under the mark: every entry again.
+        std::fs::write(&log, line(5) + &line(6) + &line(7) + &line(8)).unwrap();
+        assert_eq!(logged_tips(&repo, next).0, [id(5), id(6), id(7), id(8)]);
+        std::fs::write(&log, line(1)).unwrap();
+        assert_eq!(logged_tips(&repo, next).0, [id(1)]);
+    }
 }

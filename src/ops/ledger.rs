@@ -482,8 +482,8 @@ pub fn restore_removed(repo: &Repository) -> Result<Vec<restore::RemovedLine>, I
     if !removed.is_empty() {
         restore::restore(repo, &removed)?;
     }
-    if let Some(tip) = examined {
-        state.set_restore_cursor(&lock, tip)?;
+    if let Some(searched) = examined {
+        state.set_restore_cursor(&lock, &searched)?;
     }
     Ok(removed)
 }

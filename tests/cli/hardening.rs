@@ -99,6 +99,30 @@ fn a_grant_on_an_amended_and_pruned_commit_is_put_back_and_ended_by_the_sweep() 
 }
 
 #[test]
+fn records_a_reset_of_the_notes_ref_dropped_after_a_sweep_are_put_back_by_the_next() {
+    let aws = AwsRepo::new();
+    grant(&aws);
+    // The sweep remembers how far it searched: the tip, and the notes ref's reflog then.
+    aws.tpa().arg("sweep").run().success();
+    let searched = aws.notes_tip().unwrap();
+    let id = grant(&aws);
+    // The ref set back to the tip that sweep searched: what came after is in no commit the next
+    // sweep would walk from the tip, only in the tips the reflog logged since.
+    aws.env.git(&aws.dir, &["update-ref", "refs/notes/tpa", &searched]);
+    assert!(aws.tpa().args(["status", "--json"]).run().success().json().as_array().unwrap().len() == 1);
+
+    let sweep = aws.tpa().args(["sweep", "--json"]).run().success().json();
+    assert!(sweep["restored"].as_u64().unwrap() >= 2, "{sweep}");
+    let item =
+        sweep["items"].as_array().unwrap().iter().find(|i| i["grant_id"] == id.as_str()).unwrap().clone();
+    assert_eq!(item["decision"], "restored", "{sweep}");
+    assert_eq!(item["outcome"]["result"], "done", "{sweep}");
+    assert!(denied(&aws.role_name).contains(&format!("tpa-{id}")));
+    // And a sweep after that one finds nothing more to put back.
+    assert_eq!(aws.tpa().args(["sweep", "--json"]).run().success().json()["restored"], 0);
+}
+
+#[test]
 fn a_grant_with_no_record_left_anywhere_is_denied_from_the_local_index() {
     let aws = AwsRepo::new();
     let id = grant(&aws);
