@@ -27,6 +27,7 @@ pub struct StateLock {
 
 const WITNESS: &str = "witness";
 const RESTORE_CURSOR: &str = "restore-cursor";
+const BROKER_CURSOR: &str = "broker-cursor";
 
 impl StateDir {
     pub fn open(repo: &Repository) -> Result<Self, StateError> {
@@ -138,6 +139,16 @@ impl StateDir {
     }
 
     /// The notes tip up to which the history was last searched for removed records.
+    /// The notes tip the broker's last pass read: the next reports lines that are no record only
+    /// in the notes changed since.
+    pub fn broker_cursor(&self) -> Result<Option<Oid>, StateError> {
+        Ok(self.read(BROKER_CURSOR)?.and_then(|text| Oid::from_str(text.trim()).ok()))
+    }
+
+    pub fn set_broker_cursor(&self, lock: &StateLock, tip: Oid) -> Result<(), StateError> {
+        self.write(lock, BROKER_CURSOR, &format!("{tip}\n"))
+    }
+
     /// How far the last search for removed records went: its tip, then (in a second line) the
     /// notes ref's reflog then. A file without the second line (older tpa) walks every logged tip.
     pub fn restore_cursor(&self) -> Result<Option<Searched>, StateError> {

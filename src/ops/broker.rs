@@ -145,19 +145,22 @@ pub fn pass(
         return Err(BrokerError::NotABroker { me: me.email, brokers: policy.brokers.clone() });
     }
     let now = crate::clock::now();
-    let view = crate::ops::ledger::records_lenient(repo)?;
-    report.findings.extend(
-        view.report
-            .records
-            .iter()
-            .filter(|c| c.record.is_none())
-            .map(|c| format!("the note on {} line {}: not a tpa record, skipped", c.annotated, c.line_no)),
-    );
-    let all = grants::from_records(&view.report.records, now);
+    // Lines that are no record, once: those of the notes that changed since the last pass.
+    let state = crate::state::StateDir::open(repo).ok();
+    let since = state.as_ref().and_then(|s| s.broker_cursor().ok().flatten());
+    let (tip, strays) = grants::strays_since(repo, since)?;
+    report.findings.extend(strays.iter().map(|(annotated, line_no)| {
+        format!("the note on {annotated} line {line_no}: not a tpa record, skipped")
+    }));
+    // Requests wait among the open grants, and a lapsed one among those the sweep looks after (it
+    // lapsed within the week): not every grant of the ledger.
+    let (all, records) = grants::swept_with_records(repo, now, |g| {
+        matches!(g.state, GrantState::AwaitingApproval | GrantState::Lapsed)
+    })?;
     // Each request's distinct authentic request records: more than one means it was changed.
     let mut versions: std::collections::BTreeMap<&GrantId, std::collections::BTreeSet<&str>> =
         Default::default();
-    for checked in view.report.records.iter().filter(|c| c.signer.is_some()) {
+    for checked in records.iter().filter(|c| c.signer.is_some()) {
         if let (Some(record), Some(sha)) = (&checked.record, &checked.payload_sha256)
             && record.kind == RecordKind::Request
         {
@@ -200,7 +203,12 @@ pub fn pass(
     // What this pass wrote since its last push goes out now (nothing written: nothing to push).
     let wrote = !outcomes.is_empty() || swept.restored > 0 || !report.unpushed.is_empty();
     report.sweep = Some(swept);
-    report.deliveries_removed = clean_up(repo, options, &all, &mut report.findings);
+    report.deliveries_removed = clean_up(repo, options, &mut report.findings);
+    if let (Some(state), Some(tip)) = (&state, tip)
+        && let Ok(lock) = state.lock()
+    {
+        let _ = state.set_broker_cursor(&lock, tip);
+    }
     if wrote {
         sync_ledger(repo, &sync_options, &mut report);
     }
@@ -466,22 +474,28 @@ fn refuse(
 /// Deletes deliveries on the remote whose grant has ended (picked up or not), and claims whose
 /// grant has ended; reports deliveries no grant accounts for and claims whose broker stopped.
 /// `all`: the grants as this pass found them (a grant minted since is still open there, so kept).
-fn clean_up(
-    repo: &Repository,
-    options: &BrokerOptions,
-    all: &[GrantView],
-    findings: &mut Vec<String>,
-) -> usize {
+fn clean_up(repo: &Repository, options: &BrokerOptions, findings: &mut Vec<String>) -> usize {
     let now = crate::clock::now();
+    let deliveries = "refs/tpa/deliveries/";
+    let claims = "refs/tpa/claims/";
+    let delivered =
+        sync::list_remote_refs(repo, &options.remote, deliveries, options.timeout).unwrap_or_default();
+    let claimed = sync::list_remote_refs(repo, &options.remote, claims, options.timeout).unwrap_or_default();
+    let id_of =
+        |refname: &str, prefix: &str| refname.strip_prefix(prefix).and_then(|id| id.parse::<GrantId>().ok());
+    let ids: Vec<GrantId> = delivered
+        .iter()
+        .filter_map(|r| id_of(r, deliveries))
+        .chain(claimed.iter().filter_map(|r| id_of(r, claims)))
+        .collect();
+    // The grants those refs name, read through the grant index; a ledger that cannot be read now
+    // leaves every ref alone.
+    let Ok(named) = grants::find_all(repo, &ids, now) else { return 0 };
     let find = |refname: &str, prefix: &str| {
-        let id = refname.strip_prefix(prefix).unwrap_or_default();
-        id.parse::<GrantId>().ok().and_then(|id| all.iter().find(|g| g.grant_id == id))
+        id_of(refname, prefix).and_then(|id| named.iter().find(|g| g.grant_id == id))
     };
     let mut removed = 0;
-    let deliveries = "refs/tpa/deliveries/";
-    for refname in
-        sync::list_remote_refs(repo, &options.remote, deliveries, options.timeout).unwrap_or_default()
-    {
+    for refname in delivered {
         // Only what has ended: a grant another broker is minting may not be in this ledger yet.
         let ended = match find(&refname, deliveries) {
             Some(g) => !g.state.is_open(),
@@ -497,9 +511,7 @@ fn clean_up(
             removed += 1;
         }
     }
-    let claims = "refs/tpa/claims/";
-    for refname in sync::list_remote_refs(repo, &options.remote, claims, options.timeout).unwrap_or_default()
-    {
+    for refname in claimed {
         let Some(grant) = find(&refname, claims) else { continue };
         let expired = grant.expires_at.or(grant.intent.expires_at).is_some_and(|e| e <= now);
         let waiting = matches!(grant.state, GrantState::AwaitingApproval);

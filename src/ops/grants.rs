@@ -185,6 +185,70 @@ pub fn find_all(
     grants_of(repo, &reading, &index, &wanted, now)
 }
 
+/// The grants the sweep looks after at `now` that `keep` selects, with every record of theirs
+/// (authentic or not, with its findings): what the broker's pass serves. Read through the grant
+/// index; without one, from a read of every record (against nobody when the trust ref has no
+/// allowed_signers).
+pub fn swept_with_records(
+    repo: &Repository,
+    now: DateTime<Utc>,
+    keep: impl Fn(&GrantView) -> bool,
+) -> Result<(Vec<GrantView>, Vec<CheckedRecord>), InspectError> {
+    let Some(reading) = ledger::indexed_reading(repo)? else {
+        let mut records = ledger::records_lenient(repo)?.report.records;
+        let grants: Vec<GrantView> = from_records(&records, now)
+            .into_iter()
+            .filter(|g| Reader::Sweep.keeps(g, now) && keep(g))
+            .collect();
+        let ids: HashSet<&GrantId> = grants.iter().map(|g| &g.grant_id).collect();
+        records.retain(|c| c.record.as_ref().is_some_and(|r| ids.contains(&r.grant_id)));
+        return Ok((grants, records));
+    };
+    let (index, swept) = current_index(repo, &reading, now, Reader::Sweep)?;
+    let grants: Vec<GrantView> = swept.into_iter().filter(keep).collect();
+    let wanted: HashSet<GrantKey> = grants.iter().map(|g| GrantKey::of(&g.grant_id)).collect();
+    let records = records_of_grants(repo, &reading, &index, &wanted)?;
+    Ok((grants, records))
+}
+
+/// The lines that are no record (annotated object, line number) that came into the ledger between
+/// the notes tip `since` and the tip, and the tip: each such line once, for the broker to report.
+/// Every note is read without `since`, or when it cannot be compared; a changed note's lines that
+/// its earlier version held already are not told again.
+pub fn strays_since(
+    repo: &Repository,
+    since: Option<git2::Oid>,
+) -> Result<(Option<git2::Oid>, Vec<ledger::Stray>), InspectError> {
+    let Some(reading) = ledger::indexed_reading(repo)? else {
+        let report = ledger::records_lenient(repo)?.report;
+        let strays =
+            report.records.iter().filter(|c| c.record.is_none()).map(|c| (c.annotated, c.line_no)).collect();
+        return Ok((report.tip, strays));
+    };
+    let Some(changes) = since.and_then(|s| reading.changed_since(repo, s)) else {
+        return Ok((Some(reading.tip), reading.check(repo, None, false)?.strays));
+    };
+    let mut strays = Vec::new();
+    for change in changes {
+        let Some(blob) = change.new else { continue };
+        let read = reading.check(repo, Some(&[Note { key: change.key, blob }]), false)?;
+        if read.strays.is_empty() {
+            continue;
+        }
+        let lines_of = |blob: git2::Oid| -> Vec<Vec<u8>> {
+            repo.find_blob(blob)
+                .map(|b| b.content().split(|c| *c == b'\n').map(<[u8]>::to_vec).collect())
+                .unwrap_or_default()
+        };
+        let before: HashSet<Vec<u8>> = change.old.map(lines_of).unwrap_or_default().into_iter().collect();
+        let now = lines_of(blob);
+        strays.extend(read.strays.into_iter().filter(|(_, line_no)| {
+            now.get(line_no.wrapping_sub(1)).is_none_or(|line| !before.contains(line))
+        }));
+    }
+    Ok((Some(reading.tip), strays))
+}
+
 /// Every record of the grant `grant_id` (authentic or not, with its findings), newest first, as
 /// `tpa show` lists them, read through the grant index. Like [`ledger::records`], it needs
 /// allowed_signers at the trust ref.

@@ -217,7 +217,11 @@ pub struct IndexedReading {
 pub struct NotesRead {
     pub notes: Vec<grant_index::IndexedNote>,
     pub records: Vec<CheckedRecord>,
+    pub strays: Vec<Stray>,
 }
+
+/// A line that is no record: the object its note annotates, and its 1-based line number.
+pub type Stray = (Oid, usize);
 
 /// None when there is no index to keep: an empty ledger, a trust ref without allowed_signers
 /// (whose records are read against nobody: [`records_lenient`]), or no state dir to keep it in (a
@@ -281,8 +285,18 @@ impl IndexedReading {
                 grant_index::IndexedNote { note: n.note, grants }
             })
             .collect();
+        let strays = checked
+            .notes
+            .iter()
+            .flat_map(|n| {
+                n.lines
+                    .iter()
+                    .filter(|l| l.facts.is_none())
+                    .map(|l| (n.note.key.annotated, l.line_no as usize))
+            })
+            .collect();
         let records = if keep { checked.into_records().0 } else { Vec::new() };
-        Ok(NotesRead { notes, records })
+        Ok(NotesRead { notes, records, strays })
     }
 }
 

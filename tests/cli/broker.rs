@@ -630,6 +630,28 @@ fn bad_input_is_skipped_with_a_finding_and_the_broker_keeps_serving() {
     );
     assert!(out.stdout.len() < 64 * 1024, "the 10 MB note is not echoed");
     team.aws.tpa().args(["request", "--resume", &id, "--json"]).run().success();
+
+    // Each such line is told once: the next pass tells of the lines that came since, here none,
+    // although the next request's records go on the 10 MB note's commit.
+    let next = team.ask();
+    team.approve(&next);
+    let report = team.broker_once().run().json();
+    assert_eq!(Team::action(&report, &next).0, "minted", "{report}");
+    let told = report["findings"].to_string();
+    assert!(!told.contains("not a tpa record") && !told.contains(&big), "{told}");
+    // A line that is no record added to a note the broker told of before is told.
+    let with_more = std::fs::read_to_string(env.path("junk")).unwrap() + "more junk\n";
+    std::fs::write(env.path("junk"), with_more).unwrap();
+    env.git(
+        &team.aws.dir,
+        &["notes", "--ref", "tpa", "add", "-f", "-F", env.path("junk").to_str().unwrap(), &other],
+    );
+    team.aws.tpa().args(["sync"]).run().success();
+    let report = team.broker_once().run().json();
+    let told: Vec<&str> = report["findings"].as_array().unwrap().iter().filter_map(|f| f.as_str()).collect();
+    let strays: Vec<&&str> = told.iter().filter(|f| f.contains("not a tpa record")).collect();
+    assert_eq!(strays.len(), 1, "{told:?}");
+    assert!(strays[0].contains(&format!("{other} line 2")), "{told:?}");
 }
 
 #[test]
