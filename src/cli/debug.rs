@@ -81,7 +81,8 @@ pub fn run(ctx: &Ctx, args: DebugArgs) -> anyhow::Result<u8> {
                     Some(record::BulkTarget { commit: words.next()?, branch: words.next() })
                 })
                 .collect();
-            let count = record::bulk_grants(&repo, &signer, &targets, &role, &target, chrono::Utc::now())?;
+            // The pinnable clock: a benchmark can fill a ledger dated days ago.
+            let count = record::bulk_grants(&repo, &signer, &targets, &role, &target, super::now())?;
             print_json(&json!({ "grants": count, "appended": count * 3 }))?;
         }
     }

@@ -1,8 +1,8 @@
 //! The grant index: which notes at a notes tip hold records of which grants, which grants were
-//! open when it was written, and which ended ones the sweep still looked after then, so that the
-//! commands that want a few grants (`tpa status`, `who`, `exec`, `env`, `credential-process`,
-//! `show`, `revoke`, a grant by its id, and the sweep) read those grants' notes instead of the
-//! whole ledger. It lives in the state dir (`tpa/grant-index`) beside the records cache and holds
+//! open when it was written, and which ended ones the sweep or approvers still looked after then,
+//! so that the commands that want a few grants (`tpa status`, `who`, `exec`, `env`,
+//! `credential-process`, `show`, `revoke`, `approvals`, a grant by its id, the sweep and the
+//! broker) read those grants' notes instead of the whole ledger. It lives in the state dir (`tpa/grant-index`) beside the records cache and holds
 //! no secret: object ids and grant ids.
 //!
 //! Why "open when written" is enough: a grant's state is a function of its records and of the time
@@ -11,7 +11,8 @@
 //! expiry and a lapsed approval window stay past). So at a later instant, with the same notes, the
 //! open grants are among the ones open then. The same holds of the grants the sweep looks after
 //! (`ops::grants::swept_after_end`: open, ended within a window that only moves forward, or a
-//! database login expired and not yet dropped): a grant outside them all stays outside. The index
+//! database login expired and not yet dropped) and of break-glass grants: a grant outside them
+//! all stays outside. The index
 //! is used only at or after the instant it was written, and only for the tip it names; a moved tip
 //! updates it from the notes that changed.
 //!
@@ -46,8 +47,9 @@ pub struct GrantIndex {
     pub notes: Vec<IndexedNote>,
     /// The grants open at `built_at`, sorted.
     pub open: Vec<GrantKey>,
-    /// Sorted: at least every grant not open at `built_at` that the sweep still looked after then
-    /// (more is harmless: those are read and dropped).
+    /// Sorted: at least every grant not open at `built_at` that the sweep still looked after then,
+    /// or granted under break-glass (`ops::grants::watched`; more is harmless: those are read and
+    /// dropped).
     pub watched: Vec<GrantKey>,
 }
 

@@ -285,7 +285,7 @@ pub fn pending(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<Pending>, Ap
     let trust = crate::trust::TrustRef::resolve(repo)?;
     let (policy, _) = crate::policy::load(repo, &trust)?;
     let mut out = Vec::new();
-    for grant in grants::list(repo, now)? {
+    for grant in grants::for_approvers(repo, now)? {
         let unreviewed = grant.break_glass && !reviewed(&grant, &policy);
         if grant.state != GrantState::AwaitingApproval && !unreviewed {
             continue;

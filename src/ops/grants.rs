@@ -121,6 +121,13 @@ pub fn swept_after_end(grant: &GrantView, now: DateTime<Utc>) -> bool {
                 > now - chrono::Duration::days(SWEPT_AFTER_END_DAYS))
 }
 
+/// Whether a grant that is not open is kept in the grant index's `watched` list: the sweep still
+/// looks after it ([`swept_after_end`]), or it was granted under break-glass (approvers review
+/// those whatever their state; they are few). False of a grant at one instant, it stays so.
+fn watched(grant: &GrantView, now: DateTime<Utc>) -> bool {
+    !grant.state.is_open() && (grant.break_glass || swept_after_end(grant, now))
+}
+
 /// Which grants a reading through the grant index is after, besides the grants of the notes that
 /// changed since the index (which every reading reads again).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -129,11 +136,18 @@ enum Reader {
     Open,
     /// The open grants and those [`swept_after_end`].
     Sweep,
+    /// The open grants and those granted under break-glass.
+    Approvers,
 }
 
 impl Reader {
     fn keeps(self, grant: &GrantView, now: DateTime<Utc>) -> bool {
-        grant.state.is_open() || (self == Reader::Sweep && swept_after_end(grant, now))
+        grant.state.is_open()
+            || match self {
+                Reader::Open => false,
+                Reader::Sweep => swept_after_end(grant, now),
+                Reader::Approvers => grant.break_glass,
+            }
     }
 }
 
@@ -149,6 +163,12 @@ pub fn open(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<GrantView>, Ins
 /// [`swept_after_end`]; [`list`] filtered on them, read through the grant index.
 pub fn swept(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<GrantView>, InspectError> {
     read_for(repo, now, Reader::Sweep)
+}
+
+/// The grants open at `now` and those granted under break-glass, newest first: what approvers
+/// look at (`tpa approvals`), read through the grant index.
+pub fn for_approvers(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<GrantView>, InspectError> {
+    read_for(repo, now, Reader::Approvers)
 }
 
 fn read_for(repo: &Repository, now: DateTime<Utc>, reader: Reader) -> Result<Vec<GrantView>, InspectError> {
@@ -296,7 +316,7 @@ fn current_index(
         && let moved = old.tip != reading.tip
         && let Some((index, mut wanted)) = brought_forward(repo, reading, old, &changes)?
     {
-        if reader == Reader::Sweep {
+        if reader != Reader::Open {
             wanted.extend(index.watched.iter().copied());
         }
         let read = grants_of(repo, reading, &index, &wanted, now)?;
@@ -316,8 +336,8 @@ fn current_index(
     Ok((index, all.into_iter().filter(|g| reader.keeps(g, now)).collect()))
 }
 
-/// The index's lists at `now` from the grants read: the open ones, and the ones the sweep still
-/// looks after with `carried` (sorted, each once).
+/// The index's lists at `now` from the grants read: the open ones, and the [`watched`] ones with
+/// `carried` (sorted, each once).
 fn keys_of(
     read: &[GrantView],
     now: DateTime<Utc>,
@@ -330,12 +350,8 @@ fn keys_of(
         keys
     };
     let open = read.iter().filter(|g| g.state.is_open()).map(|g| GrantKey::of(&g.grant_id)).collect();
-    let watched = read
-        .iter()
-        .filter(|g| swept_after_end(g, now))
-        .map(|g| GrantKey::of(&g.grant_id))
-        .chain(carried)
-        .collect();
+    let watched =
+        read.iter().filter(|g| watched(g, now)).map(|g| GrantKey::of(&g.grant_id)).chain(carried).collect();
     (sorted(open), sorted(watched))
 }
 

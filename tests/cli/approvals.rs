@@ -288,6 +288,14 @@ fn break_glass_grants_at_once_tells_everyone_and_stays_a_finding_until_reviewed(
     team.tpa_in(&team.bob).args(["sync"]).run();
     let pending = team.pending();
     assert_eq!(pending[0]["break_glass"], true, "{pending:?}");
+    // Still there for review a week on, the grant long expired, though `tpa status` wrote the grant
+    // index after it ended and outside the sweep's week (approvers read through that index, which
+    // keeps break-glass grants whatever their state).
+    let week_on = (chrono::Utc::now() + chrono::Duration::days(8)).to_rfc3339();
+    team.tpa_in(&team.bob).args(["status", "--all"]).env("TPA_TEST_NOW", &week_on).run().success();
+    let listed =
+        team.tpa_in(&team.bob).args(["approvals", "--json"]).env("TPA_TEST_NOW", &week_on).run().success();
+    assert_eq!(listed.json()[0]["grant_id"], id.as_str(), "{}", listed.stdout);
     team.tpa_in(&team.bob).args(["approve", &id]).run().success();
     team.aws.tpa().arg("sync").run();
     assert_eq!(team.records(&id, "approval")[0]["decision"], "review");
