@@ -171,6 +171,7 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
     let head_branch =
         repo.find_reference("HEAD").ok().and_then(|h| h.symbolic_target().ok().flatten().map(str::to_owned));
     // Not every grant: the open ones and the ended ones the sweep still looks after.
+    let read_at = crate::ledger::notes::tip(repo).ok().flatten();
     let all = grants::swept(repo, now)?;
     let expiries = revoke::LedgerExpiries::new(repo, now);
 
@@ -317,7 +318,9 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
     // What a broker minted only a broker can deny (again).
     let ours = |g: &GrantView| i_am_a_broker || !revoke::minted_by_broker(g, &brokers);
     reassert(repo, &all, &ours, &expiries, options, now, &mut report);
-    update_index(repo, &state, &me, now)?;
+    // What was read stands if the sweep wrote nothing and nobody else did meanwhile.
+    let unchanged = read_at.is_some() && crate::ledger::notes::tip(repo).ok().flatten() == read_at;
+    update_index(repo, &state, &me, now, unchanged.then_some(all))?;
     Ok(report)
 }
 
@@ -441,16 +444,21 @@ fn deny_unrecorded(
     Ok(())
 }
 
-/// Rebuilds the hooks' index: the open grants this clone holds.
+/// Rebuilds the hooks' index: the open grants this clone holds. `swept`: the grants the sweep looks
+/// after, when what the sweep read of them still stands.
 fn update_index(
     repo: &Repository,
     state: &StateDir,
     me: &crate::grant::Principal,
     now: DateTime<Utc>,
+    swept: Option<Vec<GrantView>>,
 ) -> Result<(), SweepError> {
     let lock = state.lock()?;
     let indexed = state.local_grants()?;
-    let mut all = grants::swept(repo, now)?;
+    let mut all = match swept {
+        Some(all) => all,
+        None => grants::swept(repo, now)?,
+    };
     all.extend(held_besides(repo, &all, &indexed, now)?);
     let known: HashSet<String> = all.iter().map(|g| g.grant_id.to_string()).collect();
     // Entries the ledger knows nothing of stay until they expire: they are all that is left of
