@@ -138,7 +138,6 @@ impl StateDir {
         Ok(())
     }
 
-    /// The notes tip up to which the history was last searched for removed records.
     /// The notes tip the broker's last pass read: the next reports lines that are no record only
     /// in the notes changed since.
     pub fn broker_cursor(&self) -> Result<Option<Oid>, StateError> {
@@ -149,18 +148,17 @@ impl StateDir {
         self.write(lock, BROKER_CURSOR, &format!("{tip}\n"))
     }
 
-    /// How far the last search for removed records went: its tip, then (in a second line) the
-    /// notes ref's reflog then. A file without the second line (older tpa) walks every logged tip.
+    /// How far the last search for removed records went: its tip, then (in a second line) where
+    /// it stopped reading the notes ref's reflog. Without that line, every logged tip is walked.
     pub fn restore_cursor(&self) -> Result<Option<Searched>, StateError> {
         let Some(text) = self.read(RESTORE_CURSOR)? else { return Ok(None) };
         let mut lines = text.lines();
         let Some(tip) = lines.next().and_then(|l| Oid::from_str(l.trim()).ok()) else { return Ok(None) };
         let reflog = lines.next().and_then(|line| {
             let mut fields = line.split(' ');
-            let mark = ReflogMark {
-                length: fields.next()?.parse().ok()?,
-                newest: Oid::from_str(fields.next()?).ok()?,
-            };
+            let length = fields.next()?.parse().ok()?;
+            let newest = (Oid::from_str(fields.next()?).ok()?, Oid::from_str(fields.next()?).ok()?);
+            let mark = ReflogMark { length, newest };
             fields.next().is_none().then_some(mark)
         });
         Ok(Some(Searched { tip, reflog }))
@@ -169,7 +167,7 @@ impl StateDir {
     pub fn set_restore_cursor(&self, lock: &StateLock, searched: &Searched) -> Result<(), StateError> {
         let mut text = format!("{}\n", searched.tip);
         if let Some(m) = &searched.reflog {
-            text.push_str(&format!("{} {}\n", m.length, m.newest));
+            text.push_str(&format!("{} {} {}\n", m.length, m.newest.0, m.newest.1));
         }
         self.write(lock, RESTORE_CURSOR, &text)
     }

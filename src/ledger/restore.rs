@@ -31,11 +31,11 @@ pub struct Searched {
 }
 
 /// Where a reading of the notes ref's reflog file ended: its length in bytes then (whole lines),
-/// and the new id of its last entry.
+/// and the old and new ids of its last entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReflogMark {
     pub length: u64,
-    pub newest: Oid,
+    pub newest: (Oid, Oid),
 }
 
 /// Signed record lines that commits reachable from the tip or from the notes ref's reflog held,
@@ -48,16 +48,26 @@ pub fn removed_lines(
     repo: &Repository,
     since: Option<Searched>,
 ) -> Result<(Option<Searched>, Vec<RemovedLine>), git2::Error> {
+    // The reflog before the tip: an entry logged in between is then walked from the tip, never
+    // taken for a tip whose new lines the older tip lacks (they would be appended twice).
+    let (mut logged, mark) = logged_tips(repo, since.and_then(|s| s.reflog), None);
     let Some(tip) = notes::tip(repo).map_err(|e| git2::Error::from_str(&e.to_string()))? else {
         return Ok((None, Vec::new()));
     };
-    // A search whose tip is gone from the repository says nothing about what is left: all again.
-    let since = since.filter(|s| repo.find_commit(s.tip).is_ok());
+    // A search whose tip is gone, or that the tip does not descend from (the ref was set back or
+    // rewritten since: what that tip held is in no commit walked from here), says nothing about
+    // what is left: all again, every logged tip included, up to where this reading ended.
+    let since = since.filter(|s| {
+        s.tip == tip
+            || (repo.find_commit(s.tip).is_ok() && repo.graph_descendant_of(tip, s.tip).unwrap_or(false))
+    });
+    if since.is_none() && mark.is_some() {
+        logged = logged_tips(repo, None, mark.map(|m| m.length)).0;
+    }
     let tip_tree = repo.find_commit(tip)?.tree()?;
     let mut walk = repo.revwalk()?;
     walk.push(tip)?;
     // A reset of the ref (rewritten history) leaves the old tips in its reflog until it expires.
-    let (logged, mark) = logged_tips(repo, since.and_then(|s| s.reflog));
     for id in logged {
         if repo.find_commit(id).is_ok() {
             walk.push(id)?;
@@ -123,29 +133,37 @@ pub fn restore(repo: &Repository, lines: &[RemovedLine]) -> Result<Option<Oid>, 
     Ok(tip)
 }
 
-/// The tips the notes ref's reflog logged after `mark`, and where this reading ended. The file is
-/// read from the mark on when the entry before it is still the one the mark names (git and
-/// libgit2 only append to it); anything else (no mark, the log expired, deleted or edited) reads
-/// every entry. A line being written (no newline yet) is left for the next reading.
-fn logged_tips(repo: &Repository, mark: Option<ReflogMark>) -> (Vec<Oid>, Option<ReflogMark>) {
+/// The tips the notes ref's reflog logged after `mark` (up to byte `end`, if given), and where
+/// this reading ended. The file is read from the mark on when the entry before it is still the one
+/// the mark names (git and libgit2 only append to it); anything else (no mark, the log expired,
+/// deleted or edited) reads every entry. A line being written (no newline yet) is left for the
+/// next reading.
+fn logged_tips(
+    repo: &Repository,
+    mark: Option<ReflogMark>,
+    end: Option<u64>,
+) -> (Vec<Oid>, Option<ReflogMark>) {
     let path = repo.commondir().join("logs").join(NOTES_REF);
     let Ok(mut file) = std::fs::File::open(&path) else { return (Vec::new(), None) };
     let start = mark.filter(|m| newest_before(&mut file, m.length) == Some(m.newest)).map_or(0, |m| m.length);
     let mut bytes = Vec::new();
-    if file.seek(SeekFrom::Start(start)).and_then(|_| file.read_to_end(&mut bytes)).is_err() {
+    let read = file.seek(SeekFrom::Start(start)).and_then(|_| {
+        (&mut file).take(end.map_or(u64::MAX, |e| e.saturating_sub(start))).read_to_end(&mut bytes)
+    });
+    if read.is_err() {
         return (Vec::new(), None);
     }
     let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
-    let tips: Vec<Oid> = lines_of(&bytes[..whole]).filter_map(new_id).collect();
-    let mark = match tips.last() {
-        Some(newest) => Some(ReflogMark { length: start + whole as u64, newest: *newest }),
+    let entries: Vec<(Oid, Oid)> = lines_of(&bytes[..whole]).filter_map(ids_of).collect();
+    let mark = match entries.last() {
+        Some(&(old, new)) => Some(ReflogMark { length: start + whole as u64, newest: (old, new) }),
         None => mark.filter(|_| start > 0),
     };
-    (tips, mark)
+    (entries.into_iter().map(|(_, new)| new).collect(), mark)
 }
 
-/// The new id of the reflog entry that ends at byte `end` of the file, if a whole one does.
-fn newest_before(file: &mut std::fs::File, end: u64) -> Option<Oid> {
+/// The ids of the reflog entry that ends at byte `end` of the file, if a whole one does.
+fn newest_before(file: &mut std::fs::File, end: u64) -> Option<(Oid, Oid)> {
     const WINDOW: u64 = 4096;
     let from = end.saturating_sub(WINDOW);
     let mut bytes = vec![0; (end - from) as usize];
@@ -160,14 +178,14 @@ fn newest_before(file: &mut std::fs::File, end: u64) -> Option<Oid> {
         None if from == 0 => rest,
         None => return None,
     };
-    new_id(line)
+    ids_of(line)
 }
 
 /// A reflog line: `<old id> <new id> <committer> <time> <zone>\t<message>`.
-fn new_id(line: &[u8]) -> Option<Oid> {
+fn ids_of(line: &[u8]) -> Option<(Oid, Oid)> {
     let mut fields = line.splitn(3, |b| *b == b' ');
-    fields.next()?;
-    Oid::from_str(std::str::from_utf8(fields.next()?).ok()?).ok()
+    let mut id = || Oid::from_str(std::str::from_utf8(fields.next()?).ok()?).ok();
+    Some((id()?, id()?))
 }
 
 fn record_of(line: &[u8]) -> Option<Record> {
@@ -201,26 +219,28 @@ mod tests {
         let repo = Repository::init(dir.path()).unwrap();
         let log = repo.commondir().join("logs").join(NOTES_REF);
         std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-        assert_eq!(logged_tips(&repo, None), (vec![], None));
+        assert_eq!(logged_tips(&repo, None, None), (vec![], None));
 
         std::fs::write(&log, line(1) + &line(2)).unwrap();
-        let (tips, mark) = logged_tips(&repo, None);
+        let (tips, mark) = logged_tips(&repo, None, None);
         assert_eq!(tips, [id(1), id(2)]);
-        assert_eq!(mark.unwrap().newest, id(2));
+        assert_eq!(mark.unwrap().newest.1, id(2));
 
         // Appended since, with a last line still being written: only the whole new line.
         let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         file.write_all((line(3) + &line(4)[..50]).as_bytes()).unwrap();
-        let (tips, next) = logged_tips(&repo, mark);
+        let (tips, next) = logged_tips(&repo, mark, None);
         assert_eq!(tips, [id(3)]);
-        assert_eq!(next.unwrap().newest, id(3));
+        assert_eq!(next.unwrap().newest.1, id(3));
+        // Up to a byte bound: the lines that end by then.
+        assert_eq!(logged_tips(&repo, None, mark.map(|m| m.length)).0, [id(1), id(2)]);
         // Nothing new: nothing read, the mark stays.
-        assert_eq!(logged_tips(&repo, next), (vec![], next));
+        assert_eq!(logged_tips(&repo, next, None), (vec![], next));
 
         // Rewritten (expired, edited) under the mark: every entry again.
         std::fs::write(&log, line(5) + &line(6) + &line(7) + &line(8)).unwrap();
-        assert_eq!(logged_tips(&repo, next).0, [id(5), id(6), id(7), id(8)]);
+        assert_eq!(logged_tips(&repo, next, None).0, [id(5), id(6), id(7), id(8)]);
         std::fs::write(&log, line(1)).unwrap();
-        assert_eq!(logged_tips(&repo, next).0, [id(1)]);
+        assert_eq!(logged_tips(&repo, next, None).0, [id(1)]);
     }
 }

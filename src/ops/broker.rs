@@ -472,8 +472,8 @@ fn refuse(
 }
 
 /// Deletes deliveries on the remote whose grant has ended (picked up or not), and claims whose
-/// grant has ended; reports deliveries no grant accounts for and claims whose broker stopped.
-/// `all`: the grants as this pass found them (a grant minted since is still open there, so kept).
+/// grant has ended; reports deliveries no grant accounts for and claims whose broker stopped. The
+/// grants are read now (one this pass minted is open, so its delivery stays).
 fn clean_up(repo: &Repository, options: &BrokerOptions, findings: &mut Vec<String>) -> usize {
     let now = crate::clock::now();
     let deliveries = "refs/tpa/deliveries/";
@@ -490,7 +490,13 @@ fn clean_up(repo: &Repository, options: &BrokerOptions, findings: &mut Vec<Strin
         .collect();
     // The grants those refs name, read through the grant index; a ledger that cannot be read now
     // leaves every ref alone.
-    let Ok(named) = grants::find_all(repo, &ids, now) else { return 0 };
+    let named = match grants::find_all(repo, &ids, now) {
+        Ok(named) => named,
+        Err(e) => {
+            findings.push(format!("deliveries and claims left alone: the ledger cannot be read ({e})"));
+            return 0;
+        }
+    };
     let find = |refname: &str, prefix: &str| {
         id_of(refname, prefix).and_then(|id| named.iter().find(|g| g.grant_id == id))
     };

@@ -1,6 +1,6 @@
 //! Grants as the ledger tells them: records grouped by grant id, with a state. Read-only.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use git2::Repository;
@@ -117,8 +117,20 @@ pub const SWEPT_AFTER_END_DAYS: i64 = 7;
 pub fn swept_after_end(grant: &GrantView, now: DateTime<Utc>) -> bool {
     !grant.state.is_open()
         && ((grant.provider.outlives_expiry() && grant.state == GrantState::Expired)
-            || grant.expires_at.unwrap_or(grant.requested_at)
-                > now - chrono::Duration::days(SWEPT_AFTER_END_DAYS))
+            || ended(grant) > now - chrono::Duration::days(SWEPT_AFTER_END_DAYS))
+}
+
+/// When a grant that is not open ended, for [`swept_after_end`]: its expiry, or its request when
+/// it was never issued. A lapsed request's approvals may still count for an approval window after
+/// the last instant one could be given (`ops::approval::evaluate`: both windows the policy's at the
+/// time, at most [`crate::policy::MAX_APPROVAL_WINDOW`]): a broker may mint it until then, so it
+/// ends then, whatever the policy says later.
+fn ended(grant: &GrantView) -> DateTime<Utc> {
+    if grant.state == GrantState::Lapsed {
+        let windows = chrono::Duration::seconds(2 * crate::policy::MAX_APPROVAL_WINDOW as i64);
+        return grant.requested_at.checked_add_signed(windows).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    }
+    grant.expires_at.unwrap_or(grant.requested_at)
 }
 
 /// Whether a grant that is not open is kept in the grant index's `watched` list: the sweep still
@@ -248,6 +260,19 @@ pub fn strays_since(
     let Some(changes) = since.and_then(|s| reading.changed_since(repo, s)) else {
         return Ok((Some(reading.tip), reading.check(repo, None, false)?.strays));
     };
+    let lines_of = |blob: git2::Oid| -> Vec<Vec<u8>> {
+        repo.find_blob(blob)
+            .map(|b| b.content().split(|c| *c == b'\n').map(<[u8]>::to_vec).collect())
+            .unwrap_or_default()
+    };
+    // The lines each object's notes held before, under any fan-out (a tree git fanned out anew
+    // moves every note), counted: a second copy of a line told before is new.
+    let mut before: HashMap<git2::Oid, HashMap<Vec<u8>, usize>> = HashMap::new();
+    for change in &changes {
+        for line in change.old.map(lines_of).unwrap_or_default() {
+            *before.entry(change.key.annotated).or_default().entry(line).or_default() += 1;
+        }
+    }
     let mut strays = Vec::new();
     for change in changes {
         let Some(blob) = change.new else { continue };
@@ -255,16 +280,18 @@ pub fn strays_since(
         if read.strays.is_empty() {
             continue;
         }
-        let lines_of = |blob: git2::Oid| -> Vec<Vec<u8>> {
-            repo.find_blob(blob)
-                .map(|b| b.content().split(|c| *c == b'\n').map(<[u8]>::to_vec).collect())
-                .unwrap_or_default()
-        };
-        let before: HashSet<Vec<u8>> = change.old.map(lines_of).unwrap_or_default().into_iter().collect();
-        let now = lines_of(blob);
-        strays.extend(read.strays.into_iter().filter(|(_, line_no)| {
-            now.get(line_no.wrapping_sub(1)).is_none_or(|line| !before.contains(line))
-        }));
+        let lines = lines_of(blob);
+        let told = before.entry(change.key.annotated).or_default();
+        for stray in read.strays {
+            let Some(line) = lines.get(stray.1.wrapping_sub(1)) else {
+                strays.push(stray);
+                continue;
+            };
+            match told.get_mut(line) {
+                Some(count) if *count > 0 => *count -= 1,
+                _ => strays.push(stray),
+            }
+        }
     }
     Ok((Some(reading.tip), strays))
 }

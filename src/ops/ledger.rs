@@ -501,9 +501,3 @@ pub fn restore_removed(repo: &Repository) -> Result<Vec<restore::RemovedLine>, I
     }
     Ok(removed)
 }
-
-/// What [`restore_removed`] would put back, without writing anything (for `tpa status`).
-pub fn removed_since_last_search(repo: &Repository) -> Result<Vec<restore::RemovedLine>, InspectError> {
-    let state = StateDir::open(repo)?;
-    Ok(restore::removed_lines(repo, state.restore_cursor()?)?.1)
-}

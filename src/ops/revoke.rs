@@ -261,8 +261,6 @@ fn revoke_record(
     }
 }
 
-/// Session name -> expiry of every issued grant in `all` (the ledger's grants): what lets a deny
-/// entry be pruned.
 /// The expiries the ledger records, looked up for the sessions a backend asks about (those its
 /// deny entries name, a policy's worth), through the grant index: no read of every grant.
 pub struct LedgerExpiries<'r> {

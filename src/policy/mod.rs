@@ -17,6 +17,8 @@ use std::fmt;
 pub const STS_MIN_TTL: u64 = 900;
 /// The longest session STS issues (a role's MaxSessionDuration may be at most this), in seconds.
 pub const STS_MAX_TTL: u64 = 43_200;
+/// The longest `approval_window` a policy may set, in seconds.
+pub const MAX_APPROVAL_WINDOW: u64 = 7 * 86_400;
 
 /// The parsed, validated policy. Durations are in seconds.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -452,8 +452,9 @@ fn approval_rules(s: &Section<'_, '_>) -> Result<ApprovalRules, PolicyError> {
             ),
         ));
     }
-    let window =
-        s.duration("approval_window", 60, Some(7 * 86_400))?.map_or(defaults.window, Spanned::into_inner);
+    let window = s
+        .duration("approval_window", 60, Some(super::MAX_APPROVAL_WINDOW))?
+        .map_or(defaults.window, Spanned::into_inner);
     let break_glass = s.boolean("break_glass", false)?;
     let review_within = s
         .duration("review_within", 60, Some(30 * 86_400))?

@@ -120,6 +120,20 @@ fn records_a_reset_of_the_notes_ref_dropped_after_a_sweep_are_put_back_by_the_ne
     assert!(denied(&aws.role_name).contains(&format!("tpa-{id}")));
     // And a sweep after that one finds nothing more to put back.
     assert_eq!(aws.tpa().args(["sweep", "--json"]).run().success().json()["restored"], 0);
+
+    // Set back further, before the tip the last sweep searched: the tip no longer descends from
+    // it, and the next sweep searches everything again (old tips logged before it included).
+    let searched = aws.notes_tip().unwrap();
+    let second = grant(&aws);
+    aws.tpa().arg("sweep").run().success();
+    let parent = aws.env.git(&aws.dir, &["rev-parse", &format!("{searched}^")]);
+    aws.env.git(&aws.dir, &["update-ref", "refs/notes/tpa", &parent]);
+    let sweep = aws.tpa().args(["sweep", "--json"]).run().success().json();
+    assert!(sweep["restored"].as_u64().unwrap() >= 2, "{sweep}");
+    let item =
+        sweep["items"].as_array().unwrap().iter().find(|i| i["grant_id"] == second.as_str()).unwrap().clone();
+    assert_eq!(item["decision"], "restored", "{sweep}");
+    assert!(denied(&aws.role_name).contains(&format!("tpa-{second}")));
 }
 
 #[test]
