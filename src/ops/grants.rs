@@ -347,29 +347,36 @@ fn current_index(
             wanted.extend(index.watched.iter().copied());
         }
         let read = grants_of(repo, reading, &index, &wanted, now)?;
-        // Watched grants not read now are carried over: more than needed is harmless.
-        let carried = index.watched.iter().filter(|k| !wanted.contains(k)).copied();
-        let (open, watched) = keys_of(&read, now, carried);
-        if moved || index.open != open || index.watched != watched {
+        let (open, watched_now) = keys_of(&read, now);
+        // Watched grants not read now are carried over (more than needed is harmless); the list
+        // changes only where grants were read, so a reading of a few grants does not rebuild it.
+        let touched =
+            !watched_now.is_empty() || wanted.iter().any(|k| index.watched.binary_search(k).is_ok());
+        let watched = touched.then(|| {
+            let mut watched: Vec<GrantKey> =
+                index.watched.iter().filter(|k| !wanted.contains(k)).copied().chain(watched_now).collect();
+            // Two sorted runs: a stable sort merges them in one pass.
+            watched.sort();
+            watched.dedup();
+            watched
+        });
+        if moved || index.open != open || watched.as_ref().is_some_and(|w| *w != index.watched) {
+            let watched = watched.unwrap_or_else(|| index.watched.clone());
             reading.save(&GrantIndex { built_at: now, open, watched, ..index.clone() });
         }
         return Ok((index, read.into_iter().filter(|g| reader.keeps(g, now)).collect()));
     }
     let read = reading.check(repo, None, true)?;
     let all = from_checked(read.records, now);
-    let (open, watched) = keys_of(&all, now, std::iter::empty());
+    let (open, watched) = keys_of(&all, now);
     let index = GrantIndex { tip: reading.tip, built_at: now, notes: read.notes, open, watched };
     reading.save(&index);
     Ok((index, all.into_iter().filter(|g| reader.keeps(g, now)).collect()))
 }
 
-/// The index's lists at `now` from the grants read: the open ones, and the [`watched`] ones with
-/// `carried` (sorted, each once).
-fn keys_of(
-    read: &[GrantView],
-    now: DateTime<Utc>,
-    carried: impl Iterator<Item = GrantKey>,
-) -> (Vec<GrantKey>, Vec<GrantKey>) {
+/// The index's lists at `now` from the grants read: the open ones and the [`watched`] ones
+/// (sorted, each once).
+fn keys_of(read: &[GrantView], now: DateTime<Utc>) -> (Vec<GrantKey>, Vec<GrantKey>) {
     let sorted = |keys: Vec<GrantKey>| {
         let mut keys = keys;
         keys.sort();
@@ -377,8 +384,7 @@ fn keys_of(
         keys
     };
     let open = read.iter().filter(|g| g.state.is_open()).map(|g| GrantKey::of(&g.grant_id)).collect();
-    let watched =
-        read.iter().filter(|g| watched(g, now)).map(|g| GrantKey::of(&g.grant_id)).chain(carried).collect();
+    let watched = read.iter().filter(|g| watched(g, now)).map(|g| GrantKey::of(&g.grant_id)).collect();
     (sorted(open), sorted(watched))
 }
 

@@ -266,10 +266,11 @@ fn access_denied_until_the_last_retry_makes_the_grant_irrevocable() {
     assert_eq!(state(&aws, &grant_id).0, "revoked");
 }
 
-/// A grant of January on `commit`, through the test plumbing (no STS call): issued, expired long
-/// ago, and revoked too when `revoked`.
-fn january_grant(aws: &AwsRepo, commit: &str, grant_id: &str, revoked: bool) {
-    let mut intent = crate::common::notes::intent_json(commit, grant_id, "2026-01-01T00:00:00Z");
+/// A grant on `commit` requested at `at`, through the test plumbing (no STS call): issued, expired
+/// 30 minutes later, and revoked too when `revoked`.
+fn past_grant(aws: &AwsRepo, commit: &str, grant_id: &str, at: chrono::DateTime<chrono::Utc>, revoked: bool) {
+    let later = |minutes: i64| (at + chrono::Duration::minutes(minutes)).to_rfc3339();
+    let mut intent = crate::common::notes::intent_json(commit, grant_id, &at.to_rfc3339());
     intent["branch"] = serde_json::json!("refs/heads/hotfix/INC-1000");
     intent["provider"] = serde_json::json!("aws-sts");
     intent["target"] = serde_json::json!(aws.role_arn);
@@ -279,21 +280,25 @@ fn january_grant(aws: &AwsRepo, commit: &str, grant_id: &str, revoked: bool) {
     let sha = append(&intent)["payload_sha256"].clone();
     let mut issued = intent.clone();
     issued["kind"] = serde_json::json!("grant");
-    issued["issued_at"] = serde_json::json!("2026-01-01T00:00:01Z");
-    issued["expires_at"] = serde_json::json!("2026-01-01T00:30:00Z");
+    issued["issued_at"] = serde_json::json!(later(1));
+    issued["expires_at"] = serde_json::json!(later(30));
     issued["credential_fingerprint"] = serde_json::json!("sha256:0011223344556677");
     issued["intent_sha256"] = sha;
     append(&issued);
     if revoked {
         let mut revoke = issued.clone();
         revoke["kind"] = serde_json::json!("revoke");
-        revoke["issued_at"] = serde_json::json!("2026-01-01T00:10:00Z");
+        revoke["issued_at"] = serde_json::json!(later(10));
         revoke["trigger"] = serde_json::json!("merged");
         revoke["result"] = serde_json::json!("done");
         revoke["expires_at"] = serde_json::Value::Null;
         revoke["credential_fingerprint"] = serde_json::Value::Null;
         append(&revoke);
     }
+}
+
+fn january() -> chrono::DateTime<chrono::Utc> {
+    "2026-01-01T00:00:00Z".parse().unwrap()
 }
 
 /// The blobs of `commit`'s notes at the tip (in whatever fan-outs), deleted from the object store.
@@ -320,10 +325,10 @@ fn the_sweep_reads_the_grants_it_looks_after_and_not_the_whole_ledger() {
     let listed = "01KA0000000000000000000001";
     let gone = "01KA0000000000000000000002";
     let listed_commit = aws.head();
-    january_grant(&aws, &listed_commit, listed, true);
+    past_grant(&aws, &listed_commit, listed, january(), true);
     aws.env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "another fix"]);
     let gone_commit = aws.head();
-    january_grant(&aws, &gone_commit, gone, false);
+    past_grant(&aws, &gone_commit, gone, january(), false);
     aws.env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "the fix"]);
     seed_policy(&aws.role_name, &tpa::provider::aws_iam::document(&[format!("tpa-{listed}")].into()));
     let kept = grant(&aws);
@@ -345,12 +350,13 @@ fn the_sweep_reads_the_grants_it_looks_after_and_not_the_whole_ledger() {
     revoke["credential_fingerprint"] = serde_json::Value::Null;
     aws.tpa().args(["debug", "append"]).stdin(revoke.to_string()).run().success();
     delete_notes_of(&aws, &gone_commit);
-    // `tpa status` sees it revoked; then a record on another note moves the ledger on, and
-    // `status` reads only what changed: the sweep learns of the revoked grant from what the
-    // second `status` carried over in the grant index.
+    // `tpa status` sees it revoked; then a grant that expired an hour ago (one the sweep looks after
+    // too) arrives on another note, and `status` reads only what changed: the sweep learns of the
+    // revoked grant from what the second `status` carried over in the grant index.
     let open = || aws.tpa().args(["status", "--json"]).run().success().json().as_array().unwrap().len();
     assert_eq!(open(), 1);
-    january_grant(&aws, &listed_commit, "01KA0000000000000000000003", false);
+    let lately = chrono::Utc::now() - chrono::Duration::minutes(90);
+    past_grant(&aws, &listed_commit, "01KA0000000000000000000003", lately, false);
     assert_eq!(open(), 1);
 
     let sweep = aws.tpa().args(["sweep", "--json"]).run().success().json();
