@@ -18,26 +18,13 @@
 # Needs hyperfine, jq, git, GNU /usr/bin/time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sizes=${SIZES:-"1000 10000 100000"}
-if [ -z "${TPA_BIN:-}" ]; then cargo build --release --features testing --quiet; fi
-tpa=${TPA_BIN:-$PWD/target/release/tpa}
-base_tpa=${TPA_BASE:-}
-if [ -z "${WORK:-}" ]; then
-  WORK=$(KEEP=1 SIZES="$sizes" TPA_BIN="$tpa" bench/audit.sh | tee /dev/stderr | sed -n 's/^work dir: \(.*\) (kept)$/\1/p')
-fi
-export HOME=$WORK/home GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 TZ=UTC TPA_SIGNING_KEY=$WORK/key
-scratch=$(mktemp -d /tmp/tpa-bench-grants.XXXXXX)
-trap 'rm -rf "$scratch"' EXIT
-median_ms() { jq ".results[$2].median * 1000" "$1"; }
-peak_mib() { /usr/bin/time -f %M -o "$scratch/rss" "$@" >/dev/null 2>&1 || true; echo $(($(cat "$scratch/rss") / 1024)); }
+bench_name=grants
+. bench/audit-ledgers.sh
 
 printf '%-7s %10s %12s %9s %9s %13s %10s %9s %12s %10s %10s\n' grants status_ms after_new_ms env_ms show_ms \
   every_rec_ms rev_parse_ms base_ms every/status status_MiB every_MiB
 for n in $sizes; do
-  repo=$scratch/r$n
-  cp -a "$WORK/r$n" "$repo"
-  cd "$repo"
-  git switch -q -c hotfix/bench-open
+  work_on "$n"
   for i in $(seq 1 10); do
     git commit -q --allow-empty -m "open $i"
     "$tpa" debug intent --reason "INC-$i: an open grant of the benchmark" >/dev/null

@@ -21,30 +21,17 @@
 # Needs hyperfine, jq, git, GNU /usr/bin/time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sizes=${SIZES:-"1000 10000 100000"}
-if [ -z "${TPA_BIN:-}" ]; then cargo build --release --features testing --quiet; fi
-tpa=${TPA_BIN:-$PWD/target/release/tpa}
-base_tpa=${TPA_BASE:-}
-if [ -z "${WORK:-}" ]; then
-  WORK=$(KEEP=1 SIZES="$sizes" TPA_BIN="$tpa" bench/audit.sh | tee /dev/stderr | sed -n 's/^work dir: \(.*\) (kept)$/\1/p')
-fi
-export HOME=$WORK/home GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 TZ=UTC TPA_SIGNING_KEY=$WORK/key
+bench_name=sweep
+. bench/audit-ledgers.sh
 TPA_TEST_NOW=$(date -u -d "+${DAYS_LATER:-8} days" +%Y-%m-%dT%H:%M:%SZ)
 opened_at=$(date -u -d "$TPA_TEST_NOW - 1 minute" +%Y-%m-%dT%H:%M:%SZ)
 export TPA_TEST_NOW
-scratch=$(mktemp -d /tmp/tpa-bench-sweep.XXXXXX)
-trap 'rm -rf "$scratch"' EXIT
-median_ms() { jq ".results[$2].median * 1000" "$1"; }
-peak_mib() { /usr/bin/time -f %M -o "$scratch/rss" "$@" >/dev/null 2>&1 || true; echo $(($(cat "$scratch/rss") / 1024)); }
 decisions() { jq -c '[.items[] | [.grant_id, .decision]] | sort' ; }
 
 echo "clock: $TPA_TEST_NOW"
 printf '%-7s %9s %8s %9s %9s %12s %10s %9s\n' grants items sweep_ms base_ms base/sweep rev_parse_ms sweep_MiB base_MiB
 for n in $sizes; do
-  repo=$scratch/r$n
-  cp -a "$WORK/r$n" "$repo"
-  cd "$repo"
-  git switch -q -c hotfix/bench-open
+  work_on "$n"
   for i in $(seq 10 19); do
     git commit -q --allow-empty -m "open $i"
     jq -nc --arg id "01KB00000000000000000000$i" --arg at "$opened_at" --arg commit "$(git rev-parse HEAD)" \

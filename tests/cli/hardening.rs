@@ -49,6 +49,16 @@ fn bounded(run: Run, limit: Duration) -> Done {
 
 // 1. Deleting a note must not make a live grant unrevocable.
 
+/// A sweep puts back the removed records of grant `id` (and at least one other line) and ends it.
+fn sweep_restores_and_ends(aws: &AwsRepo, id: &str) {
+    let sweep = aws.tpa().args(["sweep", "--json"]).run().success().json();
+    assert!(sweep["restored"].as_u64().unwrap() >= 2, "{sweep}");
+    let item = sweep["items"].as_array().unwrap().iter().find(|i| i["grant_id"] == id).unwrap().clone();
+    assert_eq!(item["decision"], "restored", "{sweep}");
+    assert_eq!(item["outcome"]["result"], "done", "{sweep}");
+    assert!(denied(&aws.role_name).contains(&format!("tpa-{id}")));
+}
+
 #[test]
 fn a_grant_whose_note_was_deleted_is_still_revoked_by_id() {
     let aws = AwsRepo::new();
@@ -86,16 +96,10 @@ fn a_grant_on_an_amended_and_pruned_commit_is_put_back_and_ended_by_the_sweep() 
     aws.env.git(&aws.dir, &["notes", "--ref=tpa", "prune"]);
     assert!(aws.tpa().args(["status", "--json"]).run().success().json().as_array().unwrap().is_empty());
 
-    let sweep = aws.tpa().args(["sweep", "--json"]).run().success().json();
-    assert!(sweep["restored"].as_u64().unwrap() >= 2, "{sweep}");
-    let item =
-        sweep["items"].as_array().unwrap().iter().find(|i| i["grant_id"] == id.as_str()).unwrap().clone();
-    assert_eq!(item["decision"], "restored", "{sweep}");
-    assert_eq!(item["outcome"]["result"], "done", "{sweep}");
+    sweep_restores_and_ends(&aws, &id);
     assert_eq!(state_of(&aws, &id), "revoked");
     let revoke = records_of(&aws, &id).into_iter().find(|r| r["kind"] == "revoke").unwrap();
     assert_eq!(revoke["trigger"], "audit");
-    assert!(denied(&aws.role_name).contains(&format!("tpa-{id}")));
 }
 
 #[test]
@@ -111,13 +115,7 @@ fn records_a_reset_of_the_notes_ref_dropped_after_a_sweep_are_put_back_by_the_ne
     aws.env.git(&aws.dir, &["update-ref", "refs/notes/tpa", &searched]);
     assert!(aws.tpa().args(["status", "--json"]).run().success().json().as_array().unwrap().len() == 1);
 
-    let sweep = aws.tpa().args(["sweep", "--json"]).run().success().json();
-    assert!(sweep["restored"].as_u64().unwrap() >= 2, "{sweep}");
-    let item =
-        sweep["items"].as_array().unwrap().iter().find(|i| i["grant_id"] == id.as_str()).unwrap().clone();
-    assert_eq!(item["decision"], "restored", "{sweep}");
-    assert_eq!(item["outcome"]["result"], "done", "{sweep}");
-    assert!(denied(&aws.role_name).contains(&format!("tpa-{id}")));
+    sweep_restores_and_ends(&aws, &id);
     // And a sweep after that one finds nothing more to put back.
     assert_eq!(aws.tpa().args(["sweep", "--json"]).run().success().json()["restored"], 0);
 
@@ -128,12 +126,7 @@ fn records_a_reset_of_the_notes_ref_dropped_after_a_sweep_are_put_back_by_the_ne
     aws.tpa().arg("sweep").run().success();
     let parent = aws.env.git(&aws.dir, &["rev-parse", &format!("{searched}^")]);
     aws.env.git(&aws.dir, &["update-ref", "refs/notes/tpa", &parent]);
-    let sweep = aws.tpa().args(["sweep", "--json"]).run().success().json();
-    assert!(sweep["restored"].as_u64().unwrap() >= 2, "{sweep}");
-    let item =
-        sweep["items"].as_array().unwrap().iter().find(|i| i["grant_id"] == second.as_str()).unwrap().clone();
-    assert_eq!(item["decision"], "restored", "{sweep}");
-    assert!(denied(&aws.role_name).contains(&format!("tpa-{second}")));
+    sweep_restores_and_ends(&aws, &second);
 }
 
 #[test]
