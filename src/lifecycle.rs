@@ -100,6 +100,9 @@ pub struct Situation<'a> {
     pub left_at: Option<DateTime<Utc>>,
     /// Full refname HEAD points to now (`None` when detached).
     pub head_branch: Option<String>,
+    /// The protected branches' tips ([`protected_tips`] of `protected`), when the caller read them
+    /// once for the many grants it decides; `None`: read for this grant.
+    pub protected_tips: Option<&'a [(String, Oid)]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,7 +181,7 @@ fn decide_bounded(
         let followed = GrantFacts { branch: new_name, ..facts.clone() };
         return decide_bounded(repo, &followed, situation, limit);
     }
-    if let Some((into, how)) = merged(repo, facts, situation.protected, &copies, limit).map_err(git)? {
+    if let Some((into, how)) = merged(repo, facts, situation, &copies, limit).map_err(git)? {
         return Ok(Verdict::Merged { into, how });
     }
     if situation.holds_grant && !copies.local_exists && copies.remote.is_empty() {
@@ -310,7 +313,7 @@ fn tip_candidates(repo: &Repository, facts: &GrantFacts, copies: &BranchCopies) 
 fn merged(
     repo: &Repository,
     facts: &GrantFacts,
-    protected: &[String],
+    situation: &Situation,
     copies: &BranchCopies,
     limit: usize,
 ) -> Result<Option<(String, MergeKind)>, git2::Error> {
@@ -318,10 +321,16 @@ fn merged(
     if tips.is_empty() {
         return Ok(None);
     }
-    let targets: Vec<(String, Oid)> = protected_tips(repo, protected)?
-        .into_iter()
-        .filter(|(name, _)| !copies.is_copy(&facts.branch, name))
-        .collect();
+    let read_now;
+    let all_targets = match situation.protected_tips {
+        Some(tips) => tips,
+        None => {
+            read_now = protected_tips(repo, situation.protected)?;
+            &read_now
+        }
+    };
+    let targets: Vec<(String, Oid)> =
+        all_targets.iter().filter(|(name, _)| !copies.is_copy(&facts.branch, name)).cloned().collect();
     // A base this clone does not have (a shallow clone) is as good as none.
     let base = facts.base.filter(|b| repo.find_commit(*b).is_ok());
 
@@ -672,6 +681,7 @@ mod tests {
             holds_grant: true,
             left_at: None,
             head_branch,
+            protected_tips: None,
         }
     }
 
@@ -708,6 +718,20 @@ mod tests {
         let (dir, facts, _) = branch_with_work(&sb);
         sb.git(&dir, &["merge", "-q", "--no-ff", "-m", "merge hotfix", "hotfix/a"]);
         assert_eq!(verdict(&dir, &facts), merged(MAIN, MergeKind::Ancestry));
+    }
+
+    #[test]
+    fn protected_tips_read_once_by_the_caller_decide_as_tips_read_per_grant() {
+        let sb = Sandbox::new();
+        let (dir, facts, _) = branch_with_work(&sb);
+        sb.git(&dir, &["merge", "-q", "--no-ff", "-m", "merge hotfix", "hotfix/a"]);
+        let repo = Repository::open(&dir).unwrap();
+        let tips = protected_tips(&repo, &PROTECTED).unwrap();
+        let given = Situation { protected_tips: Some(&tips), ..situation(&dir) };
+        assert_eq!(verdict_in(&dir, &facts, &given), merged(MAIN, MergeKind::Ancestry));
+        // The tips given are the ones used: none given, nothing is merged into anything.
+        let none = Situation { protected_tips: Some(&[]), ..situation(&dir) };
+        assert_eq!(verdict_in(&dir, &facts, &none), Verdict::Keep);
     }
 
     #[test]

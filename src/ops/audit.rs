@@ -500,6 +500,8 @@ fn dangling(
         holds_grant: holds,
         left_at: left.get(&grant.branch).copied(),
         head_branch: head_branch.clone(),
+        // Only active grants come here: few, each reads the protected tips itself.
+        protected_tips: None,
     };
     let why = match lifecycle::decide(repo, &lifecycle_facts, &situation).ok()? {
         Verdict::Merged { into, how } => format!(

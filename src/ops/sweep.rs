@@ -175,6 +175,8 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
     let all = grants::swept(repo, now)?;
     let expiries = revoke::LedgerExpiries::new(repo, now);
 
+    // Read once for every grant decided (a repository may have thousands of refs).
+    let tips = lifecycle::protected_tips(repo, &protected).ok();
     let mut to_revoke: Vec<(Decision, RevokeTrigger, Option<String>, GrantView)> = Vec::new();
     let mut last_attempt: HashSet<GrantId> = HashSet::new();
     // An expired postgres grant still has a login role (and maybe open sessions) until dropped.
@@ -198,6 +200,7 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
             holds_grant: holds,
             left_at: left.get(&grant.branch).copied(),
             head_branch: head_branch.clone(),
+            protected_tips: tips.as_deref(),
         };
         let verdict = match lifecycle::decide(repo, &facts, &situation) {
             Ok(verdict) => verdict,
