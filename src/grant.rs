@@ -46,6 +46,11 @@ impl GrantId {
     pub fn session_name(&self) -> String {
         format!("tpa-{}", self.0)
     }
+
+    /// The grant whose [`GrantId::session_name`] `name` is, if it is one.
+    pub fn of_session_name(name: &str) -> Option<GrantId> {
+        name.strip_prefix("tpa-")?.parse().ok()
+    }
 }
 
 /// A test build may fix the random part of grant ids with TPA_TEST_SEED (the test environment
@@ -682,6 +687,14 @@ mod tests {
             approve_by: None,
             delivery_key: None,
         }
+    }
+
+    #[test]
+    fn a_session_name_names_its_grant_back() {
+        let id: GrantId = "01JD3M5Q8Z6N2X4V7B9C1R0T5K".parse().unwrap();
+        assert_eq!(GrantId::of_session_name(&id.session_name()), Some(id));
+        assert_eq!(GrantId::of_session_name("01JD3M5Q8Z6N2X4V7B9C1R0T5K"), None);
+        assert_eq!(GrantId::of_session_name("tpa-not-a-grant"), None);
     }
 
     #[test]

@@ -280,7 +280,7 @@ impl Expiries for LedgerExpiries<'_> {
     fn of(&self, sessions: &std::collections::BTreeSet<String>) -> BTreeMap<String, DateTime<Utc>> {
         let mut known = self.known.borrow_mut();
         let new: Vec<&String> = sessions.iter().filter(|s| !known.contains_key(*s)).collect();
-        let ids: Vec<GrantId> = new.iter().filter_map(|s| s.strip_prefix("tpa-")?.parse().ok()).collect();
+        let ids: Vec<GrantId> = new.iter().filter_map(|s| GrantId::of_session_name(s)).collect();
         // A lookup that fails prunes nothing, now or later in this process: keeping is safe.
         let found = grants::find_all(self.repo, &ids, self.now).unwrap_or_default();
         let expiries: BTreeMap<String, DateTime<Utc>> =

@@ -181,8 +181,7 @@ impl super::Issuer for StsIssuer {
     /// STS credentials cannot be taken back: the session is denied in its role's revocation policy.
     fn unmint(&mut self, _: &super::Secret) -> bool {
         use super::Backend;
-        let Some(grant_id) = self.mint.session_name.strip_prefix("tpa-").and_then(|id| id.parse().ok())
-        else {
+        let Some(grant_id) = crate::grant::GrantId::of_session_name(&self.mint.session_name) else {
             return false;
         };
         let ending = super::Ending { grant_id: &grant_id, target: &self.mint.role_arn, database: None };
