@@ -407,8 +407,7 @@ pub fn since(
     // blob is new, or had a finding at the base, is checked now.
     let changed: HashSet<NoteKey> = changes.iter().map(|c| c.key).collect();
     let mut kept = Vec::new();
-    let mut to_check: Vec<Note> =
-        changes.iter().filter_map(|c| Some(Note { key: c.key, blob: c.new? })).collect();
+    let mut to_check: Vec<Note> = changes.iter().filter_map(notes::NoteChange::new_note).collect();
     for note in base.notes {
         if changed.contains(&note.note.key) {
             continue;

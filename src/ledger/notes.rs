@@ -470,6 +470,13 @@ pub struct NoteChange {
     pub new: Option<Oid>,
 }
 
+impl NoteChange {
+    /// The note as it is on the newer side; None when it was removed.
+    pub fn new_note(&self) -> Option<Note> {
+        Some(Note { key: self.key, blob: self.new? })
+    }
+}
+
 /// Every note whose blob differs between the notes trees `old` and `new` (either may be absent).
 /// Subtrees with the same id on both sides are skipped without being read, so the cost follows
 /// the change, not the ledger. A path that is a directory on one side and a note on the other is

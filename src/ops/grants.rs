@@ -258,7 +258,11 @@ pub fn strays_since(
         return Ok((report.tip, strays));
     };
     let Some(changes) = since.and_then(|s| reading.changed_since(repo, s)) else {
-        return Ok((Some(reading.tip), reading.check(repo, None, false)?.strays));
+        let strays = reading.check(repo, None, false)?.strays;
+        return Ok((
+            Some(reading.tip),
+            strays.into_iter().map(|(note, line_no)| (note.key.annotated, line_no)).collect(),
+        ));
     };
     let lines_of = |blob: git2::Oid| -> Vec<Vec<u8>> {
         repo.find_blob(blob)
@@ -273,24 +277,20 @@ pub fn strays_since(
             *before.entry(change.key.annotated).or_default().entry(line).or_default() += 1;
         }
     }
+    let changed: Vec<Note> = changes.iter().filter_map(NoteChange::new_note).collect();
+    let mut lines: HashMap<git2::Oid, Vec<Vec<u8>>> = HashMap::new();
     let mut strays = Vec::new();
-    for change in changes {
-        let Some(blob) = change.new else { continue };
-        let read = reading.check(repo, Some(&[Note { key: change.key, blob }]), false)?;
-        if read.strays.is_empty() {
+    for (note, line_no) in reading.check(repo, Some(&changed), false)?.strays {
+        let stray = (note.key.annotated, line_no);
+        let Some(line) =
+            lines.entry(note.blob).or_insert_with(|| lines_of(note.blob)).get(line_no.wrapping_sub(1))
+        else {
+            strays.push(stray);
             continue;
-        }
-        let lines = lines_of(blob);
-        let told = before.entry(change.key.annotated).or_default();
-        for stray in read.strays {
-            let Some(line) = lines.get(stray.1.wrapping_sub(1)) else {
-                strays.push(stray);
-                continue;
-            };
-            match told.get_mut(line) {
-                Some(count) if *count > 0 => *count -= 1,
-                _ => strays.push(stray),
-            }
+        };
+        match before.entry(note.key.annotated).or_default().get_mut(line) {
+            Some(count) if *count > 0 => *count -= 1,
+            _ => strays.push(stray),
         }
     }
     Ok((Some(reading.tip), strays))
@@ -403,8 +403,7 @@ fn brought_forward(
     if changes.is_empty() {
         return Ok(Some((GrantIndex { tip: reading.tip, ..old }, wanted)));
     }
-    let new_notes: Vec<Note> =
-        changes.iter().filter_map(|c| Some(Note { key: c.key, blob: c.new? })).collect();
+    let new_notes: Vec<Note> = changes.iter().filter_map(NoteChange::new_note).collect();
     let fresh = reading.check(repo, Some(&new_notes), false)?.notes;
     let mut by_key: BTreeMap<NoteKey, IndexedNote> = old.notes.into_iter().map(|n| (n.note.key, n)).collect();
     for change in changes {

@@ -217,7 +217,8 @@ pub struct IndexedReading {
 pub struct NotesRead {
     pub notes: Vec<grant_index::IndexedNote>,
     pub records: Vec<CheckedRecord>,
-    pub strays: Vec<Stray>,
+    /// The lines that are no record: the note each is on, and its 1-based line number.
+    pub strays: Vec<(notes::Note, usize)>,
 }
 
 /// A line that is no record: the object its note annotates, and its 1-based line number.
@@ -288,12 +289,7 @@ impl IndexedReading {
         let strays = checked
             .notes
             .iter()
-            .flat_map(|n| {
-                n.lines
-                    .iter()
-                    .filter(|l| l.facts.is_none())
-                    .map(|l| (n.note.key.annotated, l.line_no as usize))
-            })
+            .flat_map(|n| n.lines.iter().filter(|l| l.facts.is_none()).map(|l| (n.note, l.line_no as usize)))
             .collect();
         let records = if keep { checked.into_records().0 } else { Vec::new() };
         Ok(NotesRead { notes, records, strays })
