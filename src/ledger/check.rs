@@ -10,25 +10,29 @@
 //! blobs that are no longer at the tip.
 //!
 //! On libgit2's strict hash verification (on by default: every object read is hashed again and
-//! compared with its id), measured with bench/ledger.sh (`nohash_ms`, docs/verify.md, "Cost"): it
-//! is about a sixth of the full check's CPU time at 10,000 and 100,000 records (the SHA-1 of every
-//! tree of the notes ref's history, with collision detection). It stays on. Signatures cover the
-//! payloads at the tip, but not what this module infers
-//! from object ids: a subtree skipped because its id is also in the tip, a historic blob taken as
-//! present because its id is the tip's, and the verify cache, whose entries are keyed by blob id.
-//! An object whose bytes no longer match its id (a damaged pack, a swapped loose object) would make
-//! each of those inferences wrong without any signature failing; with the check it is an error.
+//! compared with its id): the history walk switches it off while it reads ([`UnhashedReads`]).
+//! There it was a quarter of the full check's CPU at 100,000 grants (every notes commit's trees,
+//! every earlier version of every note: about 5 GB of SHA-1 with collision detection; figures in
+//! docs/verify.md, "Cost"), and it adds nothing there. Every object came into the repository named
+//! by its own hash (index-pack hashes what a fetch or clone receives; git and tpa hash what they
+//! write), and damage to a stored object fails zlib's checksum when the object is inflated. What a
+//! hash check at read time would add is catching an object rewritten in place under its old id by
+//! someone who can write to `.git`, and that writer can as well point the notes ref at a rewritten
+//! history that never held the line they removed, which no hash check sees: other clones and the
+//! audit on a fresh clone are the defence against that. The tip's note blobs, the signed records,
+//! stay checked: the verify and records caches remember results by their ids, and the audit reads
+//! them twice on the strength of it (a few percent of the bytes).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use git2::{Oid, Repository};
 use sha2::{Digest, Sha256};
 
-use super::notes::{self, Dir, Entry, Note, NoteKey};
+use super::notes::{self, Dir, Entry, Note, NoteKey, RawTree};
 use super::signature::KeyCache;
 use super::signers::AllowedSigners;
 use super::verify::{self, Finding, Kept, Line, Placed};
@@ -277,9 +281,7 @@ pub fn full(
     signers: &AllowedSigners,
     options: Options<'_>,
 ) -> Result<Checked, git2::Error> {
-    // The benchmark's way to measure what the strict hash verification costs (bench/ledger.sh).
-    #[cfg(feature = "testing")]
-    if std::env::var_os("TPA_TEST_NO_STRICT_HASH").is_some() {
+    if !hash_checks_wanted() {
         git2::opts::strict_hash_verification(false);
     }
     let git_dir = repo.path();
@@ -335,6 +337,7 @@ pub fn full(
     let checked =
         check_notes(git_dir, &notes_at_tip, signers, options.keep_records, options.verified_before, &hasher)?;
     let removed = if options.history {
+        let _unhashed = UnhashedReads::start();
         roots.retain(|r| *r != tip_tree.id());
         let historic = historic_pairs(git_dir, roots, &tip_dirs, &notes_at_tip)?;
         let needed: HashSet<Oid> = historic.iter().map(|(annotated, _)| *annotated).collect();
@@ -345,6 +348,37 @@ pub fn full(
         Vec::new()
     };
     Ok(Checked { tip, notes: checked.into_iter().map(|(n, _)| n).collect(), removed })
+}
+
+/// libgit2's strict hash verification off until dropped (the history walk's reads: why, at the top
+/// of this module). The option is the process's: walks take turns, so that one ending does not
+/// switch it on under another, and in tpa nothing else reads objects while the full check runs.
+struct UnhashedReads(#[allow(dead_code)] MutexGuard<'static, ()>);
+
+static HISTORY_WALK: Mutex<()> = Mutex::new(());
+
+impl UnhashedReads {
+    fn start() -> Self {
+        let turn = HISTORY_WALK.lock().unwrap_or_else(PoisonError::into_inner);
+        git2::opts::strict_hash_verification(false);
+        UnhashedReads(turn)
+    }
+}
+
+impl Drop for UnhashedReads {
+    fn drop(&mut self) {
+        git2::opts::strict_hash_verification(hash_checks_wanted());
+    }
+}
+
+/// Whether objects outside the history walk are hashed when read: always, but in the benchmark's
+/// measure of what the remaining checks cost (bench/ledger.sh, `TPA_TEST_NO_STRICT_HASH`).
+fn hash_checks_wanted() -> bool {
+    #[cfg(feature = "testing")]
+    if std::env::var_os("TPA_TEST_NO_STRICT_HASH").is_some() {
+        return false;
+    }
+    true
 }
 
 /// Some of the notes at `tip` (ordered by key), checked as [`full`] checks them, without the
@@ -670,23 +704,33 @@ fn historic_pairs(
             .flat_map(|(dir, ids)| ids.chunks(TREES_PER_UNIT).map(move |chunk| (dir.clone(), chunk)))
             .collect();
         let outs = parallel(git_dir, units, |worker, (dir, ids)| {
-            let repo = &worker.repo;
-            let mut previous: Option<git2::Tree<'_>> = None;
+            let odb = worker.repo.odb()?;
+            let mut previous: Option<RawTree<'_>> = None;
             let mut subdirs: Vec<(Dir, Oid)> = Vec::new();
             let mut leaves: Vec<(Oid, Oid)> = Vec::new();
             for id in ids {
-                let tree = repo.find_tree(*id)?;
+                let tree = RawTree::read(&odb, *id)?;
                 let mut b = 0;
-                for entry in tree.iter() {
-                    let before = |b: usize| previous.as_ref().and_then(|p| p.get(b));
-                    while before(b).is_some_and(|e| notes::git_order(&e, &entry).is_lt()) {
-                        b += 1;
+                for index in 0..tree.len() {
+                    let bytes = tree.bytes(index);
+                    if let Some(before) = &previous {
+                        // Most entries are the tree before's, byte for byte: those were taken
+                        // from it already.
+                        if b < before.len() && before.bytes(b) == bytes {
+                            b += 1;
+                            continue;
+                        }
+                        let entry = tree.entry(index);
+                        while b < before.len() && before.entry(b).git_order(&entry).is_lt() {
+                            b += 1;
+                        }
+                        if b < before.len() && before.bytes(b) == bytes {
+                            b += 1;
+                            continue;
+                        }
                     }
-                    if before(b).is_some_and(|e| e.id() == entry.id() && notes::git_order(&e, &entry).is_eq())
-                    {
-                        continue;
-                    }
-                    match notes::classify(&dir, &entry) {
+                    let entry = tree.entry(index);
+                    match notes::classify_named(&dir, entry.name, Some(entry.kind()), entry.id) {
                         Entry::Dir(sub, sub_id) => {
                             if !tip_dirs.contains(&(sub.clone(), sub_id)) {
                                 subdirs.push((sub, sub_id));
@@ -766,4 +810,50 @@ fn compare_historic(
     removed.sort_by_key(|a| (a.annotated, a.line_sha256));
     removed.dedup_by(|a, b| a.annotated == b.annotated && a.line_sha256 == b.line_sha256);
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `bytes` as the loose object file of `id`, as an in-place rewrite would: the file
+    /// another repository writes for a blob of those bytes.
+    fn rewrite_in_place(repo: &Repository, id: Oid, bytes: &[u8]) {
+        let loose = |dir: &Path, id: Oid| {
+            let hex = id.to_string();
+            dir.join("objects").join(&hex[..2]).join(&hex[2..])
+        };
+        let other = tempfile::tempdir().unwrap();
+        let other_repo = Repository::init_bare(other.path()).unwrap();
+        let written = other_repo.blob(bytes).unwrap();
+        let file = std::fs::read(loose(other_repo.path(), written)).unwrap();
+        let path = loose(repo.path(), id);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, file).unwrap();
+    }
+
+    /// The history walk reads without libgit2's hash check (why: the top of this module); every
+    /// read after it, the audit's second read of the tip's records included, is checked again.
+    #[test]
+    fn reads_after_the_history_walk_are_hash_checked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        repo.config().unwrap().set_str("user.name", "t").unwrap();
+        repo.config().unwrap().set_str("user.email", "t@example.com").unwrap();
+        let annotated = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
+        notes::append_line(&repo, annotated, "first").unwrap();
+        let tip = notes::append_line(&repo, annotated, "second").unwrap();
+        let signers = AllowedSigners::parse("").unwrap();
+        let options = Options { keep_records: false, history: true, verified_before: None };
+        let checked = full(&repo, tip, &signers, options).unwrap();
+        assert_eq!(checked.notes.len(), 1);
+        assert!(checked.removed.is_empty(), "an append removes nothing");
+
+        let blob = checked.notes[0].note.blob;
+        rewrite_in_place(&repo, blob, b"first\nforged\n");
+        // No other test's walk has the check off meanwhile.
+        let _no_walk = HISTORY_WALK.lock().unwrap_or_else(PoisonError::into_inner);
+        let error = repo.find_blob(blob).map(|_| ()).expect_err("a blob whose bytes are not its id's");
+        assert!(error.message().contains("hash mismatch"), "{error}");
+    }
 }

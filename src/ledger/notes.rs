@@ -411,20 +411,21 @@ pub enum Entry {
 }
 
 pub fn classify(dir: &Dir, entry: &git2::TreeEntry<'_>) -> Entry {
-    let Ok(name) = entry.name() else { return Entry::Other };
-    if !is_hex(name) {
-        return Entry::Other;
-    }
+    classify_named(dir, entry.name_bytes(), entry.kind(), entry.id())
+}
+
+/// [`classify`] of an entry given by its parts (a tree read from its raw bytes, [`RawTree`]).
+pub fn classify_named(dir: &Dir, name: &[u8], kind: Option<ObjectType>, id: Oid) -> Entry {
+    // Hex digits are ASCII, so a name that passes is UTF-8 too.
+    let Some(name) = std::str::from_utf8(name).ok().filter(|n| is_hex(n)) else { return Entry::Other };
     let full = format!("{}{name}", dir.prefix);
-    match entry.kind() {
+    match kind {
         Some(ObjectType::Tree) if full.len() < 40 => {
             let splits = dir.splits | 1 << full.len();
-            Entry::Dir(Dir { prefix: full, splits }, entry.id())
+            Entry::Dir(Dir { prefix: full, splits }, id)
         }
         Some(ObjectType::Blob) if full.len() == 40 || full.len() == 64 => match Oid::from_str(&full) {
-            Ok(annotated) => {
-                Entry::Note(Note { key: NoteKey { annotated, splits: dir.splits }, blob: entry.id() })
-            }
+            Ok(annotated) => Entry::Note(Note { key: NoteKey { annotated, splits: dir.splits }, blob: id }),
             Err(_) => Entry::Other,
         },
         _ => Entry::Other,
@@ -451,6 +452,110 @@ pub fn list_under(
         }
     }
     Ok(())
+}
+
+/// A tree object read as its bytes, for the full check's history walk (src/ledger/check.rs),
+/// which reads every tree of the notes ref's past and compares most of their entries byte for
+/// byte with the tree before: a tree libgit2 parses is an allocation per entry and a foreign call
+/// per field, which made up most of the walk's own work. The object is read as `find_tree`
+/// reads it (libgit2's strict hash check included); the entries are parsed by libgit2's rules
+/// (`git_tree__parse_raw`), anything it would refuse is an error.
+pub struct RawTree<'odb> {
+    object: git2::OdbObject<'odb>,
+    /// Where each entry ends in the object's bytes.
+    ends: Vec<u32>,
+}
+
+/// One entry of a [`RawTree`]: `<octal mode> <name>\0<20-byte id>`. Object ids are SHA-1's:
+/// the libgit2 tpa builds opens no SHA-256 repository.
+pub struct RawEntry<'a> {
+    pub bytes: &'a [u8],
+    pub name: &'a [u8],
+    mode: u16,
+    pub id: Oid,
+}
+
+const RAW_ID_LEN: usize = 20;
+
+impl<'odb> RawTree<'odb> {
+    pub fn read(odb: &'odb git2::Odb<'_>, id: Oid) -> Result<Self, git2::Error> {
+        let object = odb.read(id)?;
+        let malformed = || git2::Error::from_str(&format!("tree {id} is malformed"));
+        if object.kind() != ObjectType::Tree {
+            return Err(git2::Error::from_str(&format!("object {id} is not a tree")));
+        }
+        let mut ends = Vec::new();
+        let data = object.data();
+        let mut at = 0;
+        while at < data.len() {
+            at += parse_raw_entry(&data[at..]).ok_or_else(malformed)?.bytes.len();
+            ends.push(u32::try_from(at).map_err(|_| malformed())?);
+        }
+        Ok(RawTree { object, ends })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The bytes of entry `index`, mode, name and id.
+    pub fn bytes(&self, index: usize) -> &[u8] {
+        let start = if index == 0 { 0 } else { self.ends[index - 1] as usize };
+        &self.object.data()[start..self.ends[index] as usize]
+    }
+
+    pub fn entry(&self, index: usize) -> RawEntry<'_> {
+        parse_raw_entry(self.bytes(index)).expect("parsed when read")
+    }
+}
+
+/// The entry at the start of `data`.
+fn parse_raw_entry(data: &[u8]) -> Option<RawEntry<'_>> {
+    let space = data.iter().position(|&b| b == b' ')?;
+    let mut mode: u16 = 0;
+    if space == 0 {
+        return None;
+    }
+    for &digit in &data[..space] {
+        if !(b'0'..=b'7').contains(&digit) {
+            return None;
+        }
+        mode = mode.wrapping_shl(3).wrapping_add(u16::from(digit - b'0'));
+    }
+    let name_start = space + 1;
+    let nul = name_start + data[name_start..].iter().position(|&b| b == 0)?;
+    let name = &data[name_start..nul];
+    if name.is_empty() || name.len() > usize::from(u16::MAX) {
+        return None;
+    }
+    let end = nul + 1 + RAW_ID_LEN;
+    let id = Oid::from_bytes(data.get(nul + 1..end)?).ok()?;
+    Some(RawEntry { bytes: &data[..end], name, mode, id })
+}
+
+impl RawEntry<'_> {
+    /// The entry's type as libgit2 gives it (`git_tree_entry_type`): a gitlink is a commit, a
+    /// directory a tree, anything else a blob.
+    pub fn kind(&self) -> ObjectType {
+        match self.mode & 0o170000 {
+            0o160000 => ObjectType::Commit,
+            0o040000 => ObjectType::Tree,
+            _ => ObjectType::Blob,
+        }
+    }
+
+    /// [`git_order`] of two raw entries.
+    pub fn git_order(&self, other: &RawEntry<'_>) -> std::cmp::Ordering {
+        fn key<'e>(e: &'e RawEntry<'_>) -> impl Iterator<Item = &'e u8> {
+            let suffix: &[u8] = if e.kind() == ObjectType::Tree { b"/" } else { b"" };
+            e.name.iter().chain(suffix)
+        }
+        key(self).cmp(key(other))
+    }
 }
 
 /// git's order of tree entries: names compared as bytes, a directory's as if it ended with `/`.
@@ -558,6 +663,54 @@ mod tests {
         repo.config().unwrap().set_str("user.name", "t").unwrap();
         repo.config().unwrap().set_str("user.email", "t@example.com").unwrap();
         (dir, repo)
+    }
+
+    /// A raw tree gives each entry as libgit2's parsed tree does (name, type, id, git's order), for
+    /// every mode git writes, and refuses what libgit2 refuses to parse.
+    #[test]
+    fn raw_trees_read_entries_as_libgit2_parses_them() {
+        let (_dir, repo) = repo();
+        let blob = repo.blob(b"x").unwrap();
+        let empty = repo.treebuilder(None).unwrap().write().unwrap();
+        let commit = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
+        let mut builder = repo.treebuilder(None).unwrap();
+        builder.insert("ab", empty, 0o040000).unwrap();
+        builder.insert("ab.txt", blob, 0o100644).unwrap();
+        builder.insert("abc", blob, 0o100755).unwrap();
+        builder.insert("link", blob, 0o120000).unwrap();
+        builder.insert("module", commit, 0o160000).unwrap();
+        let id = builder.write().unwrap();
+        let parsed = repo.find_tree(id).unwrap();
+        let odb = repo.odb().unwrap();
+        let raw = RawTree::read(&odb, id).unwrap();
+        assert_eq!(raw.len(), parsed.len());
+        for (index, entry) in parsed.iter().enumerate() {
+            let r = raw.entry(index);
+            assert_eq!((r.name, Some(r.kind()), r.id), (entry.name_bytes(), entry.kind(), entry.id()));
+            if index > 0 {
+                let before = parsed.get(index - 1).unwrap();
+                assert_eq!(raw.entry(index - 1).git_order(&r), git_order(&before, &entry));
+            }
+        }
+        // "ab/" sorts after "ab.txt": the directory's name is compared as if it ended with '/'.
+        assert_eq!(raw.entry(0).name, b"ab.txt");
+        assert!(RawTree::read(&odb, blob).is_err(), "a blob is no tree");
+
+        let id_bytes = blob.as_bytes();
+        let mut malformed: Vec<Vec<u8>> = Vec::new();
+        for (mode, name) in [(&b"100648"[..], &b"a"[..]), (b"", b"a"), (b"100644", b"")] {
+            let mut bytes = [mode, b" ", name, b"\0"].concat();
+            bytes.extend_from_slice(id_bytes);
+            malformed.push(bytes);
+        }
+        malformed.push([&b"100644 a\0"[..], &id_bytes[..19]].concat());
+        malformed.push(b"100644 a".to_vec());
+        for bytes in malformed {
+            let id = odb.write(ObjectType::Tree, &bytes).unwrap();
+            let label = String::from_utf8_lossy(&bytes).into_owned();
+            assert!(repo.find_tree(id).is_err(), "libgit2 parses {label:?}");
+            assert!(RawTree::read(&odb, id).is_err(), "{label:?} read as a tree");
+        }
     }
 
     #[test]
