@@ -9,24 +9,24 @@
 //! every subtree that is also in the tip (all of its notes are at the tip), and reads only the
 //! blobs that are no longer at the tip.
 //!
-//! On libgit2's strict hash verification (on by default: every object read is hashed again and
-//! compared with its id): the history walk switches it off while it reads ([`UnhashedReads`]).
-//! There it was a quarter of the full check's CPU at 100,000 grants (every notes commit's trees,
-//! every earlier version of every note: about 5 GB of SHA-1 with collision detection; figures in
-//! docs/verify.md, "Cost"), and it adds nothing there. Every object came into the repository named
-//! by its own hash (index-pack hashes what a fetch or clone receives; git and tpa hash what they
-//! write), and damage to a stored object fails zlib's checksum when the object is inflated. What a
-//! hash check at read time would add is catching an object rewritten in place under its old id by
-//! someone who can write to `.git`, and that writer can as well point the notes ref at a rewritten
-//! history that never held the line they removed, which no hash check sees: other clones and the
-//! audit on a fresh clone are the defence against that. The tip's note blobs, the signed records,
-//! stay checked: the verify and records caches remember results by their ids, and the audit reads
-//! them twice on the strength of it (a few percent of the bytes).
+//! On hashing what is read. libgit2 holds every object it reads to its id with SHA-1DC (its
+//! "strict hash verification", git's SHA-1 with collision detection). The history walk reads with
+//! that switched off and holds each tree and earlier note version to its id with plain SHA-1
+//! instead ([`notes::read_checked`], on the CPU's SHA instructions): at 100,000 grants the walk
+//! reads about 5 GB (300,000 notes commits' trees, every earlier version of every note), and
+//! SHA-1DC over it was a quarter of the full check's CPU. What is given up is collision detection
+//! on those objects: an object rewritten in place under its old id is still refused (damage, an
+//! altered copy in a shared object store, a bit flip in a pack's delta offsets that makes another
+//! version stand for this one), unless its rewritten bytes were made beforehand to collide with
+//! the original under SHA-1, by whoever wrote that original into the ledger. The tip's note
+//! blobs, the signed records themselves, stay under libgit2's SHA-1DC. The switch is the
+//! process's ([`UnhashedReads`]): a process that runs several checks at once says so first
+//! ([`checks_run_side_by_side`]), and its walks then keep libgit2's check on.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use git2::{Oid, Repository};
@@ -350,25 +350,47 @@ pub fn full(
     Ok(Checked { tip, notes: checked.into_iter().map(|(n, _)| n).collect(), removed })
 }
 
-/// libgit2's strict hash verification off until dropped (the history walk's reads: why, at the top
-/// of this module). The option is the process's: walks take turns, so that one ending does not
-/// switch it on under another, and in tpa nothing else reads objects while the full check runs.
-struct UnhashedReads(#[allow(dead_code)] MutexGuard<'static, ()>);
+/// libgit2's strict hash verification off until dropped, for the history walk, which checks its
+/// reads itself (why: the top of this module). The option is the process's: walks take turns, so
+/// that one ending does not switch it on under another; and in a process where other checks may
+/// be reading meanwhile ([`checks_run_side_by_side`]) it stays on.
+struct UnhashedReads(#[allow(dead_code)] Option<MutexGuard<'static, ()>>);
 
 static HISTORY_WALK: Mutex<()> = Mutex::new(());
+static SIDE_BY_SIDE: AtomicBool = AtomicBool::new(false);
+
+/// This process runs several full checks at once (the organisation's audit, one repository per
+/// thread): libgit2's hash check then stays on throughout, since switching it off for one
+/// check's history walk would switch it off for what the others read meanwhile.
+pub fn checks_run_side_by_side() {
+    SIDE_BY_SIDE.store(true, Ordering::SeqCst);
+}
 
 impl UnhashedReads {
     fn start() -> Self {
+        if SIDE_BY_SIDE.load(Ordering::SeqCst) {
+            return UnhashedReads(None);
+        }
         let turn = HISTORY_WALK.lock().unwrap_or_else(PoisonError::into_inner);
         git2::opts::strict_hash_verification(false);
-        UnhashedReads(turn)
+        UnhashedReads(Some(turn))
     }
 }
 
 impl Drop for UnhashedReads {
     fn drop(&mut self) {
-        git2::opts::strict_hash_verification(hash_checks_wanted());
+        if self.0.is_some() {
+            git2::opts::strict_hash_verification(hash_checks_wanted());
+        }
     }
+}
+
+/// Runs `read` as the history walk reads: libgit2's hash check off, no walk of another test
+/// meanwhile.
+#[cfg(test)]
+pub(crate) fn as_the_walk_reads<T>(read: impl FnOnce() -> T) -> T {
+    let _unhashed = UnhashedReads::start();
+    read()
 }
 
 /// Whether objects outside the history walk are hashed when read: always, but in the benchmark's
@@ -787,12 +809,13 @@ fn compare_historic(
     }
     let nothing = HashSet::new();
     let outs = parallel(git_dir, units, |worker, unit| {
+        let odb = worker.repo.odb()?;
         let mut found = Vec::new();
         let mut reported: HashSet<(Oid, u64)> = HashSet::new();
         for &(annotated, blob) in unit {
             let present = tip_lines.get(&annotated).unwrap_or(&nothing);
-            let blob = worker.repo.find_blob(blob)?;
-            for (_, line) in verify::numbered_lines(blob.content()) {
+            let blob = notes::read_checked(&odb, blob, git2::ObjectType::Blob)?;
+            for (_, line) in verify::numbered_lines(blob.data()) {
                 let hash = hasher.hash_one(line);
                 if present.contains(&hash) || !reported.insert((annotated, hash)) {
                     continue;
@@ -830,6 +853,29 @@ mod tests {
         let path = loose(repo.path(), id);
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, file).unwrap();
+    }
+
+    /// An earlier version of a note rewritten in place under its id stops the full check: the
+    /// walk holds what it reads to its id itself.
+    #[test]
+    fn the_history_walk_refuses_an_earlier_version_rewritten_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        repo.config().unwrap().set_str("user.name", "t").unwrap();
+        repo.config().unwrap().set_str("user.email", "t@example.com").unwrap();
+        let annotated = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
+        let first = notes::append_line(&repo, annotated, "first").unwrap();
+        let tip = notes::append_line(&repo, annotated, "second").unwrap();
+        let earlier =
+            notes::list_notes(&repo, &repo.find_commit(first).unwrap().tree().unwrap()).unwrap()[0].blob;
+        rewrite_in_place(&repo, earlier, b"second\n");
+        let signers = AllowedSigners::parse("").unwrap();
+        let options = Options { keep_records: false, history: true, verified_before: None };
+        let error = full(&repo, tip, &signers, options).expect_err("the rewritten version is refused");
+        assert!(
+            error.message().contains(&earlier.to_string()) && error.message().contains("hash"),
+            "{error}"
+        );
     }
 
     /// The history walk reads without libgit2's hash check (why: the top of this module); every

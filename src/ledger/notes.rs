@@ -457,9 +457,9 @@ pub fn list_under(
 /// A tree object read as its bytes, for the full check's history walk (src/ledger/check.rs),
 /// which reads every tree of the notes ref's past and compares most of their entries byte for
 /// byte with the tree before: a tree libgit2 parses is an allocation per entry and a foreign call
-/// per field, which made up most of the walk's own work. The object is read as `find_tree`
-/// reads it (libgit2's strict hash check included); the entries are parsed by libgit2's rules
-/// (`git_tree__parse_raw`), anything it would refuse is an error.
+/// per field, which made up most of the walk's own work. The object is held to its id by
+/// [`read_checked`]; the entries are parsed by libgit2's rules (`git_tree__parse_raw`): what it
+/// refuses is an error, and what it reads is read the same.
 pub struct RawTree<'odb> {
     object: git2::OdbObject<'odb>,
     /// Where each entry ends in the object's bytes.
@@ -479,11 +479,8 @@ const RAW_ID_LEN: usize = 20;
 
 impl<'odb> RawTree<'odb> {
     pub fn read(odb: &'odb git2::Odb<'_>, id: Oid) -> Result<Self, git2::Error> {
-        let object = odb.read(id)?;
+        let object = read_checked(odb, id, ObjectType::Tree)?;
         let malformed = || git2::Error::from_str(&format!("tree {id} is malformed"));
-        if object.kind() != ObjectType::Tree {
-            return Err(git2::Error::from_str(&format!("object {id} is not a tree")));
-        }
         let mut ends = Vec::new();
         let data = object.data();
         let mut at = 0;
@@ -513,19 +510,36 @@ impl<'odb> RawTree<'odb> {
     }
 }
 
+/// Reads object `id`, of type `kind`, and holds its bytes to its id with SHA-1 (RustCrypto's, on
+/// the CPU's SHA instructions where it has them): for readers that run with libgit2's own check
+/// off, which hashes with SHA-1DC, git's collision-detecting SHA-1, several times slower (why the
+/// history walk does: src/ledger/check.rs).
+pub fn read_checked<'odb>(
+    odb: &'odb git2::Odb<'_>,
+    id: Oid,
+    kind: ObjectType,
+) -> Result<git2::OdbObject<'odb>, git2::Error> {
+    use sha1::Digest;
+    let object = odb.read(id)?;
+    if object.kind() != kind {
+        return Err(git2::Error::from_str(&format!("object {id} is not a {kind}")));
+    }
+    let data = object.data();
+    let mut hash = sha1::Sha1::new();
+    hash.update(format!("{kind} {}\0", data.len()));
+    hash.update(data);
+    if hash.finalize().as_slice() != id.as_bytes() {
+        return Err(git2::Error::from_str(&format!(
+            "object {id}: its bytes do not hash to its id (a damaged or rewritten object)"
+        )));
+    }
+    Ok(object)
+}
+
 /// The entry at the start of `data`.
 fn parse_raw_entry(data: &[u8]) -> Option<RawEntry<'_>> {
     let space = data.iter().position(|&b| b == b' ')?;
-    let mut mode: u16 = 0;
-    if space == 0 {
-        return None;
-    }
-    for &digit in &data[..space] {
-        if !(b'0'..=b'7').contains(&digit) {
-            return None;
-        }
-        mode = mode.wrapping_shl(3).wrapping_add(u16::from(digit - b'0'));
-    }
+    let mode = parse_raw_mode(&data[..space])?;
     let name_start = space + 1;
     let nul = name_start + data[name_start..].iter().position(|&b| b == 0)?;
     let name = &data[name_start..nul];
@@ -535,6 +549,33 @@ fn parse_raw_entry(data: &[u8]) -> Option<RawEntry<'_>> {
     let end = nul + 1 + RAW_ID_LEN;
     let id = Oid::from_bytes(data.get(nul + 1..end)?).ok()?;
     Some(RawEntry { bytes: &data[..end], name, mode, id })
+}
+
+/// A tree entry's mode as libgit2 reads it (`parse_mode`, `git__strntol32` in base 8): a sign,
+/// then at least one octal digit, up to the space, and a value in 0..=0xffff ("-0" is 0).
+fn parse_raw_mode(text: &[u8]) -> Option<u16> {
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut mode: u32 = 0;
+    for &digit in digits {
+        if !(b'0'..=b'7').contains(&digit) {
+            return None;
+        }
+        mode = mode * 8 + u32::from(digit - b'0');
+        if mode > u32::from(u16::MAX) {
+            return None;
+        }
+    }
+    if negative && mode != 0 {
+        return None;
+    }
+    u16::try_from(mode).ok()
 }
 
 impl RawEntry<'_> {
@@ -705,12 +746,70 @@ mod tests {
         }
         malformed.push([&b"100644 a\0"[..], &id_bytes[..19]].concat());
         malformed.push(b"100644 a".to_vec());
+        // Modes libgit2 refuses: over 16 bits, negative, no digit after a sign, a leading blank.
+        for mode in
+            [&b"1100644"[..], b"200000", b"-1", b"+", b" 100644", b"\t100644", b"99999999999999999999999"]
+        {
+            malformed.push([mode, b" a\0", id_bytes].concat());
+        }
         for bytes in malformed {
             let id = odb.write(ObjectType::Tree, &bytes).unwrap();
             let label = String::from_utf8_lossy(&bytes).into_owned();
             assert!(repo.find_tree(id).is_err(), "libgit2 parses {label:?}");
             assert!(RawTree::read(&odb, id).is_err(), "{label:?} read as a tree");
         }
+        // Modes libgit2 reads, unusual as they are: a sign, leading zeros, "-0".
+        for (mode, kind) in [
+            (&b"+100644"[..], ObjectType::Blob),
+            (b"+40000", ObjectType::Tree),
+            (b"-0", ObjectType::Blob),
+            (b"0000040000", ObjectType::Tree),
+            (b"177777", ObjectType::Blob),
+        ] {
+            let bytes = [mode, b" a\0", id_bytes].concat();
+            let id = odb.write(ObjectType::Tree, &bytes).unwrap();
+            let label = String::from_utf8_lossy(mode).into_owned();
+            let parsed = repo.find_tree(id).unwrap_or_else(|e| panic!("libgit2 refuses {label:?}: {e}"));
+            let raw = RawTree::read(&odb, id).unwrap_or_else(|e| panic!("{label:?} refused: {e}"));
+            let (entry, r) = (parsed.get(0).unwrap(), raw.entry(0));
+            assert_eq!(
+                (raw.len(), entry.kind(), entry.filemode_raw()),
+                (1, Some(kind), i32::from(r.mode)),
+                "{label:?}"
+            );
+            assert_eq!(r.kind(), kind, "{label:?}");
+        }
+    }
+
+    /// A raw tree is held to its id: bytes that hash to another id are refused.
+    #[test]
+    fn raw_trees_and_checked_reads_refuse_bytes_that_are_not_their_ids() {
+        let (dir, repo) = repo();
+        let blob = repo.blob(b"x").unwrap();
+        let mut builder = repo.treebuilder(None).unwrap();
+        builder.insert("a", blob, 0o100644).unwrap();
+        let first = builder.write().unwrap();
+        builder.insert("b", blob, 0o100644).unwrap();
+        let second = builder.write().unwrap();
+        let odb = repo.odb().unwrap();
+        assert!(read_checked(&odb, first, ObjectType::Tree).is_ok());
+        assert!(read_checked(&odb, first, ObjectType::Blob).is_err(), "a tree is no blob");
+        let loose = |id: Oid| {
+            let hex = id.to_string();
+            dir.path().join(".git/objects").join(&hex[..2]).join(&hex[2..])
+        };
+        // The second tree's file under the first tree's id: a rewrite in place. Read through a new
+        // handle, since libgit2 caches what the first one read.
+        std::fs::remove_file(loose(first)).unwrap();
+        std::fs::copy(loose(second), loose(first)).unwrap();
+        let repo = Repository::open(dir.path()).unwrap();
+        let odb = repo.odb().unwrap();
+        let (unchecked, checked) = crate::ledger::check::as_the_walk_reads(|| {
+            (odb.read(first).map(|o| o.data().len()), RawTree::read(&odb, first).err())
+        });
+        assert!(unchecked.is_ok(), "libgit2 without its check reads the rewritten object");
+        let error = checked.expect("a rewritten tree is refused");
+        assert!(error.message().contains("do not hash to its id"), "{error}");
     }
 
     #[test]
