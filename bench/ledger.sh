@@ -5,9 +5,10 @@
 #              (both removed before each run);
 #   since_ms   `tpa verify` after one new record on a new commit, with the witness and the cache of
 #              the previous run (each run is prepared by `git commit` + `tpa debug intent`);
-#   nohash_ms  the full check with libgit2's strict hash verification off for the tip's records
-#              too (TPA_TEST_NO_STRICT_HASH, testing builds only; the history walk always reads with
-#              it off), what that last check costs (docs/verify.md, "Cost");
+#   nohash_ms  the full check with libgit2's strict hash verification (SHA-1DC) off for the tip's
+#              records too (TPA_TEST_NO_STRICT_HASH, testing builds only; the history walk always
+#              reads with it off and checks its reads with plain SHA-1): what SHA-1DC over the
+#              signed records costs (docs/verify.md, "Cost");
 # against `git notes --ref=tpa list | wc -l` on the same ledger as the baseline (list_ms). With
 # TPA_BASE (another build, e.g. main's), its `tpa verify` is measured too in the same run (base_ms).
 # Medians from hyperfine.
