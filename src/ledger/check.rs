@@ -855,10 +855,9 @@ mod tests {
         std::fs::write(&path, file).unwrap();
     }
 
-    /// An earlier version of a note rewritten in place under its id stops the full check: the
-    /// walk holds what it reads to its id itself.
-    #[test]
-    fn the_history_walk_refuses_an_earlier_version_rewritten_in_place() {
+    /// A repository whose notes ref holds one note, "first" then "first\nsecond": the two notes
+    /// commits.
+    fn two_appends() -> (tempfile::TempDir, Repository, Oid, Oid) {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init(dir.path()).unwrap();
         repo.config().unwrap().set_str("user.name", "t").unwrap();
@@ -866,32 +865,35 @@ mod tests {
         let annotated = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
         let first = notes::append_line(&repo, annotated, "first").unwrap();
         let tip = notes::append_line(&repo, annotated, "second").unwrap();
+        (dir, repo, first, tip)
+    }
+
+    fn full_with_history(repo: &Repository, tip: Oid) -> Result<Checked, git2::Error> {
+        let signers = AllowedSigners::parse("").unwrap();
+        full(repo, tip, &signers, Options { keep_records: false, history: true, verified_before: None })
+    }
+
+    /// An earlier version of a note rewritten in place under its id stops the full check: the
+    /// walk holds what it reads to its id itself.
+    #[test]
+    fn the_history_walk_refuses_an_earlier_version_rewritten_in_place() {
+        let (_dir, repo, first, tip) = two_appends();
         let earlier =
             notes::list_notes(&repo, &repo.find_commit(first).unwrap().tree().unwrap()).unwrap()[0].blob;
         rewrite_in_place(&repo, earlier, b"second\n");
-        let signers = AllowedSigners::parse("").unwrap();
-        let options = Options { keep_records: false, history: true, verified_before: None };
-        let error = full(&repo, tip, &signers, options).expect_err("the rewritten version is refused");
+        let error = full_with_history(&repo, tip).expect_err("the rewritten version is refused");
         assert!(
             error.message().contains(&earlier.to_string()) && error.message().contains("hash"),
             "{error}"
         );
     }
 
-    /// The history walk reads without libgit2's hash check (why: the top of this module); every
+    /// The history walk reads with libgit2's hash check off (why: the top of this module); every
     /// read after it, the audit's second read of the tip's records included, is checked again.
     #[test]
     fn reads_after_the_history_walk_are_hash_checked_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(dir.path()).unwrap();
-        repo.config().unwrap().set_str("user.name", "t").unwrap();
-        repo.config().unwrap().set_str("user.email", "t@example.com").unwrap();
-        let annotated = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
-        notes::append_line(&repo, annotated, "first").unwrap();
-        let tip = notes::append_line(&repo, annotated, "second").unwrap();
-        let signers = AllowedSigners::parse("").unwrap();
-        let options = Options { keep_records: false, history: true, verified_before: None };
-        let checked = full(&repo, tip, &signers, options).unwrap();
+        let (_dir, repo, _, tip) = two_appends();
+        let checked = full_with_history(&repo, tip).unwrap();
         assert_eq!(checked.notes.len(), 1);
         assert!(checked.removed.is_empty(), "an append removes nothing");
 
