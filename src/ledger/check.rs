@@ -14,7 +14,7 @@
 //! that switched off and holds each tree and earlier note version to its id with plain SHA-1
 //! instead ([`notes::read_checked`], on the CPU's SHA instructions): at 100,000 grants the walk
 //! reads about 5 GB (300,000 notes commits' trees, every earlier version of every note), and
-//! SHA-1DC over it was a quarter of the full check's CPU. What is given up is collision detection
+//! SHA-1DC over it was a fifth of the full check's CPU. What is given up is collision detection
 //! on those objects: an object rewritten in place under its old id is still refused (damage, an
 //! altered copy in a shared object store, a bit flip in a pack's delta offsets that makes another
 //! version stand for this one), unless its rewritten bytes were made beforehand to collide with
