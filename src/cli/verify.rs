@@ -28,6 +28,7 @@ pub struct VerifyArgs {
 pub fn run(ctx: &Ctx, args: VerifyArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
     let mut out = std::io::stdout().lock();
+    crate::ledger::check::checks_run_one_at_a_time();
     let options = ledger::VerifyOptions { accept_rewrite: args.accept_rewrite, full: args.full };
     let verified = ledger::verify(&repo, options)?;
     let summary = &verified.summary;

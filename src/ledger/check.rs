@@ -9,19 +9,19 @@
 //! every subtree that is also in the tip (all of its notes are at the tip), and reads only the
 //! blobs that are no longer at the tip.
 //!
-//! On hashing what is read. libgit2 holds every object it reads to its id with SHA-1DC (its
-//! "strict hash verification", git's SHA-1 with collision detection). The history walk reads with
-//! that switched off and holds each tree and earlier note version to its id with plain SHA-1
-//! instead ([`notes::read_checked`], on the CPU's SHA instructions): at 100,000 grants the walk
-//! reads about 5 GB (300,000 notes commits' trees, every earlier version of every note), and
-//! SHA-1DC over it was a fifth of the full check's CPU. What is given up is collision detection
+//! On hashing what is read. libgit2 holds every object it reads to its id with SHA-1DC (its "strict
+//! hash verification", git's SHA-1 with collision detection). The history walk reads with that
+//! switched off and holds each tree and earlier note version to its id with plain SHA-1 instead
+//! ([`notes::read_checked`]; on x86's SHA instructions where the CPU has them): at 100,000 grants
+//! the walk reads about 5 GB (300,000 notes commits' trees, every earlier version of every note),
+//! and SHA-1DC over it was a fifth of the full check's CPU. What is given up is collision detection
 //! on those objects: an object rewritten in place under its old id is still refused (damage, an
 //! altered copy in a shared object store, a bit flip in a pack's delta offsets that makes another
-//! version stand for this one), unless its rewritten bytes were made beforehand to collide with
-//! the original under SHA-1, by whoever wrote that original into the ledger. The tip's note
-//! blobs, the signed records themselves, stay under libgit2's SHA-1DC. The switch is the
-//! process's ([`UnhashedReads`]): a process that runs several checks at once says so first
-//! ([`checks_run_side_by_side`]), and its walks then keep libgit2's check on.
+//! version stand for this one), unless its rewritten bytes were made beforehand to collide with the
+//! original under SHA-1, by whoever wrote that original into the ledger. The tip's note blobs, the
+//! signed records themselves, stay under libgit2's SHA-1DC. The switch is the process's
+//! ([`UnhashedReads`]): only a process that runs one check at a time switches it
+//! ([`checks_run_one_at_a_time`]); elsewhere the walk's reads are hashed by both.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -351,26 +351,32 @@ pub fn full(
 }
 
 /// libgit2's strict hash verification off until dropped, for the history walk, which checks its
-/// reads itself (why: the top of this module). The option is the process's: walks take turns, so
-/// that one ending does not switch it on under another; and in a process where other checks may
-/// be reading meanwhile ([`checks_run_side_by_side`]) it stays on.
+/// reads itself (why: the top of this module). The option is the process's, so it is switched
+/// only in a process that said it runs one check at a time ([`checks_run_one_at_a_time`]: `tpa
+/// verify`, the audit of one repository); anywhere else it stays on, and the walk's reads are
+/// hashed twice. Walks take turns, so that one ending does not switch it on under another.
 struct UnhashedReads(#[allow(dead_code)] Option<MutexGuard<'static, ()>>);
 
 static HISTORY_WALK: Mutex<()> = Mutex::new(());
-static SIDE_BY_SIDE: AtomicBool = AtomicBool::new(false);
+static ONE_AT_A_TIME: AtomicBool = AtomicBool::new(false);
 
-/// This process runs several full checks at once (the organisation's audit, one repository per
-/// thread): libgit2's hash check then stays on throughout, since switching it off for one
-/// check's history walk would switch it off for what the others read meanwhile.
-pub fn checks_run_side_by_side() {
-    SIDE_BY_SIDE.store(true, Ordering::SeqCst);
+/// This process runs one full check at a time, and nothing else reads objects while it runs:
+/// the history walk may switch libgit2's hash check off for its own reads. Not for a process
+/// that checks several repositories at once (the organisation's audit), where it would switch
+/// the check off for what the others read meanwhile.
+pub fn checks_run_one_at_a_time() {
+    ONE_AT_A_TIME.store(true, Ordering::SeqCst);
 }
 
 impl UnhashedReads {
     fn start() -> Self {
-        if SIDE_BY_SIDE.load(Ordering::SeqCst) {
+        if !ONE_AT_A_TIME.load(Ordering::SeqCst) {
             return UnhashedReads(None);
         }
+        Self::switch_off()
+    }
+
+    fn switch_off() -> Self {
         let turn = HISTORY_WALK.lock().unwrap_or_else(PoisonError::into_inner);
         git2::opts::strict_hash_verification(false);
         UnhashedReads(Some(turn))
@@ -389,7 +395,7 @@ impl Drop for UnhashedReads {
 /// meanwhile.
 #[cfg(test)]
 pub(crate) fn as_the_walk_reads<T>(read: impl FnOnce() -> T) -> T {
-    let _unhashed = UnhashedReads::start();
+    let _unhashed = UnhashedReads::switch_off();
     read()
 }
 
@@ -877,13 +883,16 @@ mod tests {
     /// walk holds what it reads to its id itself.
     #[test]
     fn the_history_walk_refuses_an_earlier_version_rewritten_in_place() {
+        // As `tpa verify` does, so that the refusal is tpa's check and not libgit2's.
+        checks_run_one_at_a_time();
         let (_dir, repo, first, tip) = two_appends();
         let earlier =
             notes::list_notes(&repo, &repo.find_commit(first).unwrap().tree().unwrap()).unwrap()[0].blob;
         rewrite_in_place(&repo, earlier, b"second\n");
         let error = full_with_history(&repo, tip).expect_err("the rewritten version is refused");
         assert!(
-            error.message().contains(&earlier.to_string()) && error.message().contains("hash"),
+            error.message().contains(&earlier.to_string())
+                && error.message().contains("do not hash to its id"),
             "{error}"
         );
     }

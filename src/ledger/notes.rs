@@ -511,9 +511,9 @@ impl<'odb> RawTree<'odb> {
 }
 
 /// Reads object `id`, of type `kind`, and holds its bytes to its id with SHA-1 (RustCrypto's, on
-/// the CPU's SHA instructions where it has them): for readers that run with libgit2's own check
-/// off, which hashes with SHA-1DC, git's collision-detecting SHA-1, several times slower (why the
-/// history walk does: src/ledger/check.rs).
+/// x86's SHA instructions where the CPU has them, in software elsewhere): for readers that run
+/// with libgit2's own check off, which hashes with SHA-1DC, git's collision-detecting SHA-1,
+/// several times slower (why the history walk does: src/ledger/check.rs).
 pub fn read_checked<'odb>(
     odb: &'odb git2::Odb<'_>,
     id: Oid,

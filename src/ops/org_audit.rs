@@ -172,7 +172,6 @@ impl OrgReport {
 pub fn audit(sources: &[String], options: &OrgOptions) -> Result<OrgReport, OrgError> {
     std::fs::create_dir_all(&options.cache)
         .map_err(|source| OrgError::Cache { path: options.cache.clone(), source })?;
-    crate::ledger::check::checks_run_side_by_side();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<RepoAudit>>> = Mutex::new(vec![None; sources.len()]);
     std::thread::scope(|scope| {

@@ -139,6 +139,7 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<u8> {
         return run_org(&args, format, options, threshold);
     }
     let repo = ctx.repo()?;
+    crate::ledger::check::checks_run_one_at_a_time();
     let report = audit::audit(&repo, &options)?;
     if format == Format::Json && args.output.is_none() {
         // Streamed: the report of 100,000 grants is tens of megabytes as one string.
