@@ -355,7 +355,9 @@ pub fn full(
 /// only in a process that said it runs one check at a time ([`checks_run_one_at_a_time`]: `tpa
 /// verify`, the audit of one repository); anywhere else it stays on, and the walk's reads are
 /// hashed twice. Walks take turns, so that one ending does not switch it on under another.
-struct UnhashedReads(#[allow(dead_code)] Option<MutexGuard<'static, ()>>);
+struct UnhashedReads {
+    _turn: Option<MutexGuard<'static, ()>>,
+}
 
 static HISTORY_WALK: Mutex<()> = Mutex::new(());
 static ONE_AT_A_TIME: AtomicBool = AtomicBool::new(false);
@@ -371,7 +373,7 @@ pub fn checks_run_one_at_a_time() {
 impl UnhashedReads {
     fn start() -> Self {
         if !ONE_AT_A_TIME.load(Ordering::SeqCst) {
-            return UnhashedReads(None);
+            return UnhashedReads { _turn: None };
         }
         Self::switch_off()
     }
@@ -379,13 +381,13 @@ impl UnhashedReads {
     fn switch_off() -> Self {
         let turn = HISTORY_WALK.lock().unwrap_or_else(PoisonError::into_inner);
         git2::opts::strict_hash_verification(false);
-        UnhashedReads(Some(turn))
+        UnhashedReads { _turn: Some(turn) }
     }
 }
 
 impl Drop for UnhashedReads {
     fn drop(&mut self) {
-        if self.0.is_some() {
+        if self._turn.is_some() {
             git2::opts::strict_hash_verification(hash_checks_wanted());
         }
     }
@@ -741,23 +743,24 @@ fn historic_pairs(
                 let mut b = 0;
                 for index in 0..tree.len() {
                     let bytes = tree.bytes(index);
+                    // Most entries are the tree before's, byte for byte: those were taken from it
+                    // already.
+                    let seen =
+                        |b: usize| previous.as_ref().is_some_and(|p| b < p.len() && p.bytes(b) == bytes);
+                    if seen(b) {
+                        b += 1;
+                        continue;
+                    }
+                    let entry = tree.entry(index);
                     if let Some(before) = &previous {
-                        // Most entries are the tree before's, byte for byte: those were taken
-                        // from it already.
-                        if b < before.len() && before.bytes(b) == bytes {
-                            b += 1;
-                            continue;
-                        }
-                        let entry = tree.entry(index);
                         while b < before.len() && before.entry(b).git_order(&entry).is_lt() {
                             b += 1;
                         }
-                        if b < before.len() && before.bytes(b) == bytes {
-                            b += 1;
-                            continue;
-                        }
                     }
-                    let entry = tree.entry(index);
+                    if seen(b) {
+                        b += 1;
+                        continue;
+                    }
                     match notes::classify_named(&dir, entry.name, Some(entry.kind()), entry.id) {
                         Entry::Dir(sub, sub_id) => {
                             if !tip_dirs.contains(&(sub.clone(), sub_id)) {
