@@ -591,21 +591,19 @@ impl RawEntry<'_> {
 
     /// [`git_order`] of two raw entries.
     pub fn git_order(&self, other: &RawEntry<'_>) -> std::cmp::Ordering {
-        fn key<'e>(e: &'e RawEntry<'_>) -> impl Iterator<Item = &'e u8> {
-            let suffix: &[u8] = if e.kind() == ObjectType::Tree { b"/" } else { b"" };
-            e.name.iter().chain(suffix)
-        }
-        key(self).cmp(key(other))
+        order_key(self.name, Some(self.kind())).cmp(order_key(other.name, Some(other.kind())))
     }
 }
 
 /// git's order of tree entries: names compared as bytes, a directory's as if it ended with `/`.
 pub fn git_order(a: &git2::TreeEntry<'_>, b: &git2::TreeEntry<'_>) -> std::cmp::Ordering {
-    fn key<'e>(e: &'e git2::TreeEntry<'_>) -> impl Iterator<Item = &'e u8> {
-        let suffix: &[u8] = if e.kind() == Some(ObjectType::Tree) { b"/" } else { b"" };
-        e.name_bytes().iter().chain(suffix)
-    }
-    key(a).cmp(key(b))
+    order_key(a.name_bytes(), a.kind()).cmp(order_key(b.name_bytes(), b.kind()))
+}
+
+/// What [`git_order`] compares of an entry.
+fn order_key(name: &[u8], kind: Option<ObjectType>) -> impl Iterator<Item = &u8> {
+    let suffix: &[u8] = if kind == Some(ObjectType::Tree) { b"/" } else { b"" };
+    name.iter().chain(suffix)
 }
 
 /// A note whose blob differs between two notes trees: present in only one, or with two blobs.
