@@ -848,22 +848,6 @@ fn compare_historic(
 mod tests {
     use super::*;
 
-    /// Writes `bytes` as the loose object file of `id`, as an in-place rewrite would: the file
-    /// another repository writes for a blob of those bytes.
-    fn rewrite_in_place(repo: &Repository, id: Oid, bytes: &[u8]) {
-        let loose = |dir: &Path, id: Oid| {
-            let hex = id.to_string();
-            dir.join("objects").join(&hex[..2]).join(&hex[2..])
-        };
-        let other = tempfile::tempdir().unwrap();
-        let other_repo = Repository::init_bare(other.path()).unwrap();
-        let written = other_repo.blob(bytes).unwrap();
-        let file = std::fs::read(loose(other_repo.path(), written)).unwrap();
-        let path = loose(repo.path(), id);
-        std::fs::remove_file(&path).unwrap();
-        std::fs::write(&path, file).unwrap();
-    }
-
     /// A repository whose notes ref holds one note, "first" then "first\nsecond": the two notes
     /// commits.
     fn two_appends() -> (tempfile::TempDir, Repository, Oid, Oid) {
@@ -891,7 +875,7 @@ mod tests {
         let (_dir, repo, first, tip) = two_appends();
         let earlier =
             notes::list_notes(&repo, &repo.find_commit(first).unwrap().tree().unwrap()).unwrap()[0].blob;
-        rewrite_in_place(&repo, earlier, b"second\n");
+        notes::rewrite_in_place(&repo, earlier, git2::ObjectType::Blob, b"second\n");
         let error = full_with_history(&repo, tip).expect_err("the rewritten version is refused");
         assert!(
             error.message().contains(&earlier.to_string())
@@ -910,7 +894,7 @@ mod tests {
         assert!(checked.removed.is_empty(), "an append removes nothing");
 
         let blob = checked.notes[0].note.blob;
-        rewrite_in_place(&repo, blob, b"first\nforged\n");
+        notes::rewrite_in_place(&repo, blob, git2::ObjectType::Blob, b"first\nforged\n");
         // No other test's walk has the check off meanwhile.
         let _no_walk = HISTORY_WALK.lock().unwrap_or_else(PoisonError::into_inner);
         let error = repo.find_blob(blob).map(|_| ()).expect_err("a blob whose bytes are not its id's");

@@ -536,6 +536,23 @@ pub fn read_checked<'odb>(
     Ok(object)
 }
 
+/// Writes `bytes` as the loose object file of `id` (a `kind` object), as an in-place rewrite
+/// would: the file another repository writes for an object of those bytes.
+#[cfg(test)]
+pub(crate) fn rewrite_in_place(repo: &Repository, id: Oid, kind: ObjectType, bytes: &[u8]) {
+    let loose = |git_dir: &std::path::Path, id: Oid| {
+        let hex = id.to_string();
+        git_dir.join("objects").join(&hex[..2]).join(&hex[2..])
+    };
+    let other = tempfile::tempdir().unwrap();
+    let other_repo = Repository::init_bare(other.path()).unwrap();
+    let written = other_repo.odb().unwrap().write(kind, bytes).unwrap();
+    let file = std::fs::read(loose(other_repo.path(), written)).unwrap();
+    let path = loose(repo.path(), id);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, file).unwrap();
+}
+
 /// The entry at the start of `data`.
 fn parse_raw_entry(data: &[u8]) -> Option<RawEntry<'_>> {
     let space = data.iter().position(|&b| b == b' ')?;
@@ -792,14 +809,9 @@ mod tests {
         let odb = repo.odb().unwrap();
         assert!(read_checked(&odb, first, ObjectType::Tree).is_ok());
         assert!(read_checked(&odb, first, ObjectType::Blob).is_err(), "a tree is no blob");
-        let loose = |id: Oid| {
-            let hex = id.to_string();
-            dir.path().join(".git/objects").join(&hex[..2]).join(&hex[2..])
-        };
-        // The second tree's file under the first tree's id: a rewrite in place. Read through a new
-        // handle, since libgit2 caches what the first one read.
-        std::fs::remove_file(loose(first)).unwrap();
-        std::fs::copy(loose(second), loose(first)).unwrap();
+        // The second tree's bytes under the first tree's id. Read through a new handle, since
+        // libgit2 caches what the first one read.
+        rewrite_in_place(&repo, first, ObjectType::Tree, odb.read(second).unwrap().data());
         let repo = Repository::open(dir.path()).unwrap();
         let odb = repo.odb().unwrap();
         let (unchecked, checked) = crate::ledger::check::as_the_walk_reads(|| {
