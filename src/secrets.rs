@@ -113,6 +113,15 @@ fn keyring() -> Result<&'static Keyring, SecretsError> {
     }
 }
 
+/// Opens the keyring on a thread of its own, for a command that needs it soon: the Secret
+/// Service's session (a D-Bus connection and a key exchange) is ready when first asked for, and
+/// whatever fails is reported then, as without this.
+pub fn open_ahead() {
+    let _ = std::thread::Builder::new().name("keyring".into()).spawn(|| {
+        let _ = keyring();
+    });
+}
+
 /// Which store holds secrets here (chosen on first use).
 pub fn backend() -> Result<Backend, SecretsError> {
     keyring().map(|k| k.backend)

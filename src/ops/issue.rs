@@ -131,6 +131,7 @@ pub fn issue(
     interruption: &Interruption,
 ) -> Result<Issued, IssueError> {
     let grant_id = &request.grant_id;
+    issuer.prepare();
     check_signer(repo, request.trust, signer, &request.ctx.principal.email, request.now)?;
     store.reserve(grant_id, request.until()).map_err(|source| IssueError::KeyringUnusable { source })?;
     if interruption.is_set() {

@@ -161,11 +161,18 @@ impl Planned {
 }
 
 /// Reads policy from the trust ref and checks the request, made here and now (HEAD's branch and
-/// commit), against it. No side effects.
+/// commit), against it. No side effects; a request that mints at once starts making the provider's
+/// client ([`crate::provider::Issuer::prepare`]).
 pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result<Planned, RequestError> {
     let trust = TrustRef::resolve(repo)?;
     let ctx = context::capture(repo, Some(&trust))?;
-    plan_in(repo, spec, ctx, trust, GrantId::generate(now), now, None)
+    let mut planned = plan_in(repo, spec, ctx, trust, GrantId::generate(now), now, None)?;
+    if planned.rules.approvals == 0 && planned.rules.mint != Mint::Broker {
+        // Minted here and at once: the provider's client is made while the signer is opened and
+        // the intent recorded.
+        planned.issuer.prepare();
+    }
+    Ok(planned)
 }
 
 /// Plans a request in a given context (a request record's, when it resumes after approval, or a
@@ -251,6 +258,7 @@ fn plan_in(
         database: database.as_ref().map(|d| d.name.clone()),
         scope,
         options: StsOptions { region: role.region.clone().or(spec.sts.region.clone()), ..spec.sts.clone() },
+        prepared: None,
     };
     let what = match &database {
         Some(database) => format!("database {}", database.name),

@@ -159,6 +159,8 @@ pub struct StsIssuer {
     pub database: Option<String>,
     pub scope: Option<crate::grant::Scope>,
     pub options: StsOptions,
+    /// The client `prepare` is making.
+    pub prepared: Option<std::thread::JoinHandle<AwsSts>>,
 }
 
 impl super::Issuer for StsIssuer {
@@ -174,8 +176,23 @@ impl super::Issuer for StsIssuer {
         record.scope = self.scope.clone();
     }
 
+    fn prepare(&mut self) {
+        if self.prepared.is_none() {
+            let options = self.options.clone();
+            // A thread that cannot start leaves the client to be made by `mint`.
+            self.prepared = std::thread::Builder::new()
+                .name("sts-client".into())
+                .spawn(move || AwsSts::new(&options))
+                .ok();
+        }
+    }
+
     fn mint(&mut self) -> Result<super::Secret, super::MintFailure> {
-        Ok(super::Secret::Aws(AwsSts::new(&self.options).assume_role(&self.mint)?))
+        let client = match self.prepared.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(client)) => client,
+            _ => AwsSts::new(&self.options),
+        };
+        Ok(super::Secret::Aws(client.assume_role(&self.mint)?))
     }
 
     /// STS credentials cannot be taken back: the session is denied in its role's revocation policy.

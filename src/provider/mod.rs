@@ -111,6 +111,11 @@ pub trait Issuer {
     /// Fills in what this provider adds to the grant's records: provider, target, role,
     /// database, scope.
     fn describe(&self, record: &mut crate::grant::Record);
+    /// Starts making, on a thread of its own, what minting needs and what may exist before the
+    /// intent is recorded: a client, its configuration and TLS roots. It asks nothing of the
+    /// provider. `mint` takes what is ready, or makes it then; so preparing changes only when the
+    /// work is done, overlapped with the keyring and the ledger's writes.
+    fn prepare(&mut self) {}
     /// Mints the grant's secret (an STS session, a login role).
     fn mint(&mut self) -> Result<Secret, MintFailure>;
     /// Ends what `mint` made, when the grant record could not be written: unrecorded access must
