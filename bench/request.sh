@@ -6,6 +6,9 @@
 #   GRANTS=1000 SETTLE=320 ...     # and measured 320 s after the fill's `git gc` (see below)
 #   SYNC=manual bench/request.sh   # the policy's sync (default "push": each grant is pushed to the
 #                                  # clone's remote, a local bare repository here, before tpa returns)
+#   KEYRING=keyutils ...           # a headless machine's set-up: the grants' secrets in the kernel
+#                                  # keyring and the signing key in a file (default: gnome-keyring's
+#                                  # Secret Service holds both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${TPA_BENCH_IN_SESSION:-}" ]; then
@@ -28,7 +31,13 @@ git clone -q "$work/origin.git" "$work/repo" 2>/dev/null
 cd "$work/repo"
 git config user.email bench@example.com; git config user.name Bench
 git commit -q --allow-empty -m root
-"$tpa" init >/dev/null
+if [ "${KEYRING:-secret-service}" = keyutils ]; then
+  ssh-keygen -q -t ed25519 -N '' -C bench -f "$work/signing-key"
+  export TPA_KEYRING=keyutils
+  "$tpa" init --signing-key "$work/signing-key" >/dev/null
+else
+  "$tpa" init >/dev/null
+fi
 printf 'protected_branches = ["main"]\nsync = "%s"\n[roles.bench]\narn = "%s"\nregion = "us-east-1"\nmax_ttl = "1h"\n' \
   "${SYNC:-push}" "$role_arn" > .tpa/policy.toml
 git add .tpa; git commit -q -m policy; git push -q origin HEAD:main 2>/dev/null
