@@ -9,6 +9,9 @@
 #   KEYRING=keyutils ...           # a headless machine's set-up: the grants' secrets in the kernel
 #                                  # keyring and the signing key in a file (default: gnome-keyring's
 #                                  # Secret Service holds both)
+#   CREDS=process ...              # the base credentials from a profile's credential_process (a
+#                                  # Python script printing the keys, as SSO and vault helpers do),
+#                                  # for tpa and awscli alike (default: environment variables)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${TPA_BENCH_IN_SESSION:-}" ]; then
@@ -62,4 +65,12 @@ if [ "${GRANTS:-0}" -gt 0 ]; then
   sleep "${SETTLE:-0}"
 fi
 cd - >/dev/null
+if [ "${CREDS:-env}" = process ]; then
+  printf '#!/usr/bin/env python3\nimport json\nprint(json.dumps({"Version": 1, "AccessKeyId": "%s", "SecretAccessKey": "%s"}))\n' \
+    "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" > "$work/credential-helper"
+  chmod +x "$work/credential-helper"
+  printf '[profile bench]\ncredential_process = %s\n' "$work/credential-helper" > "$work/aws-config"
+  export AWS_CONFIG_FILE=$work/aws-config AWS_PROFILE=bench
+  unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+fi
 python3 bench/request.py "$tpa" "$work/repo" "$endpoint" "$role_arn" "$PWD/bench/.venv-awscli/bin/aws"

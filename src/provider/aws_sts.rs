@@ -27,22 +27,49 @@ pub struct AwsSts {
 
 impl AwsSts {
     pub fn new(options: &StsOptions) -> Self {
+        let sdk = Self::sdk(options);
+        let client = aws_sdk_sts::Client::new(&sdk.config);
+        Self::of(sdk.runtime, client, options)
+    }
+
+    /// As [`AwsSts::new`], with the base credentials resolved now: a profile's SSO or
+    /// credential_process takes a round trip or a process of its own, and made on
+    /// [`super::Issuer::prepare`]'s thread it overlaps the keyring and the intent record instead of
+    /// following them. Resolving them asks nothing of STS. A source that fails is left for the call
+    /// to ask again, so that its error reads as it always has; one that does not answer within the
+    /// timeout fails the mint at once, without a second wait.
+    pub fn with_credentials(options: &StsOptions) -> Result<Self, MintError> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let sdk = Self::sdk(options);
+        let mut config = aws_sdk_sts::config::Builder::from(&sdk.config);
+        if let Some(provider) = sdk.config.credentials_provider() {
+            let resolved = sdk.runtime.block_on(async {
+                tokio::time::timeout(options.timeout, provider.provide_credentials()).await
+            });
+            match resolved {
+                Ok(Ok(credentials)) => config = config.credentials_provider(credentials),
+                Ok(Err(_)) => {}
+                Err(_) => return Err(MintError::CredentialsTimedOut { seconds: options.timeout.as_secs() }),
+            }
+        }
+        Ok(Self::of(sdk.runtime, aws_sdk_sts::Client::from_conf(config.build()), options))
+    }
+
+    fn sdk(options: &StsOptions) -> super::aws::Sdk {
         // STS has an endpoint in every region; one is only needed to pick it.
-        let sdk = super::aws::load(&super::aws::Reach {
+        super::aws::load(&super::aws::Reach {
             profile: options.profile.as_deref(),
             region: options.region.as_deref(),
             fallback_region: "us-east-1",
             timeout: options.timeout,
             max_attempts: None,
-        });
+        })
+    }
+
+    fn of(runtime: tokio::runtime::Runtime, client: aws_sdk_sts::Client, options: &StsOptions) -> Self {
         let endpoint =
             std::env::var("AWS_ENDPOINT_URL_STS").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
-        AwsSts {
-            runtime: sdk.runtime,
-            client: aws_sdk_sts::Client::new(&sdk.config),
-            timeout: options.timeout,
-            endpoint,
-        }
+        AwsSts { runtime, client, timeout: options.timeout, endpoint }
     }
 
     pub fn assume_role(&self, request: &MintRequest) -> Result<Credentials, MintError> {
@@ -160,7 +187,7 @@ pub struct StsIssuer {
     pub scope: Option<crate::grant::Scope>,
     pub options: StsOptions,
     /// The client `prepare` is making.
-    pub prepared: Option<std::thread::JoinHandle<AwsSts>>,
+    pub prepared: Option<std::thread::JoinHandle<Result<AwsSts, MintError>>>,
 }
 
 impl super::Issuer for StsIssuer {
@@ -182,14 +209,14 @@ impl super::Issuer for StsIssuer {
             // A thread that cannot start leaves the client to be made by `mint`.
             self.prepared = std::thread::Builder::new()
                 .name("sts-client".into())
-                .spawn(move || AwsSts::new(&options))
+                .spawn(move || AwsSts::with_credentials(&options))
                 .ok();
         }
     }
 
     fn mint(&mut self) -> Result<super::Secret, super::MintFailure> {
         let client = match self.prepared.take().map(std::thread::JoinHandle::join) {
-            Some(Ok(client)) => client,
+            Some(Ok(prepared)) => prepared?,
             _ => AwsSts::new(&self.options),
         };
         Ok(super::Secret::Aws(client.assume_role(&self.mint)?))

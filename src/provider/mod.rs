@@ -147,6 +147,11 @@ pub enum MintError {
     Unreachable { endpoint: Option<String>, message: String },
     #[error("STS did not answer within {seconds} s\nhint: check your network, or raise --timeout")]
     TimedOut { seconds: u64 },
+    #[error(
+        "the base AWS credentials did not come within {seconds} s\nhint: check their source (`aws sso \
+         login`, the profile's credential_process), or raise --timeout"
+    )]
+    CredentialsTimedOut { seconds: u64 },
     #[error("AWS rejected the request: {code}: {message}")]
     Rejected { code: String, message: String },
     #[error("STS answered without credentials")]

@@ -358,3 +358,59 @@ fn the_sweep_forgets_an_ended_grant_of_yours_that_this_clone_does_not_index() {
     aws.tpa().args(["sweep"]).env("TPA_TEST_NOW", &later).run().success();
     assert!(!held(), "the ledger says it ended and it is yours: its credentials go");
 }
+
+/// A profile whose base credentials come from a credential_process that notes each call in
+/// `calls` and then runs `then` (a shell line).
+fn credential_process_profile(aws: &AwsRepo, then: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let calls = aws.env.path("credential-process-calls");
+    let helper = aws.env.path("credential-helper");
+    std::fs::write(&helper, format!("#!/bin/sh\necho called >> '{}'\n{then}\n", calls.display())).unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = aws.env.path("aws-config");
+    std::fs::write(&config, format!("[profile helper]\ncredential_process = {}\n", helper.display()))
+        .unwrap();
+    (config, calls)
+}
+
+fn calls(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).unwrap_or_default().lines().count()
+}
+
+#[test]
+fn base_credentials_from_a_credential_process_are_asked_for_once() {
+    let aws = AwsRepo::new();
+    let json = format!(
+        "{{\"Version\": 1, \"AccessKeyId\": \"{}\", \"SecretAccessKey\": \"base-secret-not-a-grant\"}}",
+        crate::common::aws::BASE_KEY_ID
+    );
+    let (config, log) = credential_process_profile(&aws, &format!("printf '%s' '{json}'"));
+    let out = aws
+        .request()
+        .args(["--profile", "helper", "--json"])
+        .env("AWS_CONFIG_FILE", &config)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .run()
+        .success();
+    assert!(out.json()["grant_id"].is_string(), "{}", out.stdout);
+    assert_eq!(aws.kinds(), ["intent", "grant"]);
+    assert_eq!(calls(&log), 1, "the credential source was asked once, ahead of the call");
+}
+
+#[test]
+fn a_credential_source_that_does_not_answer_fails_the_mint_once() {
+    let aws = AwsRepo::new();
+    let (config, log) = credential_process_profile(&aws, "exec sleep 10");
+    let out = aws
+        .request()
+        .args(["--profile", "helper", "--timeout", "1s"])
+        .env("AWS_CONFIG_FILE", &config)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .run()
+        .code(2);
+    assert!(out.stderr.contains("the base AWS credentials did not come within 1 s"), "{}", out.stderr);
+    assert_eq!(aws.kinds(), ["intent", "failed"]);
+    assert_eq!(calls(&log), 1, "not asked a second time after the timeout");
+}
