@@ -31,24 +31,32 @@ awscli = [aws, "sts", "assume-role", "--role-arn", role_arn, "--role-session-nam
           "--duration-seconds", "900", "--endpoint-url", endpoint, "--output", "json"]
 request = [tpa, "-C", repo, "request", "--role", "bench", "--reason", "BENCH-1: request benchmark",
            "--ttl", "15m", "--json"]
+# TPA_BASE: another build of tpa, run in the same rounds, as the baseline.
+base = os.environ.get("TPA_BASE")
+baseline = [base] + request[1:] if base else None
 
-times = {"tpa": [], "awscli": [], "curl": [], "tpa_sts": []}
+times = {"tpa": [], "awscli": [], "curl": [], "tpa_sts": [], "base": []}
 for _ in range(3):  # warm-up: page cache, moto's first-call imports
     timed(curl); timed(awscli); timed(request, env={**env, "TPA_TEST_TIMING": "1"})
+    if baseline: timed(baseline)
 for _ in range(rounds):
     t, _ = timed(curl); times["curl"].append(t)
     t, _ = timed(awscli); times["awscli"].append(t)
+    if baseline:
+        t, _ = timed(baseline); times["base"].append(t)
     t, out = timed(request, env={**env, "TPA_TEST_TIMING": "1"}); times["tpa"].append(t)
     split = dict(kv.split("=") for kv in out.stderr.split() if kv.endswith(tuple("0123456789")) and "_ms=" in kv)
     times["tpa_sts"].append(float(split["sts_ms"]))
     for phase, value in split.items():
         times.setdefault(phase, []).append(float(value))
 
-m = {k: statistics.median(v) for k, v in times.items()}
+m = {k: statistics.median(v) for k, v in times.items() if v}
 print(f"rounds: {rounds} (alternating), medians in ms")
 print(f"  curl POST (floor)       {m['curl']:8.1f}")
 print(f"  aws sts assume-role     {m['awscli']:8.1f}")
 print(f"  tpa request             {m['tpa']:8.1f}   (STS round trip {m['tpa_sts']:.1f}, tpa's own work {m['tpa'] - m['tpa_sts']:.1f})")
+if baseline:
+    print(f"  TPA_BASE request        {m['base']:8.1f}   (this build is {m['base'] / m['tpa']:.2f}x as fast)")
 phases = [k for k in times if k.endswith("_ms")]
 print("  tpa phases (medians): " + ", ".join(f"{k[:-3]} {statistics.median(times[k]):.1f}" for k in phases))
 print(f"  awscli / tpa            {m['awscli'] / m['tpa']:8.1f}x  (aim: >= 20x)")

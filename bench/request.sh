@@ -4,6 +4,7 @@
 #   ROUNDS=30 bench/request.sh
 #   GRANTS=1000 bench/request.sh   # with 1,000 ended grants of the user in the ledger first
 #   GRANTS=1000 SETTLE=320 ...     # and measured 320 s after the fill's `git gc` (see below)
+#   TPA_BASE=/path/to/tpa ...      # another build, in the same rounds, as the baseline
 #   SYNC=manual bench/request.sh   # the policy's sync (default "push": each grant is pushed to the
 #                                  # clone's remote, a local bare repository here, before tpa returns)
 #   KEYRING=keyutils ...           # a headless machine's set-up: the grants' secrets in the kernel
