@@ -35,7 +35,7 @@ pub struct RequestArgs {
     /// The AWS profile holding your base credentials (default: the standard chain).
     #[arg(long)]
     profile: Option<String>,
-    /// How long to wait for STS before giving up.
+    /// How long to wait for STS before giving up (and, before it, for your base credentials).
     #[arg(long, value_parser = crate::grant::parse_timeout, default_value = "20s")]
     timeout: u64,
     /// Print the grant's metadata as JSON (never a secret).

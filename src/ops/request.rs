@@ -161,8 +161,8 @@ impl Planned {
 }
 
 /// Reads policy from the trust ref and checks the request, made here and now (HEAD's branch and
-/// commit), against it. No side effects; a request that mints at once starts making the provider's
-/// client ([`crate::provider::Issuer::prepare`]).
+/// commit), against it. Writes nothing; a request that mints at once starts making the provider's
+/// client and fetching the base credentials ([`crate::provider::Issuer::prepare`]).
 pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result<Planned, RequestError> {
     let trust = TrustRef::resolve(repo)?;
     let ctx = context::capture(repo, Some(&trust))?;
@@ -251,15 +251,14 @@ fn plan_in(
         mfa,
         external_id: role.external_id.clone(),
     };
-    let issuer = StsIssuer {
-        kind: if database.is_some() { ProviderKind::RdsIam } else { ProviderKind::AwsSts },
+    let issuer = StsIssuer::new(
+        if database.is_some() { ProviderKind::RdsIam } else { ProviderKind::AwsSts },
         mint,
-        role: role.name.clone(),
-        database: database.as_ref().map(|d| d.name.clone()),
+        role.name.clone(),
+        database.as_ref().map(|d| d.name.clone()),
         scope,
-        options: StsOptions { region: role.region.clone().or(spec.sts.region.clone()), ..spec.sts.clone() },
-        prepared: None,
-    };
+        StsOptions { region: role.region.clone().or(spec.sts.region.clone()), ..spec.sts.clone() },
+    );
     let what = match &database {
         Some(database) => format!("database {}", database.name),
         None => role.arn.clone(),

@@ -32,25 +32,24 @@ impl AwsSts {
         Self::of(sdk.runtime, client, options)
     }
 
-    /// As [`AwsSts::new`], with the base credentials resolved now: a profile's SSO or
+    /// As [`AwsSts::new`], with the base credentials fetched now: a profile's SSO or
     /// credential_process takes a round trip or a process of its own, and made on
     /// [`super::Issuer::prepare`]'s thread it overlaps the keyring and the intent record instead of
-    /// following them. Resolving them asks nothing of STS. A source that fails is left for the call
-    /// to ask again, so that its error reads as it always has; one that does not answer within the
-    /// timeout fails the mint at once, without a second wait.
+    /// following them. Nothing of the grant's is asked of STS here; a profile with `role_arn` and
+    /// `source_profile`, or web identity, assumes its own role, as any AWS command does. The call
+    /// gets what the source answered, its error included ([`FetchedAhead`]); a source that does
+    /// not answer within the timeout fails the mint at once, without a second wait.
     pub fn with_credentials(options: &StsOptions) -> Result<Self, MintError> {
-        use aws_credential_types::provider::ProvideCredentials;
+        use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
         let sdk = Self::sdk(options);
         let mut config = aws_sdk_sts::config::Builder::from(&sdk.config);
-        if let Some(provider) = sdk.config.credentials_provider() {
-            let resolved = sdk.runtime.block_on(async {
-                tokio::time::timeout(options.timeout, provider.provide_credentials()).await
-            });
-            match resolved {
-                Ok(Ok(credentials)) => config = config.credentials_provider(credentials),
-                Ok(Err(_)) => {}
-                Err(_) => return Err(MintError::CredentialsTimedOut { seconds: options.timeout.as_secs() }),
-            }
+        if let Some(chain) = sdk.config.credentials_provider() {
+            let fetched = sdk
+                .runtime
+                .block_on(async { tokio::time::timeout(options.timeout, chain.provide_credentials()).await })
+                .map_err(|_| MintError::CredentialsTimedOut { seconds: options.timeout.as_secs() })?;
+            let ahead = FetchedAhead { first: std::sync::Mutex::new(Some(fetched)), chain };
+            config.set_credentials_provider(Some(SharedCredentialsProvider::new(ahead)));
         }
         Ok(Self::of(sdk.runtime, aws_sdk_sts::Client::from_conf(config.build()), options))
     }
@@ -131,6 +130,40 @@ impl AwsSts {
     }
 }
 
+/// The base credentials fetched ahead of the call, handed to the SDK on its first ask: what the
+/// source answered, its error included, so that no source is asked twice for one request (an MFA
+/// prompt, a browser sign-in, a helper interrupted by Ctrl-C). Credentials that expire within a
+/// minute, and any later ask, go to the chain itself: the keyring may have held the request up
+/// (an unlock prompt) since they were fetched.
+#[derive(Debug)]
+struct FetchedAhead {
+    first: std::sync::Mutex<Option<aws_credential_types::provider::Result>>,
+    chain: aws_credential_types::provider::SharedCredentialsProvider,
+}
+
+/// How long fetched credentials must still be valid to be used for the call.
+const FETCHED_AHEAD_MARGIN: Duration = Duration::from_secs(60);
+
+impl aws_credential_types::provider::ProvideCredentials for FetchedAhead {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        use aws_credential_types::provider::future::ProvideCredentials as Answer;
+        let first = self.first.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let fresh = |credentials: &aws_credential_types::Credentials| {
+            credentials
+                .expiry()
+                .is_none_or(|expiry| expiry > std::time::SystemTime::now() + FETCHED_AHEAD_MARGIN)
+        };
+        match first {
+            Some(Ok(credentials)) if fresh(&credentials) => Answer::ready(Ok(credentials)),
+            Some(Err(error)) => Answer::ready(Err(error)),
+            _ => self.chain.provide_credentials(),
+        }
+    }
+}
+
 fn looks_like_missing_credentials(detail: &str) -> bool {
     let lower = detail.to_ascii_lowercase();
     lower.contains("credentials")
@@ -187,7 +220,20 @@ pub struct StsIssuer {
     pub scope: Option<crate::grant::Scope>,
     pub options: StsOptions,
     /// The client `prepare` is making.
-    pub prepared: Option<std::thread::JoinHandle<Result<AwsSts, MintError>>>,
+    prepared: Option<std::thread::JoinHandle<Result<AwsSts, MintError>>>,
+}
+
+impl StsIssuer {
+    pub fn new(
+        kind: super::ProviderKind,
+        mint: MintRequest,
+        role: String,
+        database: Option<String>,
+        scope: Option<crate::grant::Scope>,
+        options: StsOptions,
+    ) -> Self {
+        StsIssuer { kind, mint, role, database, scope, options, prepared: None }
+    }
 }
 
 impl super::Issuer for StsIssuer {

@@ -112,9 +112,10 @@ pub trait Issuer {
     /// database, scope.
     fn describe(&self, record: &mut crate::grant::Record);
     /// Starts making, on a thread of its own, what minting needs and what may exist before the
-    /// intent is recorded: a client, its configuration and TLS roots. It asks nothing of the
-    /// provider. `mint` takes what is ready, or makes it then; so preparing changes only when the
-    /// work is done, overlapped with the keyring and the ledger's writes.
+    /// intent is recorded: a client, its configuration and TLS roots, the base credentials. It asks
+    /// the provider for nothing of the grant's. `mint` takes what is ready, or makes it then; so
+    /// preparing changes only when the work is done, overlapped with the keyring and the ledger's
+    /// writes.
     fn prepare(&mut self) {}
     /// Mints the grant's secret (an STS session, a login role).
     fn mint(&mut self) -> Result<Secret, MintFailure>;

@@ -414,3 +414,41 @@ fn a_credential_source_that_does_not_answer_fails_the_mint_once() {
     assert_eq!(aws.kinds(), ["intent", "failed"]);
     assert_eq!(calls(&log), 1, "not asked a second time after the timeout");
 }
+
+#[test]
+fn a_credential_source_that_fails_is_asked_once_and_its_error_shown() {
+    let aws = AwsRepo::new();
+    let (config, log) = credential_process_profile(&aws, "echo 'the vault is sealed' >&2\nexit 1");
+    let out = aws
+        .request()
+        .args(["--profile", "helper"])
+        .env("AWS_CONFIG_FILE", &config)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .run()
+        .code(2);
+    assert!(out.stderr.contains("no valid base AWS credentials"), "{}", out.stderr);
+    assert!(out.stderr.contains("the vault is sealed"), "the helper's own words: {}", out.stderr);
+    assert_eq!(aws.kinds(), ["intent", "failed"]);
+    assert_eq!(calls(&log), 1, "a helper that may prompt (MFA, a browser) is not run twice");
+}
+
+#[test]
+fn credentials_fetched_ahead_that_are_about_to_expire_are_fetched_again_for_the_call() {
+    let aws = AwsRepo::new();
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc3339();
+    let json = format!(
+        "{{\"Version\": 1, \"AccessKeyId\": \"{}\", \"SecretAccessKey\": \"base-secret-not-a-grant\", \"Expiration\": \"{soon}\"}}",
+        crate::common::aws::BASE_KEY_ID
+    );
+    let (config, log) = credential_process_profile(&aws, &format!("printf '%s' '{json}'"));
+    aws.request()
+        .args(["--profile", "helper"])
+        .env("AWS_CONFIG_FILE", &config)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .run()
+        .success();
+    assert_eq!(calls(&log), 2, "asked ahead, then again: what it gave would expire within the minute");
+    assert_eq!(aws.kinds(), ["intent", "grant"]);
+}
