@@ -359,9 +359,9 @@ fn the_sweep_forgets_an_ended_grant_of_yours_that_this_clone_does_not_index() {
     assert!(!held(), "the ledger says it ended and it is yours: its credentials go");
 }
 
-/// A profile whose base credentials come from a credential_process that notes each call in
-/// `calls` and then runs `then` (a shell line).
-fn credential_process_profile(aws: &AwsRepo, then: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+/// A request whose base credentials come only from a profile's credential_process: a helper that
+/// notes each call in a file, then runs `then` (a shell line). Returns the request and that file.
+fn request_through_helper(aws: &AwsRepo, then: &str) -> (Run, std::path::PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     let calls = aws.env.path("credential-process-calls");
     let helper = aws.env.path("credential-helper");
@@ -370,7 +370,22 @@ fn credential_process_profile(aws: &AwsRepo, then: &str) -> (std::path::PathBuf,
     let config = aws.env.path("aws-config");
     std::fs::write(&config, format!("[profile helper]\ncredential_process = {}\n", helper.display()))
         .unwrap();
-    (config, calls)
+    let request = aws
+        .request()
+        .args(["--profile", "helper"])
+        .env("AWS_CONFIG_FILE", &config)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    (request, calls)
+}
+
+/// The helper's line that prints the base key (expiring at `expiration`, when given).
+fn printing_the_base_key(expiration: Option<&str>) -> String {
+    let expiration = expiration.map(|e| format!(", \"Expiration\": \"{e}\"")).unwrap_or_default();
+    format!(
+        "printf '%s' '{{\"Version\": 1, \"AccessKeyId\": \"{}\", \"SecretAccessKey\": \"base-secret-not-a-grant\"{expiration}}}'",
+        crate::common::aws::BASE_KEY_ID
+    )
 }
 
 fn calls(path: &std::path::Path) -> usize {
@@ -380,19 +395,8 @@ fn calls(path: &std::path::Path) -> usize {
 #[test]
 fn base_credentials_from_a_credential_process_are_asked_for_once() {
     let aws = AwsRepo::new();
-    let json = format!(
-        "{{\"Version\": 1, \"AccessKeyId\": \"{}\", \"SecretAccessKey\": \"base-secret-not-a-grant\"}}",
-        crate::common::aws::BASE_KEY_ID
-    );
-    let (config, log) = credential_process_profile(&aws, &format!("printf '%s' '{json}'"));
-    let out = aws
-        .request()
-        .args(["--profile", "helper", "--json"])
-        .env("AWS_CONFIG_FILE", &config)
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .run()
-        .success();
+    let (request, log) = request_through_helper(&aws, &printing_the_base_key(None));
+    let out = request.arg("--json").run().success();
     assert!(out.json()["grant_id"].is_string(), "{}", out.stdout);
     assert_eq!(aws.kinds(), ["intent", "grant"]);
     assert_eq!(calls(&log), 1, "the credential source was asked once, ahead of the call");
@@ -401,15 +405,8 @@ fn base_credentials_from_a_credential_process_are_asked_for_once() {
 #[test]
 fn a_credential_source_that_does_not_answer_fails_the_mint_once() {
     let aws = AwsRepo::new();
-    let (config, log) = credential_process_profile(&aws, "exec sleep 10");
-    let out = aws
-        .request()
-        .args(["--profile", "helper", "--timeout", "1s"])
-        .env("AWS_CONFIG_FILE", &config)
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .run()
-        .code(2);
+    let (request, log) = request_through_helper(&aws, "exec sleep 10");
+    let out = request.args(["--timeout", "1s"]).run().code(2);
     assert!(out.stderr.contains("the base AWS credentials did not come within 1 s"), "{}", out.stderr);
     assert_eq!(aws.kinds(), ["intent", "failed"]);
     assert_eq!(calls(&log), 1, "not asked a second time after the timeout");
@@ -418,15 +415,8 @@ fn a_credential_source_that_does_not_answer_fails_the_mint_once() {
 #[test]
 fn a_credential_source_that_fails_is_asked_once_and_its_error_shown() {
     let aws = AwsRepo::new();
-    let (config, log) = credential_process_profile(&aws, "echo 'the vault is sealed' >&2\nexit 1");
-    let out = aws
-        .request()
-        .args(["--profile", "helper"])
-        .env("AWS_CONFIG_FILE", &config)
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .run()
-        .code(2);
+    let (request, log) = request_through_helper(&aws, "echo 'the vault is sealed' >&2\nexit 1");
+    let out = request.run().code(2);
     assert!(out.stderr.contains("no valid base AWS credentials"), "{}", out.stderr);
     assert!(out.stderr.contains("the vault is sealed"), "the helper's own words: {}", out.stderr);
     assert_eq!(aws.kinds(), ["intent", "failed"]);
@@ -437,18 +427,8 @@ fn a_credential_source_that_fails_is_asked_once_and_its_error_shown() {
 fn credentials_fetched_ahead_that_are_about_to_expire_are_fetched_again_for_the_call() {
     let aws = AwsRepo::new();
     let soon = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc3339();
-    let json = format!(
-        "{{\"Version\": 1, \"AccessKeyId\": \"{}\", \"SecretAccessKey\": \"base-secret-not-a-grant\", \"Expiration\": \"{soon}\"}}",
-        crate::common::aws::BASE_KEY_ID
-    );
-    let (config, log) = credential_process_profile(&aws, &format!("printf '%s' '{json}'"));
-    aws.request()
-        .args(["--profile", "helper"])
-        .env("AWS_CONFIG_FILE", &config)
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .run()
-        .success();
+    let (request, log) = request_through_helper(&aws, &printing_the_base_key(Some(&soon)));
+    request.run().success();
     assert_eq!(calls(&log), 2, "asked ahead, then again: what it gave would expire within the minute");
     assert_eq!(aws.kinds(), ["intent", "grant"]);
 }
