@@ -158,6 +158,11 @@ impl Planned {
     fn issuer_role(&self) -> Option<String> {
         self.role.clone()
     }
+
+    /// Minted here, as soon as asked: no approvals to wait for, no broker to mint it.
+    fn mints_when_asked(&self) -> bool {
+        self.rules.approvals == 0 && self.rules.mint != Mint::Broker
+    }
 }
 
 /// Reads policy from the trust ref and checks the request, made here and now (HEAD's branch and
@@ -167,7 +172,7 @@ pub fn plan(repo: &Repository, spec: &RequestSpec, now: DateTime<Utc>) -> Result
     let trust = TrustRef::resolve(repo)?;
     let ctx = context::capture(repo, Some(&trust))?;
     let mut planned = plan_in(repo, spec, ctx, trust, GrantId::generate(now), now, None)?;
-    if planned.rules.approvals == 0 && planned.rules.mint != Mint::Broker {
+    if planned.mints_when_asked() {
         // Minted here and at once: the provider's client is made while the signer is opened and
         // the intent recorded.
         planned.issuer.prepare();
@@ -314,11 +319,11 @@ pub fn execute(
     if approach.break_glass && !planned.rules.break_glass {
         return Err(RequestError::BreakGlassNotAllowed { what: planned.what.clone() });
     }
-    let by_broker = planned.rules.mint == Mint::Broker;
-    if planned.rules.approvals == 0 && !approach.break_glass && !by_broker {
+    if planned.mints_when_asked() && !approach.break_glass {
         return issue_planned(repo, planned, signer, store, interruption, None)
             .map(|g| Outcome::Granted(Box::new(g)));
     }
+    let by_broker = planned.rules.mint == Mint::Broker;
     // The request, signed before anything else: what exactly is asked, for approvers to see. Its
     // signer must be one the trust ref accepts, as for any record.
     issue::check_signer(repo, &planned.trust, signer, &planned.ctx.principal.email, planned.now)?;
