@@ -356,7 +356,8 @@ pub fn full(
 /// verify`, the audit of one repository); anywhere else it stays on, and the walk's reads are
 /// hashed twice. Walks take turns, so that one ending does not switch it on under another.
 struct UnhashedReads {
-    _turn: Option<MutexGuard<'static, ()>>,
+    /// Held while the check is off: None where this process does not switch it.
+    turn: Option<MutexGuard<'static, ()>>,
 }
 
 static HISTORY_WALK: Mutex<()> = Mutex::new(());
@@ -373,7 +374,7 @@ pub fn checks_run_one_at_a_time() {
 impl UnhashedReads {
     fn start() -> Self {
         if !ONE_AT_A_TIME.load(Ordering::SeqCst) {
-            return UnhashedReads { _turn: None };
+            return UnhashedReads { turn: None };
         }
         Self::switch_off()
     }
@@ -381,13 +382,13 @@ impl UnhashedReads {
     fn switch_off() -> Self {
         let turn = HISTORY_WALK.lock().unwrap_or_else(PoisonError::into_inner);
         git2::opts::strict_hash_verification(false);
-        UnhashedReads { _turn: Some(turn) }
+        UnhashedReads { turn: Some(turn) }
     }
 }
 
 impl Drop for UnhashedReads {
     fn drop(&mut self) {
-        if self._turn.is_some() {
+        if self.turn.is_some() {
             git2::opts::strict_hash_verification(hash_checks_wanted());
         }
     }
