@@ -70,6 +70,8 @@ pub enum SecretFormat {
 pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     // The signer and the grant's secret are in the keyring: it opens while the request is planned.
     crate::secrets::open_ahead();
+    // So are the TLS roots the STS client needs.
+    crate::provider::aws::read_tls_roots_ahead();
     let repo = ctx.repo()?;
     let mut spec = RequestSpec {
         role: args.role.clone().unwrap_or_default(),

@@ -25,6 +25,22 @@ pub struct Reach<'a> {
     pub max_attempts: Option<u32>,
 }
 
+/// Reads the system's TLS roots on a thread of its own, for a command that calls AWS soon. The SDK
+/// (aws-smithy-http-client) reads them when it makes its first client and keeps them for the
+/// process: the CA bundle and every file of the certificate directory (on Debian, 150 files
+/// behind 300 links in /etc/ssl/certs; about 3 ms, longer than the rest of making a client). Read
+/// here while git and the policy are read, they are there when the client is made. Nothing but
+/// certificate files is read: a command that ends before calling AWS has lost a thread's work.
+pub fn read_tls_roots_ahead() {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    let _ = std::thread::Builder::new().name("tls-roots".into()).spawn(|| {
+        // The SDK's own connector, as aws-config's default HTTPS client makes it.
+        let _ = aws_smithy_http_client::Connector::builder()
+            .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+            .build();
+    });
+}
+
 /// A runtime and the SDK configuration for one client.
 pub struct Sdk {
     pub runtime: tokio::runtime::Runtime,
