@@ -32,29 +32,40 @@ awscli = [aws, "sts", "assume-role", "--role-arn", role_arn, "--role-session-nam
           "--duration-seconds", "900", "--endpoint-url", endpoint, "--output", "json"]
 request = [tpa, "-C", repo, "request", "--role", "bench", "--reason", "BENCH-1: request benchmark",
            "--ttl", "15m", "--json"]
+# ENDED=1: each grant is revoked after it is measured, and the next request is made on a new commit
+# (neither is timed), so that the keyring holds only live grants and a commit's note only its own
+# grant, as in use. Without it every round's credentials stay in the keyring, where gnome-keyring
+# rewrites a file one grant larger each round on every write, and every record goes to the note of
+# one commit, which each append rewrites whole.
+ended = os.environ.get("ENDED") == "1"
+def end(out):
+    if ended:
+        grant_id = json.loads(out.stdout)["grant_id"]
+        timed([tpa, "-C", repo, "revoke", grant_id, "--reason", "BENCH-1: measured", "--json"])
+        timed(["git", "-C", repo, "commit", "-q", "--allow-empty", "-m", f"after {grant_id}"])
 # TPA_BASE: another build of tpa, run in the same rounds, as the baseline.
 base = os.environ.get("TPA_BASE")
 baseline = [base] + request[1:] if base else None
 
 times = {"tpa": [], "awscli": [], "curl": [], "tpa_sts": [], "base": []}
 for _ in range(3):  # warm-up: page cache, moto's first-call imports
-    timed(curl); timed(awscli); timed(request, env={**env, "TPA_TEST_TIMING": "1"})
-    if baseline: timed(baseline)
+    timed(curl); timed(awscli); end(timed(request, env={**env, "TPA_TEST_TIMING": "1"})[1])
+    if baseline: end(timed(baseline)[1])
 for round in range(rounds):
     t, _ = timed(curl); times["curl"].append(t)
     t, _ = timed(awscli); times["awscli"].append(t)
     if baseline and round % 2 == 0:  # before this build in even rounds, after it in odd ones
-        t, _ = timed(baseline); times["base"].append(t)
-    t, out = timed(request, env={**env, "TPA_TEST_TIMING": "1"}); times["tpa"].append(t)
+        t, base_out = timed(baseline); times["base"].append(t); end(base_out)
+    t, out = timed(request, env={**env, "TPA_TEST_TIMING": "1"}); times["tpa"].append(t); end(out)
     if baseline and round % 2 == 1:
-        t, _ = timed(baseline); times["base"].append(t)
+        t, base_out = timed(baseline); times["base"].append(t); end(base_out)
     split = dict(kv.split("=") for kv in out.stderr.split() if kv.endswith(tuple("0123456789")) and "_ms=" in kv)
     times["tpa_sts"].append(float(split["sts_ms"]))
     for phase, value in split.items():
         times.setdefault(phase, []).append(float(value))
 
 m = {k: statistics.median(v) for k, v in times.items() if v}
-print(f"rounds: {rounds} (alternating), medians in ms")
+print(f"rounds: {rounds} (alternating), medians in ms" + (", each grant revoked after it is measured" if ended else ""))
 print(f"  curl POST (floor)       {m['curl']:8.1f}")
 print(f"  aws sts assume-role     {m['awscli']:8.1f}")
 print(f"  tpa request             {m['tpa']:8.1f}   (mint {m['tpa_sts']:.1f}: the STS call and any wait for the prepared client; the rest {m['tpa'] - m['tpa_sts']:.1f})")

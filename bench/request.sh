@@ -10,6 +10,9 @@
 #   KEYRING=keyutils ...           # a headless machine's set-up: the grants' secrets in the kernel
 #                                  # keyring and the signing key in a file (default: gnome-keyring's
 #                                  # Secret Service holds both)
+#   ENDED=1 ...                    # each grant revoked after it is measured and the next request made
+#                                  # on a new commit (untimed), so the keyring holds only live grants
+#                                  # and a note one grant, as in use (default: both pile up)
 #   CREDS=process ...              # the base credentials from a profile's credential_process (a
 #                                  # Python script printing the keys, as SSO and vault helpers do),
 #                                  # for tpa and awscli alike (default: environment variables)
