@@ -41,8 +41,9 @@ ended = os.environ.get("ENDED") == "1"
 def end(out):
     if ended:
         grant_id = json.loads(out.stdout)["grant_id"]
-        timed([tpa, "-C", repo, "revoke", grant_id, "--reason", "BENCH-1: measured", "--json"])
-        timed(["git", "-C", repo, "commit", "-q", "--allow-empty", "-m", f"after {grant_id}"])
+        for cmd in ([tpa, "-C", repo, "revoke", grant_id, "--reason", "BENCH-1: measured", "--json"],
+                    ["git", "-C", repo, "commit", "-q", "--allow-empty", "-m", f"after {grant_id}"]):
+            subprocess.run(cmd, capture_output=True, check=True)
 # TPA_BASE: another build of tpa, run in the same rounds, as the baseline.
 base = os.environ.get("TPA_BASE")
 baseline = [base] + request[1:] if base else None
@@ -65,7 +66,7 @@ for round in range(rounds):
         times.setdefault(phase, []).append(float(value))
 
 m = {k: statistics.median(v) for k, v in times.items() if v}
-print(f"rounds: {rounds} (alternating), medians in ms" + (", each grant revoked after it is measured" if ended else ""))
+print(f"rounds: {rounds} (alternating), medians in ms" + (", each grant revoked after it is measured, the next on a new commit" if ended else ""))
 print(f"  curl POST (floor)       {m['curl']:8.1f}")
 print(f"  aws sts assume-role     {m['awscli']:8.1f}")
 print(f"  tpa request             {m['tpa']:8.1f}   (mint {m['tpa_sts']:.1f}: the STS call and any wait for the prepared client; the rest {m['tpa'] - m['tpa_sts']:.1f})")
