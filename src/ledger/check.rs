@@ -652,9 +652,13 @@ fn check_notes(
         let mut out = Vec::with_capacity(chunk.len());
         for note in chunk {
             let blob = worker.repo.find_blob(note.blob)?;
+            // Sized exactly: a note holds a few lines, and a vector grown to four slots for three
+            // was a quarter of the lines' memory at 100,000 notes.
+            let count = verify::numbered_lines(blob.content()).count();
+            let records = if keep_records { Vec::with_capacity(count) } else { Vec::new() };
             let mut checked =
-                CheckedNote { note: *note, lines: Vec::new(), records: Vec::new(), fresh: true };
-            let mut hashes = Vec::new();
+                CheckedNote { note: *note, lines: Vec::with_capacity(count), records, fresh: true };
+            let mut hashes = Vec::with_capacity(count);
             let signature_check = match verified_before {
                 // A search, not a set: building a set of a large cache costs more than the few
                 // notes a reader through the grant index checks.
@@ -683,7 +687,9 @@ fn check_notes(
         }
         Ok(out)
     })?;
-    Ok(out.into_iter().flatten().collect())
+    let mut all = Vec::with_capacity(notes.len());
+    all.extend(out.into_iter().flatten());
+    Ok(all)
 }
 
 fn tip_line_hashes<'a>(
