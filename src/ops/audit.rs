@@ -2,7 +2,8 @@
 //! policy it was taken under and the provider's state. Only reads: nothing is revoked or recorded,
 //! not even the verify witness moves.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -60,26 +61,73 @@ pub enum AuditError {
 }
 
 /// One grant as the report tells it: who, why, on which change, for how long.
+///
+/// An audit holds one for every grant of the period (100,000 in an organisation's ledger), so
+/// what grants share (who, which role, which branch) is held once, as [`Shared`].
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditedGrant {
     pub grant_id: crate::grant::GrantId,
     pub state: GrantState,
-    pub principal: String,
-    pub provider: String,
-    pub role: Option<String>,
-    pub target: String,
-    pub branch: String,
-    pub commit: String,
+    pub principal: Shared,
+    pub provider: Shared,
+    pub role: Option<Shared>,
+    pub target: Shared,
+    pub branch: Shared,
+    pub commit: Shared,
     pub reason: String,
     pub requested_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     /// When access ended (revoked, expired, failed); None while it lasts.
     pub ended_at: Option<DateTime<Utc>>,
     /// `merged`, `abandoned`, `manual`, ... for revocations; `expiry`; `failed`.
-    pub ended_by: Option<String>,
+    pub ended_by: Option<Shared>,
     /// How long credentials were (or have been) usable, in seconds; None when none were issued.
     pub duration_seconds: Option<i64>,
     pub verified: bool,
+}
+
+/// A string many grants of a report hold, held once ([`Strings`]); serialised as the string.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Shared(Arc<str>);
+
+impl std::ops::Deref for Shared {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Shared {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Shared {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// The distinct strings of one report.
+#[derive(Default)]
+struct Strings(HashSet<Arc<str>>);
+
+impl Strings {
+    fn shared(&mut self, text: &str) -> Shared {
+        if let Some(held) = self.0.get(text) {
+            return Shared(held.clone());
+        }
+        let held: Arc<str> = text.into();
+        self.0.insert(held.clone());
+        Shared(held)
+    }
 }
 
 /// The checks an audit runs, beyond the ledger's own: stable names (`--json`).
@@ -218,6 +266,7 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
     let mut records = 0;
     let mut any_grant = false;
     let mut in_period = Vec::new();
+    let mut strings = Strings::default();
     let mut provider = ProviderView::default();
     let mut record_findings = Vec::new();
     let ledger_findings = checked.stream_records(repo, |batch| {
@@ -230,7 +279,7 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
             any_grant = true;
             if overlaps(&grant, options, now) {
                 grant_checks.check(&grant);
-                in_period.push(audited(&grant, now));
+                in_period.push(audited(&grant, now, &mut strings));
             }
             if options.aws.is_some() {
                 provider.add(grant, options.cloudtrail, now);
@@ -254,8 +303,11 @@ pub fn audit(repo: &Repository, options: &AuditOptions) -> Result<AuditReport, A
             "run the audit in CI on a clone of the server's repository",
         ));
     }
-    // Newest first, as `tpa log` lists them.
-    in_period.sort_by(|a, b| b.requested_at.cmp(&a.requested_at).then_with(|| a.grant_id.cmp(&b.grant_id)));
+    // Newest first, as `tpa log` lists them. Grant ids are unique, so the order is total and an
+    // unstable sort gives the same one without a buffer of half the summaries.
+    in_period.sort_unstable_by(|a, b| {
+        b.requested_at.cmp(&a.requested_at).then_with(|| a.grant_id.cmp(&b.grant_id))
+    });
 
     if let (Some(aws), Some(policy)) = (&options.aws, &policy_now) {
         postgres_checks(&provider.live, policy, aws.timeout, &mut findings, &mut checks);
@@ -422,7 +474,7 @@ fn ending(grant: &GrantView) -> (Option<DateTime<Utc>>, Option<String>) {
     }
 }
 
-fn audited(grant: &GrantView, now: DateTime<Utc>) -> AuditedGrant {
+fn audited(grant: &GrantView, now: DateTime<Utc>, strings: &mut Strings) -> AuditedGrant {
     let (ended_at, ended_by) = ending(grant);
     let duration_seconds = grant.issued.as_ref().map(|issued| {
         let end = ended_at.unwrap_or(now).min(grant.expires_at.unwrap_or(now));
@@ -431,17 +483,17 @@ fn audited(grant: &GrantView, now: DateTime<Utc>) -> AuditedGrant {
     AuditedGrant {
         grant_id: grant.grant_id.clone(),
         state: grant.state,
-        principal: grant.principal.clone(),
-        provider: grant.provider.to_string(),
-        role: grant.role.clone(),
-        target: grant.target.clone(),
-        branch: grant.branch.clone(),
-        commit: grant.commit.clone(),
+        principal: strings.shared(&grant.principal),
+        provider: strings.shared(grant.provider.name()),
+        role: grant.role.as_deref().map(|role| strings.shared(role)),
+        target: strings.shared(&grant.target),
+        branch: strings.shared(&grant.branch),
+        commit: strings.shared(&grant.commit),
         reason: grant.reason.clone(),
         requested_at: grant.requested_at,
         expires_at: grant.expires_at,
         ended_at,
-        ended_by,
+        ended_by: ended_by.map(|by| strings.shared(&by)),
         duration_seconds,
         verified: grant.verified,
     }

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::audit::{self, Category, Finding, Severity};
 use crate::grant::{GrantState, sha256_hex};
-use crate::ops::audit::{AuditOptions, AuditReport};
+use crate::ops::audit::{AuditOptions, AuditReport, Shared};
 use crate::ops::context::strip_credentials;
 
 #[derive(Clone, Debug)]
@@ -215,12 +215,12 @@ fn summarise(repos: Vec<RepoAudit>, options: &AuditOptions) -> OrgReport {
         totals.grants += report.grants.len();
         totals.records += report.records;
         for g in report.grants.iter().filter(|g| g.state != GrantState::Failed) {
-            let key = (g.principal.clone(), repo.source.clone(), g.target.clone());
+            let key = (g.principal.to_string(), repo.source.clone(), g.target.to_string());
             let row = access.entry(key).or_insert_with(|| Access {
-                principal: g.principal.clone(),
+                principal: g.principal.to_string(),
                 repo: repo.source.clone(),
-                target: g.target.clone(),
-                role: g.role.clone(),
+                target: g.target.to_string(),
+                role: g.role.as_ref().map(Shared::to_string),
                 grants: 0,
                 seconds: 0,
             });
