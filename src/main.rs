@@ -27,8 +27,8 @@ const MALLOC_OPTIONS: [(&str, libc::c_int, libc::c_int); 2] = [
 ];
 
 /// Bounds the resident memory of a large check (the audit of an organisation's ledger: at
-/// 100,000 grants these took its peak from about 440 MiB to about 265 MiB, for about 15% more
-/// time; docs/audit.md). A small repository never reaches the bounds.
+/// 100,000 grants its peak went from 435 MiB to 258 MiB with these and the audit's shared
+/// strings, for a fifth more time; docs/audit.md). A small repository never reaches the bounds.
 #[allow(unsafe_code)]
 fn bound_memory() {
     // SAFETY: these write C globals of libgit2 and glibc with no synchronisation, so they must run
