@@ -1085,3 +1085,23 @@ fn postgres_checks(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_strings_are_held_once_and_serialised_as_strings() {
+        let mut strings = Strings::default();
+        let first = strings.shared("refs/heads/hotfix/x");
+        let again = strings.shared(&String::from("refs/heads/hotfix/x"));
+        let other = strings.shared("refs/heads/hotfix/y");
+        assert!(Arc::ptr_eq(&first.0, &again.0));
+        assert!(!Arc::ptr_eq(&first.0, &other.0));
+        assert_eq!(strings.0.len(), 2);
+        assert_eq!(
+            serde_json::to_string(&[first, other]).unwrap(),
+            r#"["refs/heads/hotfix/x","refs/heads/hotfix/y"]"#
+        );
+    }
+}
