@@ -1,7 +1,7 @@
 //! The OS keyring: the only place tpa keeps a secret. One store per process, chosen once:
 //!
-//! - the Secret Service (gnome-keyring, KeePassXC) on a Linux desktop, through keyring 4's zbus
-//!   store: pure-Rust D-Bus, one connection and one encrypted session for the whole process;
+//! - the Secret Service (gnome-keyring, KeePassXC) on a Linux desktop ([`secret_service`]):
+//!   pure-Rust D-Bus, one connection and one encrypted session for the whole process;
 //! - the kernel keyring (keyutils) on headless Linux (servers, CI runners, containers, WSL without
 //!   a desktop): grant credentials go into the session keyring with a kernel timeout equal to the
 //!   grant's remaining life, so they vanish by themselves. It does not survive a reboot, so it never
@@ -12,6 +12,9 @@
 //! error with the fix, never a silent fall-back to another store.
 
 use std::sync::OnceLock;
+
+#[cfg(all(unix, not(target_os = "macos")))]
+mod secret_service;
 
 use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;
@@ -86,8 +89,17 @@ pub enum SecretsError {
 /// The store this process uses, chosen on first use and kept: one connection, one session.
 struct Keyring {
     backend: Backend,
+    #[cfg(all(unix, not(target_os = "macos")))]
+    service: Option<secret_service::Service>,
     #[cfg(target_os = "linux")]
     session: Option<linux_keyutils::KeyRing>,
+}
+
+impl Keyring {
+    #[cfg(all(unix, not(target_os = "macos")))]
+    fn service(&self) -> &secret_service::Service {
+        self.service.as_ref().expect("the Secret Service keyring has its service")
+    }
 }
 
 fn keyring() -> Result<&'static Keyring, SecretsError> {
@@ -114,8 +126,8 @@ fn keyring() -> Result<&'static Keyring, SecretsError> {
 }
 
 /// Opens the keyring on a thread of its own, for a command that needs it soon: the Secret
-/// Service's session (a D-Bus connection and a key exchange) is ready when first asked for, and
-/// whatever fails is reported then, as without this.
+/// Service's session (a D-Bus connection, a key exchange, the default collection unlocked) is
+/// ready when first asked for, and whatever fails is reported then, as without this.
 pub fn open_ahead() {
     let _ = std::thread::Builder::new().name("keyring".into()).spawn(|| {
         let _ = keyring();
@@ -140,11 +152,12 @@ fn open() -> Result<Keyring, SecretsError> {
 
 #[cfg(target_os = "linux")]
 fn open_auto() -> Result<Keyring, SecretsError> {
+    use secret_service::OpenError;
     match open_secret_service() {
         Ok(keyring) => Ok(keyring),
         // Nothing answers for the Secret Service here: a server, a container, a CI runner.
-        Err(Opened::NoProvider) => open_keyutils(),
-        Err(Opened::Failed(e)) => Err(e),
+        Err(OpenError::NoProvider) => open_keyutils(),
+        Err(OpenError::Failed(e)) => Err(e),
     }
 }
 
@@ -160,12 +173,13 @@ fn open_auto() -> Result<Keyring, SecretsError> {
 
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
 fn open_auto() -> Result<Keyring, SecretsError> {
+    use secret_service::OpenError;
     match open_secret_service() {
         Ok(keyring) => Ok(keyring),
-        Err(Opened::NoProvider) => Err(SecretsError::Unavailable(
+        Err(OpenError::NoProvider) => Err(SecretsError::Unavailable(
             "no Secret Service answers on the D-Bus session: start gnome-keyring or KeePassXC".into(),
         )),
-        Err(Opened::Failed(e)) => Err(e),
+        Err(OpenError::Failed(e)) => Err(e),
     }
 }
 
@@ -175,11 +189,11 @@ fn open_backend(backend: Backend) -> Result<Keyring, SecretsError> {
     match backend {
         #[cfg(all(unix, not(target_os = "macos")))]
         Backend::SecretService => open_secret_service().map_err(|e| match e {
-            Opened::NoProvider => SecretsError::Unavailable(format!(
+            secret_service::OpenError::NoProvider => SecretsError::Unavailable(format!(
                 "{STORE_ENV}=secret-service, but no Secret Service answers on the D-Bus session: start \
                  and unlock one (gnome-keyring, KeePassXC), or unset {STORE_ENV}"
             )),
-            Opened::Failed(e) => e,
+            secret_service::OpenError::Failed(e) => e,
         }),
         #[cfg(target_os = "linux")]
         Backend::Keyutils => open_keyutils(),
@@ -202,52 +216,14 @@ fn open_backend(backend: Backend) -> Result<Keyring, SecretsError> {
     }
 }
 
-#[allow(dead_code)]
-enum Opened {
-    /// No session bus, or nothing on it owns the Secret Service name.
-    NoProvider,
-    Failed(SecretsError),
-}
-
 #[cfg(all(unix, not(target_os = "macos")))]
-fn open_secret_service() -> Result<Keyring, Opened> {
-    match zbus_secret_service_keyring_store::Store::new() {
-        Ok(store) => {
-            keyring_core::set_default_store(store);
-            Ok(Keyring {
-                backend: Backend::SecretService,
-                #[cfg(target_os = "linux")]
-                session: None,
-            })
-        }
-        Err(e) if no_provider(&e) => Err(Opened::NoProvider),
-        Err(e) => Err(Opened::Failed(classify(Backend::SecretService, "", e))),
-    }
-}
-
-/// No Secret Service exists here: no session bus to reach (none configured, or a stale address), or
-/// nothing on the bus owns, nor can start, `org.freedesktop.secrets`. Everything else (locked, a
-/// dismissed prompt, an error the service itself answered) means one exists and refused.
-#[cfg(all(unix, not(target_os = "macos")))]
-fn no_provider(error: &keyring_core::Error) -> bool {
-    use secret_service::Error as Ss;
-    let keyring_core::Error::PlatformFailure(inner) = error else { return false };
-    match inner.downcast_ref::<Ss>() {
-        Some(Ss::Unavailable) => true,
-        Some(Ss::Locked | Ss::NoResult | Ss::Prompt | Ss::PromptDisconnected | Ss::Crypto(_)) => false,
-        Some(Ss::Zbus(zbus::Error::MethodError(name, _, _))) => {
-            matches!(
-                name.as_str(),
-                "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner"
-            )
-        }
-        Some(Ss::ZbusFdo(e)) => {
-            matches!(e, zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_))
-        }
-        // Connecting to the bus itself failed (no socket, refused, bad address): no bus, no service.
-        Some(Ss::Zbus(_)) => true,
-        _ => false,
-    }
+fn open_secret_service() -> Result<Keyring, secret_service::OpenError> {
+    Ok(Keyring {
+        backend: Backend::SecretService,
+        service: Some(secret_service::Service::open()?),
+        #[cfg(target_os = "linux")]
+        session: None,
+    })
 }
 
 #[cfg(target_os = "linux")]
@@ -263,7 +239,7 @@ fn open_keyutils() -> Result<Keyring, SecretsError> {
              system call (Docker's default seccomp profile does): run tpa where a keyring exists"
         ))
     })?;
-    Ok(Keyring { backend: Backend::Keyutils, session: Some(session) })
+    Ok(Keyring { backend: Backend::Keyutils, service: None, session: Some(session) })
 }
 
 fn classify(backend: Backend, account: &str, error: keyring_core::Error) -> SecretsError {
@@ -325,6 +301,8 @@ fn put(account: &str, secret: &str, expires_at: Option<DateTime<Utc>>) -> Result
             }
             Ok(())
         }
+        #[cfg(all(unix, not(target_os = "macos")))]
+        Backend::SecretService => keyring.service().put(account, secret),
         backend => keyring_core::Entry::new(SERVICE, account)
             .and_then(|entry| entry.set_password(secret))
             .map_err(|e| classify(backend, account, e)),
@@ -353,6 +331,8 @@ pub fn load(account: &str) -> Result<Zeroizing<String>, SecretsError> {
                 .map(Zeroizing::new)
                 .map_err(|_| SecretsError::Missing { account: account.to_owned() })
         }
+        #[cfg(all(unix, not(target_os = "macos")))]
+        Backend::SecretService => keyring.service().get(account),
         backend => keyring_core::Entry::new(SERVICE, account)
             .and_then(|entry| entry.get_password())
             .map(Zeroizing::new)
@@ -372,6 +352,8 @@ pub fn delete(account: &str) -> Result<(), SecretsError> {
                 .and_then(|key| key.invalidate())
                 .map_err(|e| keyutils_error(account, e))
         }
+        #[cfg(all(unix, not(target_os = "macos")))]
+        Backend::SecretService => keyring.service().delete(account),
         backend => keyring_core::Entry::new(SERVICE, account)
             .and_then(|entry| entry.delete_credential())
             .map_err(|e| classify(backend, account, e)),
@@ -486,10 +468,14 @@ pub fn delete_credentials(grant_id: &crate::grant::GrantId) -> Result<(), Secret
     delete(&grant_account(grant_id))
 }
 
+/// A reservation to make ([`reserve`]), as work the executor runs on a thread of its own, beside
+/// the intent record's signing and writing.
+pub type Reservation<'a> = Box<dyn FnOnce() -> Result<(), SecretsError> + Send + 'a>;
+
 /// Where the executor keeps grant secrets: the OS keyring, or a fake in tests of the executor.
 pub trait SecretStore {
-    /// See [`reserve`].
-    fn reserve(&self, grant_id: &crate::grant::GrantId, until: DateTime<Utc>) -> Result<(), SecretsError>;
+    /// See [`reserve`] and [`Reservation`].
+    fn reservation(&self, grant_id: &crate::grant::GrantId, until: DateTime<Utc>) -> Reservation<'_>;
     fn store(&self, grant_id: &crate::grant::GrantId, secret: &Secret) -> Result<(), SecretsError>;
     /// Drops whatever is kept for the grant; best effort.
     fn forget(&self, grant_id: &crate::grant::GrantId);
@@ -499,8 +485,9 @@ pub trait SecretStore {
 pub struct OsKeyring;
 
 impl SecretStore for OsKeyring {
-    fn reserve(&self, grant_id: &crate::grant::GrantId, until: DateTime<Utc>) -> Result<(), SecretsError> {
-        reserve(grant_id, until)
+    fn reservation(&self, grant_id: &crate::grant::GrantId, until: DateTime<Utc>) -> Reservation<'_> {
+        let grant_id = grant_id.clone();
+        Box::new(move || reserve(&grant_id, until))
     }
 
     fn store(&self, grant_id: &crate::grant::GrantId, secret: &Secret) -> Result<(), SecretsError> {

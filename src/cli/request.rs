@@ -207,10 +207,11 @@ pub fn run(ctx: &Ctx, args: RequestArgs) -> anyhow::Result<u8> {
     if std::env::var_os("TPA_TEST_TIMING").is_some() {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         eprintln!(
-            "plan_ms={:.3} signer_ms={:.3} execute_ms={:.3} sts_ms={:.3} keyring_ms={:.3} finish_ms={:.3}",
+            "plan_ms={:.3} signer_ms={:.3} execute_ms={:.3} intent_ms={:.3} sts_ms={:.3} keyring_ms={:.3} finish_ms={:.3}",
             ms(plan_elapsed),
             ms(signer_ready - plan_elapsed),
             ms(executed - signer_ready),
+            ms(granted.intent_elapsed),
             ms(granted.mint_elapsed),
             ms(granted.keyring_elapsed),
             ms(started.elapsed() - executed)

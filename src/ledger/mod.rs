@@ -59,6 +59,18 @@ pub struct Appended {
 
 /// Signs `record` and appends it to the note on its commit, compare-and-swap.
 pub fn append(repo: &Repository, record: &Record, signer: &Signer) -> Result<Appended, LedgerError> {
+    publish(repo, prepare(repo, record, signer)?)
+}
+
+/// A record signed and written as objects, not yet on the ledger: see [`notes::PreparedLine`].
+pub struct Prepared {
+    payload_sha256: String,
+    line: notes::PreparedLine,
+}
+
+/// Does all of [`append`] but move the notes ref: [`publish`] does that, or nothing does and the
+/// record was never on the ledger.
+pub fn prepare(repo: &Repository, record: &Record, signer: &Signer) -> Result<Prepared, LedgerError> {
     record.validate()?;
     let annotated =
         Oid::from_str(&record.commit).map_err(|_| LedgerError::BadCommit(record.commit.clone()))?;
@@ -66,8 +78,13 @@ pub fn append(repo: &Repository, record: &Record, signer: &Signer) -> Result<App
     let sig = signer.sign(payload.as_bytes())?;
     let payload_sha256 = sha256_hex(payload.as_bytes());
     let line = NoteLine { payload, sig }.to_line();
-    let notes_commit = notes::append_line(repo, annotated, &line)?;
-    Ok(Appended { payload_sha256, notes_commit })
+    Ok(Prepared { payload_sha256, line: notes::prepare_line(repo, annotated, &line)? })
+}
+
+/// Puts a prepared record on the ledger (compare-and-swap, rebuilt on a tip that moved).
+pub fn publish(repo: &Repository, prepared: Prepared) -> Result<Appended, LedgerError> {
+    let notes_commit = notes::publish(repo, prepared.line)?;
+    Ok(Appended { payload_sha256: prepared.payload_sha256, notes_commit })
 }
 
 /// A line of a note at the ledger's tip, unparsed.

@@ -40,45 +40,70 @@ pub fn tip(repo: &Repository) -> Result<Option<Oid>, NotesError> {
 /// Appends `line` (no trailing newline) to the note on `annotated`, creating the note if needed.
 /// Returns the new notes commit.
 pub fn append_line(repo: &Repository, annotated: Oid, line: &str) -> Result<Oid, NotesError> {
+    publish(repo, prepare_line(repo, annotated, line)?)
+}
+
+/// A line appended to the notes as objects (blob, trees, commit) on the tip as it was read, which
+/// the ref does not point at yet: until [`publish`], nothing refers to those objects (`git gc`
+/// prunes them if it never comes).
+pub struct PreparedLine {
+    annotated: Oid,
+    line: String,
+    commit: Oid,
+    /// The tip it was built on (`None`: the notes ref did not exist).
+    on: Option<Oid>,
+}
+
+/// Writes the objects of an append without moving the ref: see [`PreparedLine`].
+pub fn prepare_line(repo: &Repository, annotated: Oid, line: &str) -> Result<PreparedLine, NotesError> {
     debug_assert!(!line.contains('\n'));
     let hex = annotated.to_string();
-    for attempt in 0..MAX_ATTEMPTS {
-        let old_tip = tip(repo)?;
-        let (old_commit, old_tree) = match old_tip {
-            Some(oid) => {
-                let commit = repo.find_commit(oid).map_err(|_| NotesError::NotACommit)?;
-                let tree = commit.tree()?;
-                (Some(commit), Some(tree))
-            }
-            None => (None, None),
-        };
-        let existing = match &old_tree {
-            Some(tree) => find_note(repo, tree, &hex)?,
-            None => None,
-        };
-        let mut content = match existing {
-            Some((_, blob)) => repo.find_blob(blob)?.content().to_vec(),
-            None => Vec::new(),
-        };
-        if !content.is_empty() && !content.ends_with(b"\n") {
-            content.push(b'\n');
+    let old_tip = tip(repo)?;
+    let (old_commit, old_tree) = match old_tip {
+        Some(oid) => {
+            let commit = repo.find_commit(oid).map_err(|_| NotesError::NotACommit)?;
+            let tree = commit.tree()?;
+            (Some(commit), Some(tree))
         }
-        content.extend_from_slice(line.as_bytes());
+        None => (None, None),
+    };
+    let existing = match &old_tree {
+        Some(tree) => find_note(repo, tree, &hex)?,
+        None => None,
+    };
+    let mut content = match existing {
+        Some((_, blob)) => repo.find_blob(blob)?.content().to_vec(),
+        None => Vec::new(),
+    };
+    if !content.is_empty() && !content.ends_with(b"\n") {
         content.push(b'\n');
-        let blob = repo.blob(&content)?;
-        let path = existing.map(|(path, _)| path).unwrap_or_else(|| fanout_path(&hex));
-        let new_tree = write_path(repo, old_tree.as_ref(), &path, blob)?;
-        let new_tree = repo.find_tree(new_tree)?;
-        let signature = notes_signature(repo)?;
-        let parents: Vec<_> = old_commit.iter().collect();
-        let message = format!("tpa: record on {hex}\n");
-        let new_commit = repo.commit(None, &signature, &signature, &message, &new_tree, &parents)?;
+    }
+    content.extend_from_slice(line.as_bytes());
+    content.push(b'\n');
+    let blob = repo.blob(&content)?;
+    let path = existing.map(|(path, _)| path).unwrap_or_else(|| fanout_path(&hex));
+    let new_tree = write_path(repo, old_tree.as_ref(), &path, blob)?;
+    let new_tree = repo.find_tree(new_tree)?;
+    let signature = notes_signature(repo)?;
+    let parents: Vec<_> = old_commit.iter().collect();
+    let message = format!("tpa: record on {hex}\n");
+    let commit = repo.commit(None, &signature, &signature, &message, &new_tree, &parents)?;
+    Ok(PreparedLine { annotated, line: line.to_owned(), commit, on: old_tip })
+}
+
+/// Moves the notes ref to a prepared append, compare-and-swap; if another writer moved it since,
+/// the append is built again on their tip. Returns the new notes commit.
+pub fn publish(repo: &Repository, prepared: PreparedLine) -> Result<Oid, NotesError> {
+    let mut prepared = prepared;
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            prepared = prepare_line(repo, prepared.annotated, &prepared.line)?;
+        }
         // libgit2 compares the expected old value under the ref's lock; a zero id means "must not
         // exist yet". (Its plain non-forced create checks existence before locking, which races.)
-        let expected = old_tip.unwrap_or(Oid::ZERO_SHA1);
-        let moved = repo.reference_matching(NOTES_REF, new_commit, true, expected, "tpa: append");
-        match moved {
-            Ok(_) => return Ok(new_commit),
+        let expected = prepared.on.unwrap_or(Oid::ZERO_SHA1);
+        match repo.reference_matching(NOTES_REF, prepared.commit, true, expected, "tpa: append") {
+            Ok(_) => return Ok(prepared.commit),
             // Someone else moved the ref (or holds its lock): reread and build on their commit.
             Err(e) if is_lost_race(&e) => back_off(attempt),
             Err(e) => return Err(e.into()),
@@ -836,6 +861,33 @@ mod tests {
         let first = repo.find_tree(tree.get_name("01").expect("fan-out layout").id()).unwrap();
         assert!(first.get_name("23").is_some(), "two levels of fan-out");
         assert_eq!(repo.find_commit(tip).unwrap().parent_count(), 1);
+    }
+
+    #[test]
+    fn a_prepared_line_is_on_the_ledger_only_once_published() {
+        let (_dir, repo) = repo();
+        let target = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
+        let before = append_line(&repo, target, "first").unwrap();
+        let prepared = prepare_line(&repo, target, "second").unwrap();
+        assert_eq!(tip(&repo).unwrap(), Some(before), "preparing moves nothing");
+        let after = publish(&repo, prepared).unwrap();
+        assert_eq!(tip(&repo).unwrap(), Some(after));
+        assert_eq!(repo.find_commit(after).unwrap().parent_id(0).unwrap(), before);
+    }
+
+    /// Another writer appends between the preparing and the publishing: the prepared line is built
+    /// again on their tip, and neither line is lost.
+    #[test]
+    fn a_prepared_line_survives_an_append_made_meanwhile() {
+        let (_dir, repo) = repo();
+        let target = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
+        let prepared = prepare_line(&repo, target, "mine").unwrap();
+        let theirs = append_line(&repo, target, "theirs").unwrap();
+        let tip = publish(&repo, prepared).unwrap();
+        assert_eq!(repo.find_commit(tip).unwrap().parent_id(0).unwrap(), theirs);
+        let tree = repo.find_commit(tip).unwrap().tree().unwrap();
+        let notes = list_notes(&repo, &tree).unwrap();
+        assert_eq!(repo.find_blob(notes[0].blob).unwrap().content(), b"theirs\nmine\n");
     }
 
     #[test]

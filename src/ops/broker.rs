@@ -35,7 +35,7 @@ use crate::ops::sync::{self, SyncOptions};
 use crate::policy::{ApprovalRules, Mint, Policy};
 use crate::provider::Secret;
 use crate::provider::aws_sts::StsOptions;
-use crate::secrets::{SecretStore, SecretsError};
+use crate::secrets::{Reservation, SecretStore, SecretsError};
 use crate::trust::TrustRef;
 
 /// A claim older than this whose request was never minted: its broker stopped mid-way.
@@ -543,10 +543,13 @@ struct DeliveryStore<'a> {
 }
 
 impl SecretStore for DeliveryStore<'_> {
-    fn reserve(&self, _: &GrantId, _: DateTime<Utc>) -> Result<(), SecretsError> {
-        delivery::seal(self.recipient, b"probe")
-            .map(|_| ())
-            .map_err(|e| SecretsError::Unavailable(e.to_string()))
+    fn reservation(&self, _: &GrantId, _: DateTime<Utc>) -> Reservation<'_> {
+        let recipient = self.recipient;
+        Box::new(move || {
+            delivery::seal(recipient, b"probe")
+                .map(|_| ())
+                .map_err(|e| SecretsError::Unavailable(e.to_string()))
+        })
     }
 
     fn store(&self, grant_id: &GrantId, secret: &Secret) -> Result<(), SecretsError> {

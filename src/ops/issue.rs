@@ -58,7 +58,9 @@ impl IssueRequest<'_> {
 pub struct Issued {
     pub record: Record,
     pub secret: Secret,
-    /// How long the provider and the keyring write took (for benchmarks).
+    /// How long the placeholder and the intent record, the provider, and the keyring write took
+    /// (for benchmarks).
+    pub intent_elapsed: std::time::Duration,
     pub mint_elapsed: std::time::Duration,
     pub keyring_elapsed: std::time::Duration,
 }
@@ -131,15 +133,30 @@ pub fn issue(
     interruption: &Interruption,
 ) -> Result<Issued, IssueError> {
     let grant_id = &request.grant_id;
+    let started = std::time::Instant::now();
     issuer.prepare();
     check_signer(repo, request.trust, signer, &request.ctx.principal.email, request.now)?;
-    store.reserve(grant_id, request.until()).map_err(|source| IssueError::KeyringUnusable { source })?;
+    let intent = record(request, issuer, RecordKind::Intent, request.now);
+    // The keyring takes the placeholder while the intent is signed and its objects written (a
+    // Secret Service write is a round trip and a file the daemon saves); the ledger's ref moves
+    // only once the keyring has taken it, so a keyring that refuses still leaves no record.
+    let (reserved, prepared) = std::thread::scope(|scope| {
+        let reserving = std::thread::Builder::new()
+            .name("reserve".into())
+            .spawn_scoped(scope, store.reservation(grant_id, request.until()));
+        let prepared = ledger::prepare(repo, &intent, signer);
+        let reserved = match reserving {
+            Ok(thread) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => store.reservation(grant_id, request.until())(),
+        };
+        (reserved, prepared)
+    });
+    reserved.map_err(|source| IssueError::KeyringUnusable { source })?;
     if interruption.is_set() {
         store.forget(grant_id);
         return Err(IssueError::Interrupted { grant_id: grant_id.clone(), recorded: false });
     }
-    let intent = record(request, issuer, RecordKind::Intent, request.now);
-    let intent_sha256 = match ledger::append(repo, &intent, signer) {
+    let intent_sha256 = match prepared.and_then(|prepared| ledger::publish(repo, prepared)) {
         Ok(appended) => appended.payload_sha256,
         Err(e) => {
             store.forget(grant_id);
@@ -164,6 +181,7 @@ pub fn issue(
 
     // From here on the provider may have issued a secret: an interruption waits for the outcome
     // to be recorded, so that no live session is left without its record.
+    let intent_elapsed = started.elapsed();
     let started = std::time::Instant::now();
     let minted = issuer.mint();
     let mint_elapsed = started.elapsed();
@@ -199,7 +217,7 @@ pub fn issue(
         let ended = end_undelivered(repo, request, signer, store);
         return Err(IssueError::Keyring { grant_id: grant_id.clone(), ended, source });
     }
-    Ok(Issued { record: granted, secret, mint_elapsed, keyring_elapsed: started.elapsed() })
+    Ok(Issued { record: granted, secret, intent_elapsed, mint_elapsed, keyring_elapsed: started.elapsed() })
 }
 
 /// A record of this grant: who, where, why (the request), and what the provider adds.
@@ -291,6 +309,7 @@ mod tests {
     use crate::grant::RevokeTrigger;
     use crate::ledger::signing::SignerSource;
     use crate::provider::{Credentials, ProviderKind};
+    use crate::secrets::Reservation;
 
     const EMAIL: &str = "alice@example.com";
 
@@ -419,11 +438,12 @@ mod tests {
     }
 
     impl SecretStore for FakeStore {
-        fn reserve(&self, _: &GrantId, _: DateTime<Utc>) -> Result<(), SecretsError> {
-            match self.refuse_reserve {
+        fn reservation(&self, _: &GrantId, _: DateTime<Utc>) -> Reservation<'_> {
+            let refuse = self.refuse_reserve;
+            Box::new(move || match refuse {
                 true => Err(SecretsError::Locked("the fake keyring is locked".into())),
                 false => Ok(()),
-            }
+            })
         }
 
         fn store(&self, grant_id: &GrantId, _: &Secret) -> Result<(), SecretsError> {

@@ -115,7 +115,9 @@ pub struct Granted {
     pub record: Record,
     pub secret: Secret,
     pub policy_commit: String,
-    /// How long the provider's round trip and the keyring write took (for benchmarks).
+    /// How long the placeholder and the intent record, the provider's round trip and the keyring
+    /// write took (for benchmarks).
+    pub intent_elapsed: std::time::Duration,
     pub mint_elapsed: std::time::Duration,
     pub keyring_elapsed: std::time::Duration,
     /// Minted by the broker and taken from its delivery (the broker told the webhooks).
@@ -655,6 +657,7 @@ fn from_the_broker(
         policy_commit: issued.policy_commit.clone().unwrap_or_default(),
         record: issued,
         secret,
+        intent_elapsed: std::time::Duration::ZERO,
         mint_elapsed: std::time::Duration::ZERO,
         keyring_elapsed: std::time::Duration::ZERO,
         delivered: true,
@@ -729,6 +732,7 @@ fn issue_planned(
         record: issued.record,
         secret: issued.secret,
         policy_commit: planned.trust.commit.to_string(),
+        intent_elapsed: issued.intent_elapsed,
         mint_elapsed: issued.mint_elapsed,
         keyring_elapsed: issued.keyring_elapsed,
         delivered: false,

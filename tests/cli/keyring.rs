@@ -66,6 +66,62 @@ fn headless_grants_live_in_the_kernel_keyring_from_request_to_revoke() {
     }
 }
 
+/// The Secret Service items that hold `username` for service `tpa` (in any collection): their
+/// secrets, as `secret-tool search --all` prints them.
+fn secret_service_items(env: &TestEnv, username: &str) -> Vec<String> {
+    let out = env
+        .command("secret-tool")
+        .args(["search", "--all", "service", "tpa", "username", username])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run secret-tool ({e}): install libsecret-tools (scripts/test does)")
+        });
+    // secret-tool prints each item's fields on stdout, its secret among them.
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("secret = ").map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_grant_is_one_secret_service_item_from_placeholder_to_revocation() {
+    let aws = AwsRepo::new();
+    let granted = aws.request().arg("--json").run().success().json();
+    let grant_id = granted["grant_id"].as_str().unwrap().to_owned();
+    let account = format!("grant:{grant_id}");
+    // The placeholder written before the intent was replaced in place, not joined by a second item.
+    let items = secret_service_items(&aws.env, &account);
+    assert_eq!(items.len(), 1, "items for {account}");
+    let stored: serde_json::Value = serde_json::from_str(&items[0]).expect("the credentials as JSON");
+    let field = |name: &str| stored[name].as_str().unwrap_or_default().to_owned();
+    assert!(
+        !field("AccessKeyId").is_empty() && !field("SessionToken").is_empty(),
+        "the grant's credentials, not the placeholder"
+    );
+
+    // An entry in the shape keyring 4's store wrote (its label, its content type) and that this
+    // process did not write is found as before: earlier tpa versions' signing keys are such entries.
+    let secret = items[0].clone();
+    let store = |args: &[&str]| {
+        let mut child =
+            aws.env.command("secret-tool").args(args).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), secret.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success(), "secret-tool {args:?}");
+    };
+    aws.env.command("secret-tool").args(["clear", "service", "tpa", "username", &account]).status().unwrap();
+    assert!(secret_service_items(&aws.env, &account).is_empty());
+    let label = format!("keyring:{account}@tpa");
+    store(&["store", "--label", &label, "service", "tpa", "username", &account]);
+    let whoami =
+        aws.tpa().args(["exec", "--"]).arg(crate::common::aws::python()).args(["-c", WHOAMI]).run().success();
+    assert!(whoami.stdout.trim().ends_with(&format!("/tpa-{grant_id}")), "{}", whoami.stdout);
+
+    aws.tpa().args(["revoke", &grant_id]).run().success();
+    assert!(secret_service_items(&aws.env, &account).is_empty(), "revoking deletes the item");
+}
+
 #[test]
 fn a_kernel_keyring_entry_vanishes_when_its_grant_expires() {
     let aws = AwsRepo::headless();
