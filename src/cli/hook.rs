@@ -10,6 +10,7 @@ use clap::Args;
 
 use super::Ctx;
 use crate::hooks;
+use crate::ledger::signing::LazySigner;
 use crate::ops::sweep::{self, SweepOptions};
 use crate::state::StateDir;
 
@@ -63,7 +64,7 @@ fn tpa_part(repo: &git2::Repository, args: &HookArgs) -> anyhow::Result<()> {
         }
     }
     if std::env::var("TPA_HOOK_FOREGROUND").is_ok_and(|v| v == "1") {
-        let signer = Ctx::signer_for(repo)?;
+        let signer = LazySigner::deferred(|| Ctx::signer_for(repo));
         let options =
             SweepOptions { profile: None, timeout: std::time::Duration::from_secs(20), now: super::now() };
         let report = sweep::sweep(repo, &signer, &options)?;

@@ -4,6 +4,7 @@ use clap::Args;
 
 use super::{Ctx, exit, print_json};
 use crate::escape;
+use crate::ledger::signing::LazySigner;
 use crate::ops::sweep::{self, SweepOptions};
 
 /// Reconcile: revoke every open grant whose branch was merged or abandoned, retry pending
@@ -20,7 +21,7 @@ pub struct SweepArgs {
 
 pub fn run(ctx: &Ctx, args: SweepArgs) -> anyhow::Result<u8> {
     let repo = ctx.repo()?;
-    let signer = ctx.signer(&repo)?;
+    let signer = LazySigner::deferred(|| ctx.signer(&repo));
     let options = SweepOptions { timeout: args.iam.timeout(), profile: args.iam.profile, now: super::now() };
     let report = sweep::sweep(&repo, &signer, &options)?;
     let outcomes: Vec<_> = report.items.iter().filter_map(|i| i.outcome.clone()).collect();

@@ -111,6 +111,37 @@ impl Signer {
     }
 }
 
+/// A signer opened when first asked for: for work that signs only sometimes. The sweep the hooks
+/// start after a commit, a checkout or a merge ends a grant now and then and keeps them all most
+/// times; opened up front, its signer would open the keyring (a D-Bus session, and a password
+/// prompt where the keyring is locked) on every commit of a branch that holds a grant.
+pub enum LazySigner<'a> {
+    Ready(&'a Signer),
+    Deferred {
+        open: Box<dyn Fn() -> Result<Signer, SigningError> + 'a>,
+        opened: std::cell::OnceCell<Box<Signer>>,
+    },
+}
+
+impl<'a> LazySigner<'a> {
+    pub fn deferred(open: impl Fn() -> Result<Signer, SigningError> + 'a) -> Self {
+        LazySigner::Deferred { open: Box::new(open), opened: std::cell::OnceCell::new() }
+    }
+
+    /// The signer, opened now if it was not yet; an error is not kept, so a later ask tries again.
+    pub fn get(&self) -> Result<&Signer, SigningError> {
+        match self {
+            LazySigner::Ready(signer) => Ok(signer),
+            LazySigner::Deferred { open, opened } => {
+                if opened.get().is_none() {
+                    let _ = opened.set(Box::new(open()?));
+                }
+                Ok(opened.get().expect("opened just now"))
+            }
+        }
+    }
+}
+
 fn sign_in_process(key: &PrivateKey, payload: &[u8]) -> Result<SshSig, SigningError> {
     Ok(key.sign(NAMESPACE, HashAlg::Sha512, payload)?)
 }

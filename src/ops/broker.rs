@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::grant::{ApprovalDecision, GrantId, GrantState, Principal, Record, RecordKind};
 use crate::interrupt::Interruption;
 use crate::ledger::delivery;
-use crate::ledger::signing::Signer;
+use crate::ledger::signing::{LazySigner, Signer};
 use crate::ops::approval::{self, Quorum};
 use crate::ops::context::{self, GitContext};
 use crate::ops::grants::{self, GrantView};
@@ -194,7 +194,7 @@ pub fn pass(
     }
     let sweep_options =
         SweepOptions { profile: options.profile.clone(), timeout: options.timeout, now: crate::clock::now() };
-    let swept = sweep::sweep(repo, signer, &sweep_options)?;
+    let swept = sweep::sweep(repo, &LazySigner::Ready(signer), &sweep_options)?;
     let outcomes: Vec<_> = swept.items.iter().filter_map(|i| i.outcome.clone()).collect();
     if !outcomes.is_empty() {
         let written = [crate::ops::finish::Written::Revoked(&outcomes)];

@@ -14,7 +14,7 @@ use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 
 use crate::grant::{GrantId, GrantState, RevokeResult, RevokeTrigger};
-use crate::ledger::signing::Signer;
+use crate::ledger::signing::{LazySigner, SigningError};
 use crate::lifecycle::{self, AbandonReason, GrantFacts, Situation, Verdict};
 use crate::ops::context::{self, ContextError};
 use crate::ops::grants::{self, GrantView};
@@ -49,6 +49,8 @@ pub enum SweepError {
     State(#[from] StateError),
     #[error("git error: {0}")]
     Git(#[from] git2::Error),
+    #[error("grants are to be ended, but their records cannot be signed: {0}")]
+    Signing(#[from] SigningError),
 }
 
 /// What the sweep decided for a grant. Stable names (`--json`, docs/revocation.md).
@@ -139,7 +141,12 @@ impl SweepReport {
     }
 }
 
-pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Result<SweepReport, SweepError> {
+/// `signer` is opened only if a grant is to be ended: see [`LazySigner`].
+pub fn sweep(
+    repo: &Repository,
+    signer: &LazySigner<'_>,
+    options: &SweepOptions,
+) -> Result<SweepReport, SweepError> {
     let now = options.now;
     let me = context::principal(repo)?;
     let mut report = SweepReport::default();
@@ -297,23 +304,25 @@ pub fn sweep(repo: &Repository, signer: &Signer, options: &SweepOptions) -> Resu
 
     deny_unrecorded(repo, &state, &all, options, &mut report)?;
 
-    let author = revoke::Author { signer, principal: &me, now };
     let mut by_trigger: BTreeMap<Decision, (RevokeTrigger, Vec<GrantView>)> = BTreeMap::new();
     for (decision, trigger, detail, grant) in to_revoke {
         report.items.push(item(&grant, decision, detail));
         by_trigger.entry(decision).or_insert((trigger, Vec::new())).1.push(grant);
     }
-    for (_, (trigger, grants)) in by_trigger {
-        let spec = RevokeSpec {
-            selector: revoke::RevokeSelector::Mine,
-            reason: None,
-            trigger,
-            profile: options.profile.clone(),
-            timeout: options.timeout,
-        };
-        for outcome in revoke::revoke_grants(repo, grants, &spec, &author, &last_attempt, &expiries) {
-            if let Some(item) = report.items.iter_mut().find(|i| i.grant_id == outcome.grant_id) {
-                item.outcome = Some(outcome);
+    if !by_trigger.is_empty() {
+        let author = revoke::Author { signer: signer.get()?, principal: &me, now };
+        for (_, (trigger, grants)) in by_trigger {
+            let spec = RevokeSpec {
+                selector: revoke::RevokeSelector::Mine,
+                reason: None,
+                trigger,
+                profile: options.profile.clone(),
+                timeout: options.timeout,
+            };
+            for outcome in revoke::revoke_grants(repo, grants, &spec, &author, &last_attempt, &expiries) {
+                if let Some(item) = report.items.iter_mut().find(|i| i.grant_id == outcome.grant_id) {
+                    item.outcome = Some(outcome);
+                }
             }
         }
     }

@@ -96,6 +96,42 @@ fn coming_back_in_time_and_file_checkouts_are_not_leaving() {
     assert_eq!(revokes(&aws), 0);
 }
 
+/// The hooks sweep after every commit, checkout and merge of a branch that holds a grant, and most
+/// of those sweeps end nothing: they do not open the signing key (the OS keyring: a D-Bus session,
+/// a password prompt where it is locked). Only ending a grant needs it.
+#[test]
+fn a_sweep_opens_the_signing_key_only_to_end_a_grant() {
+    let mut aws = AwsRepo::new();
+    let grant_id = grant(&aws);
+    // From here the signing key cannot be had: a key file that is not there.
+    let gone = aws.env.path("no-such-signing-key");
+    aws.env.set_env("TPA_SIGNING_KEY", gone.to_str().unwrap());
+    aws.env.git(&aws.dir, &["commit", "-q", "--allow-empty", "-m", "more work"]);
+    let kept = aws.tpa().args(["sweep", "--json"]).run().success().json();
+    let decisions = kept["items"].as_array().unwrap();
+    assert!(
+        decisions.iter().any(|i| i["grant_id"] == grant_id.as_str() && i["decision"] == "keep"),
+        "{kept}"
+    );
+
+    // Merged: ending the grant needs the key. The hook's sweep cannot (git is not failed), nor can
+    // `tpa sweep`, which says why.
+    aws.env.git(&aws.dir, &["switch", "-q", "main"]);
+    aws.env.git(&aws.dir, &["merge", "-q", "--no-ff", "-m", "merge the fix", "hotfix/INC-4211"]);
+    assert_eq!(state(&aws, &grant_id).0, "active");
+    let out = aws.tpa().arg("sweep").run();
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("cannot be signed") && out.stderr.contains("no-such-signing-key"),
+        "{}",
+        out.stderr
+    );
+
+    aws.env.set_env("TPA_SIGNING_KEY", "");
+    aws.tpa().arg("sweep").run().success();
+    assert_eq!(state(&aws, &grant_id), ("revoked".into(), Some("merged".into())));
+}
+
 #[test]
 fn iam_down_during_a_hook_never_fails_git_and_a_later_sweep_revokes() {
     let aws = AwsRepo::new();
