@@ -126,8 +126,8 @@ fn keyring() -> Result<&'static Keyring, SecretsError> {
 }
 
 /// Opens the keyring on a thread of its own, for a command that needs it soon: the Secret
-/// Service's session (a D-Bus connection, a key exchange, the default collection unlocked) is
-/// ready when first asked for, and whatever fails is reported then, as without this.
+/// Service's session (a D-Bus connection, the default collection's name, a key exchange) is ready
+/// when first asked for, and whatever fails is reported then, as without this.
 pub fn open_ahead() {
     let _ = std::thread::Builder::new().name("keyring".into()).spawn(|| {
         let _ = keyring();
