@@ -246,13 +246,18 @@ fn classify(backend: Backend, account: &str, error: keyring_core::Error) -> Secr
     match error {
         keyring_core::Error::NoEntry => SecretsError::Missing { account: account.to_owned() },
         keyring_core::Error::NoStorageAccess(e) => SecretsError::Locked(e.to_string()),
-        keyring_core::Error::PlatformFailure(e) => SecretsError::Unavailable(format!(
-            "the {backend} keyring is not available ({e}). tpa keeps secrets only in the OS keyring: \
-             on a Linux desktop start and unlock a Secret Service (gnome-keyring, KeePassXC); on a \
-             server unset DBUS_SESSION_BUS_ADDRESS or set {STORE_ENV}=keyutils to use the kernel keyring"
-        )),
+        keyring_core::Error::PlatformFailure(e) => not_available(backend, e),
         other => SecretsError::Other { backend, account: account.to_owned(), message: other.to_string() },
     }
+}
+
+/// A store that cannot be reached at all, with where tpa can keep secrets instead.
+fn not_available(backend: Backend, why: impl std::fmt::Display) -> SecretsError {
+    SecretsError::Unavailable(format!(
+        "the {backend} keyring is not available ({why}). tpa keeps secrets only in the OS keyring: \
+         on a Linux desktop start and unlock a Secret Service (gnome-keyring, KeePassXC); on a \
+         server unset DBUS_SESSION_BUS_ADDRESS or set {STORE_ENV}=keyutils to use the kernel keyring"
+    ))
 }
 
 #[cfg(target_os = "linux")]

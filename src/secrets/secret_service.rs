@@ -177,11 +177,7 @@ fn classify(account: &str, error: Error) -> SecretsError {
             account: account.to_owned(),
             message: error.to_string(),
         },
-        other => SecretsError::Unavailable(format!(
-            "the secret-service keyring is not available ({other}). tpa keeps secrets only in the OS \
-             keyring: on a Linux desktop start and unlock a Secret Service (gnome-keyring, KeePassXC); \
-             on a server unset DBUS_SESSION_BUS_ADDRESS or set {STORE_ENV}=keyutils to use the kernel keyring"
-        )),
+        other => super::not_available(Backend::SecretService, other),
     }
 }
 
